@@ -1,0 +1,17 @@
+//! spearlet's domain model: tasks and their configuration, executions and their outcomes, and
+//! the error type every layer returns.
+//!
+//! Architecture invariant: this crate does no IO and knows nothing about gRPC, wasmtime or
+//! storage engines. Everything here is plain data plus the rules that validate it, so it can be
+//! unit-tested exhaustively and shared by every other crate.
+
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod execution;
+pub mod ids;
+pub mod task_config;
+
+pub use error::{ErrorKind, SpearError, SpearResult};
+pub use execution::{ErrorCode, ExecutionMode, ExecutionStatus, Outcome};
+pub use task_config::{TaskConfig, TaskConfigDefaults};

@@ -1,0 +1,277 @@
+//! Task configuration: the `spearlet.*` keys of `ArtifactSpec.metadata`.
+//!
+//! The wire contract has no task-configuration message, so NEW_TASK and CreateTask carry
+//! configuration as metadata keys with the `spearlet.` prefix; every other key is a plain label.
+//! An unknown or malformed `spearlet.*` key is an error naming the key: a typo must never be
+//! silently ignored. Every key is documented in `docs/FUNCTIONS.md`.
+
+use std::collections::BTreeMap;
+
+use crate::error::{SpearError, SpearResult};
+
+/// The prefix that marks a metadata key as configuration.
+pub const CONFIG_KEY_PREFIX: &str = "spearlet.";
+const ENV_KEY_PREFIX: &str = "spearlet.env.";
+const PREOPEN_KEY_PREFIX: &str = "spearlet.wasi.preopen.";
+
+/// Node-wide defaults for the task keys, from the node configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskConfigDefaults {
+    pub timeout_ms: u64,
+    pub max_timeout_ms: u64,
+    pub memory_limit_mb: u32,
+    pub max_output_bytes: u64,
+    pub max_log_bytes: u64,
+}
+
+impl Default for TaskConfigDefaults {
+    fn default() -> TaskConfigDefaults {
+        TaskConfigDefaults {
+            // 30 s: long enough for real work, short enough that a stuck call frees its slot.
+            timeout_ms: 30_000,
+            // 15 min: the longest a single call may ask for (Lambda's ceiling).
+            max_timeout_ms: 900_000,
+            // 128 MiB of linear memory: Lambda's smallest size, plenty for typical guests.
+            memory_limit_mb: 128,
+            // 6 MiB: Lambda's synchronous response limit.
+            max_output_bytes: 6 * 1024 * 1024,
+            // 1 MiB of stderr per call.
+            max_log_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// The resolved configuration of one task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskConfig {
+    /// Default timeout of a call that sets no `context.timeout_ms`, in milliseconds.
+    pub timeout_ms: u64,
+    /// Cap on a call's `context.timeout_ms`, in milliseconds.
+    pub max_timeout_ms: u64,
+    /// Linear-memory cap of a wasm instance, in MiB.
+    pub memory_limit_mb: u32,
+    /// Cap on a call's stdout, in bytes.
+    pub max_output_bytes: u64,
+    /// Cap on a call's stderr, in bytes.
+    pub max_log_bytes: u64,
+    /// Environment variables every call sees (`spearlet.env.<NAME>`).
+    pub environment: BTreeMap<String, String>,
+    /// Read-only directories, guest path → host path (`spearlet.wasi.preopen.<guest_dir>`).
+    /// Host paths are checked against the allowed roots by the node, which owns the filesystem.
+    pub preopened_directories: BTreeMap<String, String>,
+}
+
+impl TaskConfig {
+    /// Resolves the `spearlet.*` keys of `metadata` over `defaults`.
+    pub fn from_metadata<'a>(
+        metadata: impl IntoIterator<Item = (&'a String, &'a String)>,
+        defaults: &TaskConfigDefaults,
+    ) -> SpearResult<TaskConfig> {
+        let mut config = TaskConfig {
+            timeout_ms: defaults.timeout_ms,
+            max_timeout_ms: defaults.max_timeout_ms,
+            memory_limit_mb: defaults.memory_limit_mb,
+            max_output_bytes: defaults.max_output_bytes,
+            max_log_bytes: defaults.max_log_bytes,
+            environment: BTreeMap::new(),
+            preopened_directories: BTreeMap::new(),
+        };
+        for (key, value) in metadata {
+            if !key.starts_with(CONFIG_KEY_PREFIX) {
+                continue;
+            }
+            if let Some(name) = key.strip_prefix(ENV_KEY_PREFIX) {
+                validate_environment_name(key, name)?;
+                config.environment.insert(name.to_owned(), value.clone());
+                continue;
+            }
+            if let Some(guest_directory) = key.strip_prefix(PREOPEN_KEY_PREFIX) {
+                if guest_directory.is_empty() || value.is_empty() {
+                    return Err(SpearError::invalid_argument(format!(
+                        "artifact_spec.metadata[{key:?}]: needs a guest directory after the \
+                         prefix and a host directory as the value"
+                    )));
+                }
+                config
+                    .preopened_directories
+                    .insert(guest_directory.to_owned(), value.clone());
+                continue;
+            }
+            match key.as_str() {
+                "spearlet.timeout_ms" => config.timeout_ms = parse_positive(key, value)?,
+                "spearlet.max_timeout_ms" => config.max_timeout_ms = parse_positive(key, value)?,
+                "spearlet.memory_limit_mb" => {
+                    config.memory_limit_mb = u32::try_from(parse_positive(key, value)?)
+                        .map_err(|_| out_of_range(key, value))?;
+                }
+                "spearlet.max_output_bytes" => {
+                    config.max_output_bytes = parse_positive(key, value)?;
+                }
+                "spearlet.max_log_bytes" => config.max_log_bytes = parse_positive(key, value)?,
+                _ => {
+                    return Err(SpearError::invalid_argument(format!(
+                        "artifact_spec.metadata[{key:?}] is not a known spearlet key; known keys: \
+                         {}",
+                        KNOWN_KEYS.join(", ")
+                    )));
+                }
+            }
+        }
+        if config.timeout_ms > config.max_timeout_ms {
+            return Err(SpearError::invalid_argument(format!(
+                "artifact_spec.metadata[\"spearlet.timeout_ms\"] = {} exceeds \
+                 spearlet.max_timeout_ms = {}",
+                config.timeout_ms, config.max_timeout_ms
+            )));
+        }
+        Ok(config)
+    }
+
+    /// The timeout of one call: the requested one (0 = none requested) capped by
+    /// `max_timeout_ms`, else the task default.
+    pub fn effective_timeout_ms(&self, requested_timeout_ms: i64) -> u64 {
+        if requested_timeout_ms <= 0 {
+            return self.timeout_ms;
+        }
+        (requested_timeout_ms as u64).min(self.max_timeout_ms)
+    }
+}
+
+/// The configuration keys of a metadata map, for comparing two registrations of a task.
+pub fn configuration_keys<'a>(
+    metadata: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> BTreeMap<String, String> {
+    metadata
+        .into_iter()
+        .filter(|(key, _)| key.starts_with(CONFIG_KEY_PREFIX))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
+}
+
+const KNOWN_KEYS: &[&str] = &[
+    "spearlet.timeout_ms",
+    "spearlet.max_timeout_ms",
+    "spearlet.memory_limit_mb",
+    "spearlet.max_output_bytes",
+    "spearlet.max_log_bytes",
+    "spearlet.env.<NAME>",
+    "spearlet.wasi.preopen.<guest_dir>",
+];
+
+fn parse_positive(key: &str, value: &str) -> SpearResult<u64> {
+    match value.trim().parse::<u64>() {
+        Ok(0) => Err(SpearError::invalid_argument(format!(
+            "artifact_spec.metadata[{key:?}] must be greater than 0"
+        ))),
+        Ok(number) => Ok(number),
+        Err(_) => Err(SpearError::invalid_argument(format!(
+            "artifact_spec.metadata[{key:?}] = {value:?} is not a non-negative integer"
+        ))),
+    }
+}
+
+fn out_of_range(key: &str, value: &str) -> SpearError {
+    SpearError::invalid_argument(format!(
+        "artifact_spec.metadata[{key:?}] = {value:?} is out of range"
+    ))
+}
+
+fn validate_environment_name(key: &str, name: &str) -> SpearResult<()> {
+    let valid = !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        return Ok(());
+    }
+    Err(SpearError::invalid_argument(format!(
+        "artifact_spec.metadata[{key:?}]: {name:?} is not a valid environment variable name \
+         (letters, digits and _, not starting with a digit)"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    fn check(pairs: &[(&str, &str)]) -> SpearResult<TaskConfig> {
+        let metadata: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        TaskConfig::from_metadata(&metadata, &TaskConfigDefaults::default())
+    }
+
+    #[test]
+    fn defaults_apply_when_no_key_is_set() {
+        let config = check(&[("owner", "team-a")]).unwrap();
+        assert_eq!(config.timeout_ms, 30_000);
+        assert_eq!(config.memory_limit_mb, 128);
+        assert_eq!(config.max_output_bytes, 6_291_456);
+        assert_eq!(config.max_log_bytes, 1_048_576);
+        assert!(config.environment.is_empty());
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let config = check(&[
+            ("spearlet.timeout_ms", "200"),
+            ("spearlet.max_timeout_ms", "1000"),
+            ("spearlet.memory_limit_mb", "16"),
+            ("spearlet.max_output_bytes", "10"),
+            ("spearlet.max_log_bytes", "20"),
+            ("spearlet.env.GREETING", "hi"),
+            ("spearlet.wasi.preopen./data", "/srv/data"),
+        ])
+        .unwrap();
+        assert_eq!(config.timeout_ms, 200);
+        assert_eq!(config.max_timeout_ms, 1000);
+        assert_eq!(config.memory_limit_mb, 16);
+        assert_eq!(config.max_output_bytes, 10);
+        assert_eq!(config.max_log_bytes, 20);
+        assert_eq!(config.environment["GREETING"], "hi");
+        assert_eq!(config.preopened_directories["/data"], "/srv/data");
+    }
+
+    #[test]
+    fn bad_keys_are_rejected_by_name() {
+        let table: &[(&str, &str, &str)] = &[
+            ("spearlet.timeout", "5", "spearlet.timeout"),
+            ("spearlet.timeout_ms", "soon", "spearlet.timeout_ms"),
+            ("spearlet.timeout_ms", "0", "spearlet.timeout_ms"),
+            ("spearlet.timeout_ms", "-5", "spearlet.timeout_ms"),
+            ("spearlet.memory_limit_mb", "99999999999", "spearlet.memory_limit_mb"),
+            ("spearlet.env.1BAD", "x", "spearlet.env.1BAD"),
+            ("spearlet.env.", "x", "spearlet.env."),
+            ("spearlet.wasi.preopen.", "/x", "spearlet.wasi.preopen."),
+            ("spearlet.timeout_ms", "1000000", "spearlet.max_timeout_ms"),
+        ];
+        for (key, value, named) in table {
+            let error = check(&[(key, value)]).unwrap_err();
+            assert_eq!(error.kind, ErrorKind::InvalidArgument, "{key}={value}");
+            assert!(error.message.contains(named), "{key}={value}: {}", error.message);
+        }
+    }
+
+    #[test]
+    fn call_timeouts_are_capped() {
+        let config = check(&[("spearlet.max_timeout_ms", "1000"), ("spearlet.timeout_ms", "500")])
+            .unwrap();
+        assert_eq!(config.effective_timeout_ms(0), 500);
+        assert_eq!(config.effective_timeout_ms(-1), 500);
+        assert_eq!(config.effective_timeout_ms(200), 200);
+        assert_eq!(config.effective_timeout_ms(5000), 1000);
+    }
+
+    #[test]
+    fn configuration_keys_ignore_labels() {
+        let metadata: BTreeMap<String, String> = [
+            ("owner".to_string(), "a".to_string()),
+            ("spearlet.timeout_ms".to_string(), "5".to_string()),
+        ]
+        .into();
+        let keys = configuration_keys(&metadata);
+        assert_eq!(keys.len(), 1);
+        assert!(keys.contains_key("spearlet.timeout_ms"));
+    }
+}

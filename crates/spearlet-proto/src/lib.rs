@@ -1,0 +1,18 @@
+//! Wire types for `spearlet.FunctionService`, generated from `proto/spearlet/function.proto`.
+//!
+//! Architecture invariant: this crate holds only the contract and helpers for the protobuf
+//! well-known wrapper types; it knows nothing about tasks, runtimes or storage.
+
+#![allow(clippy::all, clippy::pedantic)]
+
+/// Generated messages, enums, client and server for package `spearlet`.
+pub mod spearlet {
+    tonic::include_proto!("spearlet");
+}
+
+pub use spearlet::*;
+
+/// The encoded `FileDescriptorSet` of the contract, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("spearlet_descriptor");
+
+pub mod well_known;

@@ -1,0 +1,396 @@
+//! A compiled, linked module (the warm part of a task) and one call of it.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use spearlet_core::{ErrorCode, Outcome, SpearError, SpearResult};
+use tokio_util::sync::CancellationToken;
+use wasmtime::{Engine, ExternType, InstancePre, Linker, Module, ResourceLimiter, Store, ValType};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+use crate::guest_io::{CapturedOutput, OutputChunkSender};
+
+/// Function names that mean "run the command's `_start`".
+const START_ALIASES: &[&str] = &["", "_start", "main", "__spear_default_entry__"];
+
+/// Where a module came from when it was loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompileSource {
+    /// Compiled from WebAssembly now.
+    Compiled,
+    /// Loaded from the on-disk compiled-module cache.
+    DiskCache,
+}
+
+/// What a call runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryPoint {
+    /// The command's `_start`; exit status comes from `proc_exit`.
+    Start,
+    /// A named export `() -> ()` or `() -> i32`, after `_initialize` when the module has one.
+    Export { name: String, returns_status: bool },
+}
+
+/// Per-store state: the WASI context and the memory limiter.
+pub(crate) struct GuestState {
+    pub(crate) wasi: WasiP1Ctx,
+    limiter: GuestLimiter,
+}
+
+/// Enforces the linear-memory cap and records the peak, so the outcome can say MEMORY_LIMIT and
+/// the record can report `memory_used_bytes`.
+struct GuestLimiter {
+    memory_limit_bytes: usize,
+    peak_memory_bytes: usize,
+    memory_limit_hit: bool,
+}
+
+/// Tables are tiny in practice; this only stops a guest from exhausting host memory with them.
+const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
+impl ResourceLimiter for GuestLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit_bytes {
+            self.memory_limit_hit = true;
+            wasmtime::bail!(
+                "linear memory would grow to {desired} bytes, beyond the task's limit of {} MiB",
+                self.memory_limit_bytes / (1024 * 1024)
+            );
+        }
+        self.peak_memory_bytes = self.peak_memory_bytes.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// Everything one call needs. Built by the execution manager from the request and task config.
+pub struct WasmInvocation {
+    pub entry_point: EntryPoint,
+    pub stdin: Bytes,
+    pub arguments: Vec<String>,
+    pub environment: Vec<(String, String)>,
+    /// Read-only directories: host path (already checked against the allowed roots), guest path.
+    pub preopened_directories: Vec<(PathBuf, String)>,
+    pub memory_limit_bytes: u64,
+    pub max_output_bytes: u64,
+    pub max_log_bytes: u64,
+    /// When the call times out (queue wait already subtracted by the caller).
+    pub deadline: tokio::time::Instant,
+    pub cancellation: CancellationToken,
+    /// Receives stdout chunks as they are written, for streaming callers.
+    pub output_chunks: Option<OutputChunkSender>,
+}
+
+/// What a call produced.
+#[derive(Debug)]
+pub struct RunReport {
+    pub outcome: Outcome,
+    pub output: Bytes,
+    pub logs: Bytes,
+    /// The largest linear memory the instance had, in bytes.
+    pub peak_memory_bytes: u64,
+    /// Time spent instantiating (the per-call cost of a warm task).
+    pub instantiate_duration: Duration,
+}
+
+/// A compiled module linked against WASI preview1, ready to instantiate. Cheap to clone.
+#[derive(Clone)]
+pub struct WasmModule {
+    engine: Engine,
+    instance_pre: InstancePre<GuestState>,
+    exports: Vec<String>,
+    has_initialize: bool,
+    /// Where the compiled code came from (compiler or disk cache).
+    pub compile_source: CompileSource,
+}
+
+impl std::fmt::Debug for WasmModule {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("WasmModule")
+            .field("exports", &self.exports)
+            .field("compile_source", &self.compile_source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WasmModule {
+    pub(crate) fn link(
+        engine: &Engine,
+        linker: &Linker<GuestState>,
+        module: Module,
+        compile_source: CompileSource,
+    ) -> SpearResult<WasmModule> {
+        let instance_pre = linker.instantiate_pre(&module).map_err(|error| {
+            SpearError::invalid_argument(format!(
+                "module cannot be linked (spearlet provides only wasi_snapshot_preview1 \
+                 imports): {error:#}"
+            ))
+        })?;
+        let exports: Vec<String> = module
+            .exports()
+            .filter(|export| matches!(export.ty(), ExternType::Func(_)))
+            .map(|export| export.name().to_owned())
+            .collect();
+        let has_initialize = exports.iter().any(|name| name == "_initialize");
+        Ok(WasmModule {
+            engine: engine.clone(),
+            instance_pre,
+            exports,
+            has_initialize,
+            compile_source,
+        })
+    }
+
+    /// The module's exported function names.
+    pub fn exported_functions(&self) -> &[String] {
+        &self.exports
+    }
+
+    /// Resolves a request's `function_name` to what a call runs, or an `InvalidArgument` that
+    /// lists the module's exports.
+    pub fn resolve_entry_point(&self, function_name: &str) -> SpearResult<EntryPoint> {
+        let module = self.instance_pre.module();
+        let (export_name, is_start) = if START_ALIASES.contains(&function_name) {
+            ("_start", true)
+        } else {
+            (function_name, false)
+        };
+        let Some(ExternType::Func(function_type)) = module.get_export(export_name) else {
+            return Err(SpearError::invalid_argument(format!(
+                "function_name {function_name:?}: the module exports no function {export_name:?}; \
+                 its exported functions are [{}]",
+                self.exports.join(", ")
+            )));
+        };
+        let no_parameters = function_type.params().len() == 0;
+        let results: Vec<ValType> = function_type.results().collect();
+        let returns_status = match results.as_slice() {
+            [] => false,
+            [ValType::I32] if !is_start => true,
+            _ => {
+                return Err(SpearError::invalid_argument(format!(
+                    "function_name {function_name:?}: export {export_name:?} has type \
+                     {function_type}; spearlet calls only () -> () or () -> i32"
+                )));
+            }
+        };
+        if !no_parameters {
+            return Err(SpearError::invalid_argument(format!(
+                "function_name {function_name:?}: export {export_name:?} takes parameters; \
+                 spearlet passes input on stdin and calls only () -> () or () -> i32"
+            )));
+        }
+        if is_start {
+            return Ok(EntryPoint::Start);
+        }
+        Ok(EntryPoint::Export {
+            name: export_name.to_owned(),
+            returns_status,
+        })
+    }
+
+    /// Instantiates the module into a fresh store and runs one call to its end, its deadline or
+    /// its cancellation, whichever comes first.
+    pub async fn run(&self, invocation: WasmInvocation) -> RunReport {
+        let stdout = CapturedOutput::new(
+            clamp_to_usize(invocation.max_output_bytes),
+            invocation.output_chunks,
+        );
+        let stderr = CapturedOutput::new(clamp_to_usize(invocation.max_log_bytes), None);
+        let mut builder = WasiCtxBuilder::new();
+        builder
+            .stdin(MemoryInputPipe::new(invocation.stdin))
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .args(&invocation.arguments)
+            .envs(&invocation.environment);
+        for (host_directory, guest_directory) in &invocation.preopened_directories {
+            if let Err(error) =
+                builder.preopened_dir(host_directory, guest_directory, FsPerms::ReadOnly)
+            {
+                return RunReport {
+                    outcome: Outcome::Failed {
+                        code: ErrorCode::Trap,
+                        message: format!(
+                            "cannot preopen {} as {guest_directory}: {error:#}",
+                            host_directory.display()
+                        ),
+                    },
+                    output: Bytes::new(),
+                    logs: Bytes::new(),
+                    peak_memory_bytes: 0,
+                    instantiate_duration: Duration::ZERO,
+                };
+            }
+        }
+        let state = GuestState {
+            wasi: builder.build_p1(),
+            limiter: GuestLimiter {
+                memory_limit_bytes: clamp_to_usize(invocation.memory_limit_bytes),
+                peak_memory_bytes: 0,
+                memory_limit_hit: false,
+            },
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        // Yield to the async executor at every epoch tick: a busy guest then gives the
+        // surrounding `select!` a chance to notice its deadline or cancellation.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+
+        let mut instantiate_duration = Duration::ZERO;
+        let call_result = {
+            let call = call_entry_point(
+                &self.instance_pre,
+                &mut store,
+                &invocation.entry_point,
+                self.has_initialize,
+                &mut instantiate_duration,
+            );
+            tokio::pin!(call);
+            tokio::select! {
+                result = &mut call => CallEnd::Returned(result),
+                () = tokio::time::sleep_until(invocation.deadline) => CallEnd::DeadlinePassed,
+                () = invocation.cancellation.cancelled() => CallEnd::Cancelled,
+            }
+        };
+        let limiter = &store.data().limiter;
+        let outcome = match call_result {
+            CallEnd::DeadlinePassed => Outcome::TimedOut {
+                message: "the call did not finish before its deadline".into(),
+            },
+            CallEnd::Cancelled => Outcome::Cancelled {
+                reason: "cancelled".into(),
+            },
+            CallEnd::Returned(Ok(status)) => status_outcome(&invocation.entry_point, status),
+            CallEnd::Returned(Err(error)) => classify_error(
+                &error,
+                limiter.memory_limit_hit,
+                (&stdout, "stdout"),
+                (&stderr, "stderr"),
+            ),
+        };
+        RunReport {
+            outcome,
+            output: stdout.take_contents(),
+            logs: stderr.take_contents(),
+            peak_memory_bytes: limiter.peak_memory_bytes as u64,
+            instantiate_duration,
+        }
+    }
+}
+
+enum CallEnd {
+    Returned(wasmtime::Result<i32>),
+    DeadlinePassed,
+    Cancelled,
+}
+
+async fn call_entry_point(
+    instance_pre: &InstancePre<GuestState>,
+    store: &mut Store<GuestState>,
+    entry_point: &EntryPoint,
+    has_initialize: bool,
+    instantiate_duration: &mut Duration,
+) -> wasmtime::Result<i32> {
+    let instantiate_started = Instant::now();
+    let instance = instance_pre.instantiate_async(&mut *store).await?;
+    *instantiate_duration = instantiate_started.elapsed();
+    match entry_point {
+        EntryPoint::Start => {
+            let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
+            start.call_async(&mut *store, ()).await?;
+            Ok(0)
+        }
+        EntryPoint::Export {
+            name,
+            returns_status,
+        } => {
+            if has_initialize {
+                let initialize = instance.get_typed_func::<(), ()>(&mut *store, "_initialize")?;
+                initialize.call_async(&mut *store, ()).await?;
+            }
+            if *returns_status {
+                let function = instance.get_typed_func::<(), i32>(&mut *store, name)?;
+                function.call_async(&mut *store, ()).await
+            } else {
+                let function = instance.get_typed_func::<(), ()>(&mut *store, name)?;
+                function.call_async(&mut *store, ()).await?;
+                Ok(0)
+            }
+        }
+    }
+}
+
+fn status_outcome(entry_point: &EntryPoint, status: i32) -> Outcome {
+    match entry_point {
+        _ if status == 0 => Outcome::Completed,
+        EntryPoint::Export { name, .. } => Outcome::Failed {
+            code: ErrorCode::ReturnCode,
+            message: format!("function {name:?} returned {status}"),
+        },
+        EntryPoint::Start => Outcome::Failed {
+            code: ErrorCode::ExitCode,
+            message: format!("exited with code {status}"),
+        },
+    }
+}
+
+fn classify_error(
+    error: &wasmtime::Error,
+    memory_limit_hit: bool,
+    stdout: (&CapturedOutput, &str),
+    stderr: (&CapturedOutput, &str),
+) -> Outcome {
+    if let Some(exit) = error.downcast_ref::<I32Exit>() {
+        if exit.0 == 0 {
+            return Outcome::Completed;
+        }
+        return Outcome::Failed {
+            code: ErrorCode::ExitCode,
+            message: format!("exited with code {}", exit.0),
+        };
+    }
+    if memory_limit_hit {
+        return Outcome::Failed {
+            code: ErrorCode::MemoryLimit,
+            message: format!("{error:#}"),
+        };
+    }
+    for (capture, stream_name) in [stdout, stderr] {
+        if capture.overflowed() {
+            return Outcome::Failed {
+                code: ErrorCode::OutputTooLarge,
+                message: format!(
+                    "the guest wrote more than the {stream_name} cap of {} bytes",
+                    capture.capacity()
+                ),
+            };
+        }
+    }
+    Outcome::Failed {
+        code: ErrorCode::Trap,
+        message: format!("{error:#}"),
+    }
+}
+
+fn clamp_to_usize(value: u64) -> usize {
+    usize::try_from(value).unwrap_or(usize::MAX)
+}
