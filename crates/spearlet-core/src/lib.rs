@@ -10,8 +10,10 @@
 pub mod error;
 pub mod execution;
 pub mod ids;
+pub mod record;
 pub mod task_config;
 
 pub use error::{ErrorKind, SpearError, SpearResult};
 pub use execution::{ErrorCode, ExecutionMode, ExecutionStatus, Outcome};
+pub use record::{ArtifactRecord, ExecutionRecord, ResultEncoding, TaskRecord};
 pub use task_config::{TaskConfig, TaskConfigDefaults};

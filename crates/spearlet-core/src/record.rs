@@ -1,0 +1,99 @@
+//! The durable facts of the node: task registrations and execution records.
+//!
+//! These types are what the store keeps and what every read RPC answers from. They are plain
+//! data with no behaviour beyond small derived views.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::execution::{ErrorCode, ExecutionMode, ExecutionStatus};
+
+/// An artifact as the client described it, plus what the node learned (its digest).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    /// The client's id; `sha256:<hex>` of the content when the client gave none.
+    pub artifact_id: String,
+    pub artifact_type: String,
+    pub location: String,
+    pub version: String,
+    pub checksum: String,
+    pub metadata: BTreeMap<String, String>,
+    /// Lowercase hex sha256 of the content.
+    pub digest: String,
+}
+
+/// A registered task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub task_id: String,
+    pub task_name: String,
+    pub description: String,
+    pub artifact: ArtifactRecord,
+    /// Unix milliseconds.
+    pub created_at_ms: i64,
+    /// Unix milliseconds.
+    pub updated_at_ms: i64,
+}
+
+/// How the client submitted input, which decides how output is returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResultEncoding {
+    /// Old clients: parameters in, `ExecutionResult.result` = Any(BytesValue) out.
+    AnyBytesValue,
+    /// New clients: `input` in, `ExecutionResult.output` out.
+    Payload,
+}
+
+/// Everything known about one execution.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionRecord {
+    pub execution_id: String,
+    /// Monotonic submission order; the pagination key.
+    pub sequence: u64,
+    pub task_id: String,
+    pub task_name: String,
+    pub function_name: String,
+    pub mode: ExecutionMode,
+    pub status: ExecutionStatus,
+    /// Unix milliseconds.
+    pub submitted_at_ms: i64,
+    /// Unix microseconds; set when the guest starts running.
+    pub started_at_us: Option<i64>,
+    /// Unix microseconds; set when the execution reaches a terminal status.
+    pub completed_at_us: Option<i64>,
+    /// Run time of the guest (not counting queue wait), in milliseconds.
+    pub execution_time_ms: i64,
+    /// Peak linear memory (wasm), in bytes.
+    pub memory_used_bytes: i64,
+    pub output: Bytes,
+    pub output_content_type: String,
+    pub result_encoding: ResultEncoding,
+    /// Guest stderr, up to the log cap.
+    pub logs: Bytes,
+    pub error_code: Option<ErrorCode>,
+    pub error_message: String,
+    pub metrics: BTreeMap<String, String>,
+    pub attempt: u32,
+    pub instance_id: String,
+    /// sha256 over task id, function name and input: the idempotency fingerprint.
+    pub request_fingerprint: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl ExecutionRecord {
+    /// Submit-to-end time in milliseconds, when the execution has ended.
+    pub fn response_time_ms(&self) -> Option<f64> {
+        self.completed_at_us
+            .map(|completed| (completed - self.submitted_at_ms * 1000) as f64 / 1000.0)
+    }
+
+    /// Stderr split into lines, for `include_logs`.
+    pub fn log_lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.logs)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
