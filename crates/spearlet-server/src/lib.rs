@@ -1,0 +1,28 @@
+//! The spearlet node: configuration, the task registry, the TaskExecutionManager and the gRPC
+//! `spearlet.FunctionService`.
+//!
+//! Architecture invariants:
+//! - The request path reads top-down: `service` decodes → `registry` resolves the task →
+//!   `manager` runs it on the wasm runtime → `wire` encodes. No hop calls back up.
+//! - `errors` is the only place that turns a `SpearError` into a wire status.
+//! - Guest failures are records with a status, never transport errors.
+//! - Configuration is assembled once (`config`) and passed down; nothing reads the environment
+//!   later.
+
+#![deny(unsafe_code)]
+
+pub mod clock;
+pub mod config;
+pub mod errors;
+pub mod manager;
+pub mod node;
+pub mod observer;
+pub mod registry;
+pub mod server;
+pub mod service;
+pub mod stats;
+pub mod wire;
+
+pub use config::{ConfigOverrides, LogFormat, NodeConfig};
+pub use node::Node;
+pub use server::{RunningServer, serve};

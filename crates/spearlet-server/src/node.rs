@@ -1,0 +1,119 @@
+//! The node: every long-lived component, built once from the configuration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use spearlet_artifact::{ArtifactFetcher, ArtifactFetcherConfig};
+use spearlet_core::{SpearError, SpearResult};
+use spearlet_store::{MemoryStore, Store};
+use spearlet_wasm::{WasmEngine, WasmEngineConfig};
+
+use crate::config::NodeConfig;
+use crate::manager::{ManagerConfig, TaskExecutionManager};
+use crate::observer::ProcessObserver;
+use crate::registry::{TaskRegistration, TaskRegistry};
+
+pub struct Node {
+    pub config: NodeConfig,
+    pub registry: TaskRegistry,
+    pub manager: Arc<TaskExecutionManager>,
+    pub observer: Arc<ProcessObserver>,
+}
+
+impl Node {
+    /// Builds the node: data directories, engine, fetcher, store, registry, manager. Must run
+    /// inside a tokio runtime.
+    pub async fn build(config: NodeConfig) -> SpearResult<Arc<Node>> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|error| {
+            SpearError::internal(format!(
+                "creating data_dir {}: {error}",
+                config.data_dir.display()
+            ))
+        })?;
+        let data_dir = config.data_dir.canonicalize().map_err(|error| {
+            SpearError::internal(format!("resolving data_dir {}: {error}", config.data_dir.display()))
+        })?;
+        let engine = WasmEngine::new(&WasmEngineConfig {
+            max_instances: config.wasm.max_instances,
+            max_memory_limit_mb: config.wasm.max_memory_limit_mb,
+            epoch_tick: Duration::from_millis(config.wasm.epoch_tick_ms),
+            compiled_module_cache_directory: Some(data_dir.join("compiled")),
+        })?;
+        let mut allowed_roots = vec![data_dir.clone()];
+        allowed_roots.extend(config.artifacts.allowed_roots.iter().cloned());
+        let fetcher = ArtifactFetcher::new(ArtifactFetcherConfig {
+            cache_directory: data_dir.join("artifacts"),
+            allowed_roots,
+            max_artifact_bytes: config.artifacts.max_artifact_bytes,
+            http_connect_timeout: Duration::from_millis(config.artifacts.http_connect_timeout_ms),
+            http_total_timeout: Duration::from_millis(config.artifacts.http_total_timeout_ms),
+            http_attempts: config.artifacts.http_attempts,
+        })?;
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.max_execution_records));
+        let registry = TaskRegistry::new(
+            fetcher,
+            engine,
+            store.clone(),
+            config.task_defaults.to_task_config_defaults(),
+        );
+        let manager = TaskExecutionManager::new(
+            store,
+            ManagerConfig {
+                max_concurrent_executions: config.max_concurrent_executions,
+                max_queue_length: config.max_queue_length,
+            },
+        )?;
+        let node = Arc::new(Node {
+            registry,
+            manager,
+            observer: ProcessObserver::start(),
+            config: NodeConfig {
+                data_dir,
+                ..config
+            },
+        });
+        if node.config.register_examples {
+            node.register_examples().await?;
+        }
+        Ok(node)
+    }
+
+    /// Registers the bundled examples as tasks, unless a task already has the name. The module
+    /// bytes are written to `<data_dir>/examples/` so the tasks point at real files.
+    async fn register_examples(&self) -> SpearResult<()> {
+        let directory = self.config.data_dir.join("examples");
+        std::fs::create_dir_all(&directory).map_err(|error| {
+            SpearError::internal(format!("creating {}: {error}", directory.display()))
+        })?;
+        for example in spearlet_examples::EXAMPLES {
+            if self.registry.by_name(example.name).is_some() {
+                continue;
+            }
+            let path = directory.join(format!("{}.wasm", example.name));
+            let current = std::fs::read(&path).ok();
+            if current.as_deref() != Some(example.wasm) {
+                std::fs::write(&path, example.wasm).map_err(|error| {
+                    SpearError::internal(format!("writing {}: {error}", path.display()))
+                })?;
+            }
+            let registration = TaskRegistration {
+                task_name: example.name.to_owned(),
+                description: example.description.to_owned(),
+                artifact_type: "wasm".into(),
+                location: format!("file://{}", path.display()),
+                version: env!("CARGO_PKG_VERSION").into(),
+                checksum: format!(
+                    "sha256:{}",
+                    spearlet_artifact::sha256_hex(example.wasm)
+                ),
+                metadata: [("example".to_string(), "true".to_string())].into(),
+                ..TaskRegistration::default()
+            };
+            self.registry
+                .register(registration)
+                .await
+                .map_err(|error| error.context(format!("registering example {}", example.name)))?;
+        }
+        Ok(())
+    }
+}

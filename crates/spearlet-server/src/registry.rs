@@ -1,0 +1,515 @@
+//! The task registry: registered tasks with their loaded (compiled and linked) modules, and the
+//! artifact catalog that keeps artifact ids honest.
+//!
+//! Invariant: a task in the registry is always runnable: its artifact was fetched, verified,
+//! compiled and linked before it was inserted. Expensive work (fetch, compile) happens outside
+//! the registry lock and is single-flight per digest; the lock is held only to apply the
+//! naming and versioning rules and swap the entry.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use parking_lot::{Mutex, RwLock};
+use spearlet_artifact::ArtifactFetcher;
+use spearlet_core::ids::{random_id, validate_id, validate_task_name};
+use spearlet_core::task_config::configuration_keys;
+use spearlet_core::{
+    ArtifactRecord, ExecutionStatus, SpearError, SpearResult, TaskConfig, TaskConfigDefaults,
+    TaskRecord,
+};
+use spearlet_store::Store;
+use spearlet_wasm::{WasmEngine, WasmModule};
+
+use crate::clock::unix_ms;
+
+/// The artifact types this node runs.
+pub const SUPPORTED_ARTIFACT_TYPES: &[&str] = &["wasm"];
+
+/// What a client asked to register.
+#[derive(Clone, Debug, Default)]
+pub struct TaskRegistration {
+    /// A client-chosen id (EXISTING_TASK with `create_if_not_exists`); `None` = generate.
+    pub requested_task_id: Option<String>,
+    pub task_name: String,
+    pub description: String,
+    pub artifact_id: String,
+    pub artifact_type: String,
+    pub location: String,
+    pub version: String,
+    pub checksum: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// What registering did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegistrationOutcome {
+    Created,
+    Updated,
+    /// The task already existed with the same artifact and configuration.
+    Unchanged,
+}
+
+/// Counters that survive task updates (a new version keeps the task's history).
+#[derive(Default)]
+pub struct TaskCounters {
+    pub execution_count: AtomicU64,
+    /// `ExecutionStatus` as u8 + 1; 0 = none yet.
+    last_status: AtomicU8,
+    /// Executions running a guest now.
+    pub running: AtomicUsize,
+    /// Executions pending or running now.
+    pub live: AtomicUsize,
+}
+
+impl TaskCounters {
+    pub fn set_last_status(&self, status: ExecutionStatus) {
+        self.last_status
+            .store(status_to_u8(status) + 1, Ordering::Relaxed);
+    }
+
+    pub fn last_status(&self) -> Option<ExecutionStatus> {
+        match self.last_status.load(Ordering::Relaxed) {
+            0 => None,
+            value => Some(status_from_u8(value - 1)),
+        }
+    }
+}
+
+fn status_to_u8(status: ExecutionStatus) -> u8 {
+    match status {
+        ExecutionStatus::Pending => 0,
+        ExecutionStatus::Running => 1,
+        ExecutionStatus::Completed => 2,
+        ExecutionStatus::Failed => 3,
+        ExecutionStatus::Cancelled => 4,
+        ExecutionStatus::Timeout => 5,
+    }
+}
+
+fn status_from_u8(value: u8) -> ExecutionStatus {
+    match value {
+        0 => ExecutionStatus::Pending,
+        1 => ExecutionStatus::Running,
+        2 => ExecutionStatus::Completed,
+        3 => ExecutionStatus::Failed,
+        4 => ExecutionStatus::Cancelled,
+        _ => ExecutionStatus::Timeout,
+    }
+}
+
+/// A registered, runnable task.
+pub struct LoadedTask {
+    pub record: TaskRecord,
+    pub config: TaskConfig,
+    /// The `spearlet.*` keys as registered, for comparing re-registrations.
+    pub configuration_keys: BTreeMap<String, String>,
+    pub module: WasmModule,
+    /// The warm instance: the linked module every call instantiates from (per-call isolation).
+    pub instance_id: String,
+    /// Preopened directories with host paths resolved under the allowed roots.
+    pub preopened_directories: Vec<(PathBuf, String)>,
+    pub counters: Arc<TaskCounters>,
+    /// Milliseconds spent fetching, verifying, compiling and linking when this version loaded.
+    pub load_ms: f64,
+}
+
+type InFlightLoad = Shared<BoxFuture<'static, SpearResult<WasmModule>>>;
+
+#[derive(Default)]
+struct RegistryState {
+    tasks_by_id: HashMap<String, Arc<LoadedTask>>,
+    task_id_by_name: BTreeMap<String, String>,
+    /// artifact id → version → digest.
+    artifact_versions: HashMap<String, BTreeMap<String, String>>,
+}
+
+pub struct TaskRegistry {
+    state: RwLock<RegistryState>,
+    fetcher: ArtifactFetcher,
+    engine: WasmEngine,
+    store: Arc<dyn Store>,
+    defaults: TaskConfigDefaults,
+    modules_by_digest: Mutex<HashMap<String, WasmModule>>,
+    loads_in_flight: Mutex<HashMap<String, InFlightLoad>>,
+}
+
+impl TaskRegistry {
+    pub fn new(
+        fetcher: ArtifactFetcher,
+        engine: WasmEngine,
+        store: Arc<dyn Store>,
+        defaults: TaskConfigDefaults,
+    ) -> TaskRegistry {
+        TaskRegistry {
+            state: RwLock::new(RegistryState::default()),
+            fetcher,
+            engine,
+            store,
+            defaults,
+            modules_by_digest: Mutex::new(HashMap::new()),
+            loads_in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn fetcher(&self) -> &ArtifactFetcher {
+        &self.fetcher
+    }
+
+    /// A task by id, or by name when no task has that id.
+    pub fn resolve(&self, id_or_name: &str) -> Option<Arc<LoadedTask>> {
+        let state = self.state.read();
+        if let Some(task) = state.tasks_by_id.get(id_or_name) {
+            return Some(task.clone());
+        }
+        state
+            .task_id_by_name
+            .get(id_or_name)
+            .and_then(|task_id| state.tasks_by_id.get(task_id))
+            .cloned()
+    }
+
+    pub fn by_name(&self, task_name: &str) -> Option<Arc<LoadedTask>> {
+        let state = self.state.read();
+        state
+            .task_id_by_name
+            .get(task_name)
+            .and_then(|task_id| state.tasks_by_id.get(task_id))
+            .cloned()
+    }
+
+    /// Tasks ordered by name, after `start_after`, with the name prefix.
+    pub fn list(&self, prefix: &str, start_after: &str, limit: usize) -> (Vec<Arc<LoadedTask>>, bool) {
+        let state = self.state.read();
+        let mut tasks: Vec<Arc<LoadedTask>> = state
+            .task_id_by_name
+            .range::<str, _>((
+                std::ops::Bound::Excluded(start_after),
+                std::ops::Bound::Unbounded,
+            ))
+            .filter(|(name, _)| name.starts_with(prefix))
+            .take(limit + 1)
+            .filter_map(|(_, task_id)| state.tasks_by_id.get(task_id).cloned())
+            .collect();
+        let has_more = tasks.len() > limit;
+        tasks.truncate(limit);
+        (tasks, has_more)
+    }
+
+    pub fn all(&self) -> Vec<Arc<LoadedTask>> {
+        self.state.read().tasks_by_id.values().cloned().collect()
+    }
+
+    pub fn task_count(&self) -> usize {
+        self.state.read().tasks_by_id.len()
+    }
+
+    /// Distinct artifact contents currently loaded.
+    pub fn artifact_count(&self) -> usize {
+        self.modules_by_digest.lock().len()
+    }
+
+    /// Registers, updates or reuses the task named in `registration` (the NEW_TASK rules).
+    pub async fn register(
+        &self,
+        registration: TaskRegistration,
+    ) -> SpearResult<(Arc<LoadedTask>, RegistrationOutcome)> {
+        let load_started = Instant::now();
+        validate_task_name("task_name", &registration.task_name)?;
+        if let Some(task_id) = &registration.requested_task_id {
+            validate_id("task_id", task_id)?;
+        }
+        let artifact_type = match registration.artifact_type.as_str() {
+            "" => "wasm",
+            supported if SUPPORTED_ARTIFACT_TYPES.contains(&supported) => supported,
+            other => {
+                return Err(SpearError::invalid_argument(format!(
+                    "artifact_spec.artifact_type {other:?} is not supported; supported types: {}",
+                    SUPPORTED_ARTIFACT_TYPES.join(", ")
+                )));
+            }
+        };
+        let config = TaskConfig::from_metadata(&registration.metadata, &self.defaults)?;
+        if config.memory_limit_mb > self.engine.max_memory_limit_mb() {
+            return Err(SpearError::invalid_argument(format!(
+                "artifact_spec.metadata[\"spearlet.memory_limit_mb\"] = {} exceeds the node's \
+                 wasm.max_memory_limit_mb ({})",
+                config.memory_limit_mb,
+                self.engine.max_memory_limit_mb()
+            )));
+        }
+        let preopened_directories = self.resolve_preopens(&config)?;
+        let configuration_keys = configuration_keys(&registration.metadata);
+
+        let artifact = self
+            .fetcher
+            .fetch(&registration.location, &registration.checksum)
+            .await?;
+        let module = self.load_module(&artifact.digest, artifact.bytes).await?;
+        let load_ms = load_started.elapsed().as_secs_f64() * 1000.0;
+
+        let artifact_id = if registration.artifact_id.is_empty() {
+            format!("sha256:{}", artifact.digest)
+        } else {
+            registration.artifact_id.clone()
+        };
+        let artifact_record = ArtifactRecord {
+            artifact_id: artifact_id.clone(),
+            artifact_type: artifact_type.to_owned(),
+            location: registration.location.clone(),
+            version: registration.version.clone(),
+            checksum: registration.checksum.clone(),
+            metadata: registration.metadata.clone(),
+            digest: artifact.digest.clone(),
+        };
+
+        let mut state = self.state.write();
+        check_artifact_catalog(&state, &artifact_id, &registration.version, &artifact.digest)?;
+        let existing = state
+            .task_id_by_name
+            .get(&registration.task_name)
+            .and_then(|task_id| state.tasks_by_id.get(task_id))
+            .cloned();
+        let now = unix_ms();
+        let (task_record, counters, outcome) = match existing {
+            Some(existing) => {
+                if let Some(requested) = &registration.requested_task_id
+                    && requested != &existing.record.task_id
+                {
+                    return Err(SpearError::already_exists(format!(
+                        "task_name {:?} is already registered under task_id {:?}",
+                        registration.task_name, existing.record.task_id
+                    )));
+                }
+                let same_artifact = existing.record.artifact.digest == artifact.digest;
+                let same_config = existing.configuration_keys == configuration_keys;
+                if same_artifact && same_config {
+                    return Ok((existing, RegistrationOutcome::Unchanged));
+                }
+                let existing_version = &existing.record.artifact.version;
+                if !same_artifact {
+                    match compare_versions(&registration.version, existing_version) {
+                        std::cmp::Ordering::Greater => {}
+                        std::cmp::Ordering::Equal => {
+                            return Err(SpearError::already_exists(format!(
+                                "task {:?} already has artifact version {:?} with digest \
+                                 sha256:{}; different content (sha256:{}) needs a new \
+                                 artifact_spec.version",
+                                registration.task_name,
+                                existing_version,
+                                existing.record.artifact.digest,
+                                artifact.digest
+                            )));
+                        }
+                        std::cmp::Ordering::Less => {
+                            return Err(SpearError::failed_precondition(format!(
+                                "artifact_spec.version {:?} is older than the registered \
+                                 version {:?} of task {:?}",
+                                registration.version, existing_version, registration.task_name
+                            )));
+                        }
+                    }
+                }
+                let record = TaskRecord {
+                    task_id: existing.record.task_id.clone(),
+                    task_name: registration.task_name.clone(),
+                    description: registration.description.clone(),
+                    artifact: artifact_record,
+                    created_at_ms: existing.record.created_at_ms,
+                    updated_at_ms: now,
+                };
+                (record, existing.counters.clone(), RegistrationOutcome::Updated)
+            }
+            None => {
+                let task_id = match &registration.requested_task_id {
+                    Some(task_id) => {
+                        if state.tasks_by_id.contains_key(task_id) {
+                            return Err(SpearError::already_exists(format!(
+                                "task_id {task_id:?} is already used by another task"
+                            )));
+                        }
+                        task_id.clone()
+                    }
+                    None => random_id("task", rand::random()),
+                };
+                let record = TaskRecord {
+                    task_id,
+                    task_name: registration.task_name.clone(),
+                    description: registration.description.clone(),
+                    artifact: artifact_record,
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                };
+                (record, Arc::new(TaskCounters::default()), RegistrationOutcome::Created)
+            }
+        };
+        self.store.put_task(&task_record)?;
+        state
+            .artifact_versions
+            .entry(artifact_id)
+            .or_default()
+            .insert(registration.version.clone(), artifact.digest.clone());
+        let task = Arc::new(LoadedTask {
+            instance_id: random_id("inst", rand::random()),
+            record: task_record,
+            config,
+            configuration_keys,
+            module,
+            preopened_directories,
+            counters,
+            load_ms,
+        });
+        state
+            .task_id_by_name
+            .insert(task.record.task_name.clone(), task.record.task_id.clone());
+        state
+            .tasks_by_id
+            .insert(task.record.task_id.clone(), task.clone());
+        tracing::info!(
+            task_id = %task.record.task_id,
+            task_name = %task.record.task_name,
+            digest = %task.record.artifact.digest,
+            ?outcome,
+            load_ms,
+            "task registered"
+        );
+        Ok((task, outcome))
+    }
+
+    /// Removes a task; returns it when it existed.
+    pub fn remove(&self, task_id: &str) -> SpearResult<Option<Arc<LoadedTask>>> {
+        let removed = {
+            let mut state = self.state.write();
+            let Some(task) = state.tasks_by_id.remove(task_id) else {
+                return Ok(None);
+            };
+            state.task_id_by_name.remove(&task.record.task_name);
+            let digest_still_used = state
+                .tasks_by_id
+                .values()
+                .any(|other| other.record.artifact.digest == task.record.artifact.digest);
+            if !digest_still_used {
+                self.modules_by_digest
+                    .lock()
+                    .remove(&task.record.artifact.digest);
+            }
+            task
+        };
+        self.store.delete_task(task_id)?;
+        Ok(Some(removed))
+    }
+
+    fn resolve_preopens(&self, config: &TaskConfig) -> SpearResult<Vec<(PathBuf, String)>> {
+        config
+            .preopened_directories
+            .iter()
+            .map(|(guest_directory, host_directory)| {
+                let field =
+                    format!("artifact_spec.metadata[\"spearlet.wasi.preopen.{guest_directory}\"]");
+                let resolved = self
+                    .fetcher
+                    .allowed_roots()
+                    .resolve(&field, std::path::Path::new(host_directory))?;
+                if !resolved.is_dir() {
+                    return Err(SpearError::invalid_argument(format!(
+                        "{field}: {host_directory} is not a directory"
+                    )));
+                }
+                Ok((resolved, guest_directory.clone()))
+            })
+            .collect()
+    }
+
+    /// Compiles and links the module with this digest once, however many requests ask.
+    async fn load_module(&self, digest: &str, bytes: bytes::Bytes) -> SpearResult<WasmModule> {
+        if let Some(module) = self.modules_by_digest.lock().get(digest) {
+            return Ok(module.clone());
+        }
+        let shared = {
+            let mut in_flight = self.loads_in_flight.lock();
+            if let Some(existing) = in_flight.get(digest) {
+                existing.clone()
+            } else {
+                let engine = self.engine.clone();
+                let digest_owned = digest.to_owned();
+                let future = async move {
+                    tokio::task::spawn_blocking(move || engine.load_module(&digest_owned, &bytes))
+                        .await
+                        .map_err(|error| {
+                            SpearError::internal(format!("module compilation panicked: {error}"))
+                        })?
+                }
+                .boxed()
+                .shared();
+                in_flight.insert(digest.to_owned(), future.clone());
+                future
+            }
+        };
+        let result = shared.await;
+        self.loads_in_flight.lock().remove(digest);
+        if let Ok(module) = &result {
+            self.modules_by_digest
+                .lock()
+                .insert(digest.to_owned(), module.clone());
+        }
+        result
+    }
+}
+
+fn check_artifact_catalog(
+    state: &RegistryState,
+    artifact_id: &str,
+    version: &str,
+    digest: &str,
+) -> SpearResult<()> {
+    let Some(versions) = state.artifact_versions.get(artifact_id) else {
+        return Ok(());
+    };
+    match versions.get(version) {
+        Some(registered) if registered != digest => Err(SpearError::already_exists(format!(
+            "artifact_spec.artifact_id {artifact_id:?} version {version:?} is registered with \
+             digest sha256:{registered}; this content is sha256:{digest}; give it a new \
+             artifact_spec.version"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Compares versions numerically part by part when both look like `1.2.3`, else as text.
+pub fn compare_versions(left: &str, right: &str) -> std::cmp::Ordering {
+    let numeric = |version: &str| -> Option<Vec<u64>> {
+        version
+            .trim_start_matches('v')
+            .split('.')
+            .map(|part| part.parse::<u64>().ok())
+            .collect()
+    };
+    match (numeric(left), numeric(right)) {
+        (Some(left_parts), Some(right_parts)) => left_parts.cmp(&right_parts),
+        _ => left.cmp(right),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cmp::Ordering::*;
+
+    #[test]
+    fn versions_compare_numerically_when_they_can() {
+        let table = [
+            ("2", "10", Less),
+            ("1.10.0", "1.9.3", Greater),
+            ("v2.0", "2.0", Equal),
+            ("", "1", Less),
+            ("beta", "alpha", Greater),
+        ];
+        for (left, right, expected) in table {
+            assert_eq!(compare_versions(left, right), expected, "{left} vs {right}");
+        }
+    }
+}

@@ -1,0 +1,570 @@
+//! `spearlet.FunctionService` over gRPC: decode the request, call the registry or the
+//! TaskExecutionManager, encode the answer. No business rules live here beyond request
+//! validation; errors become statuses in `errors.rs`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use spearlet_core::{ExecutionMode, ExecutionStatus, SpearError, SpearResult};
+use spearlet_proto as proto;
+use spearlet_proto::function_service_server::FunctionService;
+use spearlet_store::ExecutionQuery;
+use tonic::{Request, Response, Status};
+
+use crate::errors::to_status;
+use crate::manager::{CancelResult, ExecutionRequest};
+use crate::node::Node;
+use crate::registry::{LoadedTask, RegistrationOutcome, TaskRegistration};
+use crate::stats;
+use crate::wire;
+
+/// Page size when a request gives none, and the most a request may ask for.
+const DEFAULT_PAGE_SIZE: usize = 100;
+const MAX_PAGE_SIZE: usize = 1000;
+const DEFAULT_TASK_EXECUTION_LIMIT: usize = 10;
+
+#[derive(Clone)]
+pub struct FunctionServiceHandler {
+    node: Arc<Node>,
+}
+
+impl FunctionServiceHandler {
+    pub fn new(node: Arc<Node>) -> FunctionServiceHandler {
+        FunctionServiceHandler { node }
+    }
+
+    async fn invoke(&self, request: proto::InvokeFunctionRequest) -> SpearResult<proto::InvokeFunctionResponse> {
+        let mode = match request.execution_mode() {
+            proto::ExecutionMode::Unknown | proto::ExecutionMode::Sync => ExecutionMode::Sync,
+            proto::ExecutionMode::Async => {
+                return Err(SpearError::unimplemented(
+                    "execution_mode EXECUTION_MODE_ASYNC is not available on this node yet; use \
+                     EXECUTION_MODE_SYNC",
+                ));
+            }
+            proto::ExecutionMode::Stream => {
+                return Err(SpearError::invalid_argument(
+                    "execution_mode EXECUTION_MODE_STREAM is served by the StreamFunction RPC, \
+                     not InvokeFunction",
+                ));
+            }
+        };
+        let (input, result_encoding) = wire::decode_input(&request)?;
+        let (task, cold_start) = self.resolve_task_for_invoke(&request).await?;
+        let entry_point = task.module.resolve_entry_point(&request.function_name)?;
+        let context = request.context.clone().unwrap_or_default();
+        let execution_id = (!context.execution_id.is_empty()).then(|| context.execution_id.clone());
+        let record = self
+            .node
+            .manager
+            .execute(ExecutionRequest {
+                task: task.clone(),
+                function_name: request.function_name.clone(),
+                entry_point,
+                input,
+                result_encoding,
+                execution_id,
+                session_id: context.session_id.clone(),
+                environment: wire::to_btree(&context.environment),
+                headers: wire::to_btree(&context.headers),
+                requested_timeout_ms: context.timeout_ms,
+                mode,
+                metadata: wire::to_btree(&request.invocation_metadata),
+                cold_start,
+            })
+            .await?;
+        let success = record.status == ExecutionStatus::Completed;
+        let message = if success {
+            "execution completed".to_owned()
+        } else {
+            format!(
+                "execution {}: {}",
+                record.status.as_str(),
+                record.error_message
+            )
+        };
+        Ok(proto::InvokeFunctionResponse {
+            success,
+            message,
+            execution_id: record.execution_id.clone(),
+            task_id: record.task_id.clone(),
+            instance_id: record.instance_id.clone(),
+            result: Some(wire::execution_result(&record, true)),
+            status_endpoint: String::new(),
+            estimated_completion_ms: 0,
+        })
+    }
+
+    /// Finds or registers the task an invocation names; the bool says whether this request
+    /// loaded it (a cold start).
+    async fn resolve_task_for_invoke(
+        &self,
+        request: &proto::InvokeFunctionRequest,
+    ) -> SpearResult<(Arc<LoadedTask>, bool)> {
+        match request.invocation_type() {
+            proto::InvocationType::Unknown => Err(SpearError::invalid_argument(
+                "invocation_type must be INVOCATION_TYPE_NEW_TASK or \
+                 INVOCATION_TYPE_EXISTING_TASK",
+            )),
+            proto::InvocationType::NewTask => {
+                if request.task_name.is_empty() {
+                    return Err(SpearError::invalid_argument(
+                        "task_name is required for INVOCATION_TYPE_NEW_TASK",
+                    ));
+                }
+                let Some(artifact_spec) = &request.artifact_spec else {
+                    return Err(SpearError::invalid_argument(
+                        "artifact_spec is required for INVOCATION_TYPE_NEW_TASK",
+                    ));
+                };
+                let (task, outcome) = self
+                    .node
+                    .registry
+                    .register(registration(
+                        None,
+                        &request.task_name,
+                        &request.task_description,
+                        artifact_spec,
+                    ))
+                    .await?;
+                Ok((task, outcome != RegistrationOutcome::Unchanged))
+            }
+            proto::InvocationType::ExistingTask => {
+                if request.task_id.is_empty() {
+                    return Err(SpearError::invalid_argument(
+                        "task_id is required for INVOCATION_TYPE_EXISTING_TASK",
+                    ));
+                }
+                if let Some(task) = self.node.registry.resolve(&request.task_id) {
+                    return Ok((task, false));
+                }
+                match (&request.artifact_spec, request.create_if_not_exists) {
+                    (Some(artifact_spec), true) => {
+                        let task_name = if request.task_name.is_empty() {
+                            &request.task_id
+                        } else {
+                            &request.task_name
+                        };
+                        let (task, _) = self
+                            .node
+                            .registry
+                            .register(registration(
+                                Some(request.task_id.clone()),
+                                task_name,
+                                &request.task_description,
+                                artifact_spec,
+                            ))
+                            .await?;
+                        Ok((task, true))
+                    }
+                    _ => Err(SpearError::not_found(format!(
+                        "task_id {:?} is unknown (set create_if_not_exists with an artifact_spec \
+                         to create it)",
+                        request.task_id
+                    ))),
+                }
+            }
+        }
+    }
+
+    fn task_info(&self, task: &LoadedTask, include_details: bool) -> proto::TaskInfo {
+        let mut metadata: std::collections::HashMap<String, String> = task
+            .record
+            .artifact
+            .metadata
+            .iter()
+            .filter(|(key, _)| !key.starts_with(spearlet_core::task_config::CONFIG_KEY_PREFIX))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        if include_details {
+            metadata.insert("description".into(), task.record.description.clone());
+            metadata.insert("instance_id".into(), task.instance_id.clone());
+            metadata.insert("artifact_digest".into(), format!("sha256:{}", task.record.artifact.digest));
+            metadata.insert(
+                "exported_functions".into(),
+                task.module.exported_functions().join(","),
+            );
+            metadata.insert(
+                "running_executions".into(),
+                task.counters
+                    .running
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .to_string(),
+            );
+        }
+        proto::TaskInfo {
+            task_id: task.record.task_id.clone(),
+            task_name: task.record.task_name.clone(),
+            artifact_spec: Some(wire::artifact_spec(&task.record.artifact)),
+            created_at: task.record.created_at_ms,
+            updated_at: task.record.updated_at_ms,
+            execution_count: clamp_i32(
+                task.counters
+                    .execution_count
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            last_status: task
+                .counters
+                .last_status()
+                .map_or(proto::ExecutionStatus::Unknown, wire::status_to_wire)
+                as i32,
+            metadata,
+        }
+    }
+
+    async fn cancel(&self, request: proto::CancelExecutionRequest) -> SpearResult<proto::CancelExecutionResponse> {
+        if request.execution_id.is_empty() {
+            return Err(SpearError::invalid_argument("execution_id is required"));
+        }
+        let reason = if request.reason.is_empty() {
+            "cancelled by request".to_owned()
+        } else {
+            request.reason.clone()
+        };
+        Ok(match self.node.manager.cancel(&request.execution_id, &reason).await? {
+            CancelResult::Cancelled(record) => proto::CancelExecutionResponse {
+                success: true,
+                message: format!("execution {} cancelled: {reason}", record.execution_id),
+                final_status: wire::status_to_wire(record.status) as i32,
+            },
+            CancelResult::AlreadyTerminal(record) => proto::CancelExecutionResponse {
+                success: false,
+                message: format!(
+                    "execution {} had already ended with status {}",
+                    record.execution_id,
+                    record.status.as_str()
+                ),
+                final_status: wire::status_to_wire(record.status) as i32,
+            },
+        })
+    }
+
+    fn list_tasks(&self, request: &proto::ListTasksRequest) -> SpearResult<proto::ListTasksResponse> {
+        let limit = page_size("limit", request.limit, DEFAULT_PAGE_SIZE)?;
+        let (tasks, has_more) = self
+            .node
+            .registry
+            .list(&request.prefix, &request.start_after, limit);
+        let next_start_after = if has_more {
+            tasks
+                .last()
+                .map(|task| task.record.task_name.clone())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(proto::ListTasksResponse {
+            tasks: tasks
+                .iter()
+                .map(|task| self.task_info(task, request.include_details))
+                .collect(),
+            has_more,
+            next_start_after,
+        })
+    }
+
+    fn get_task(&self, request: &proto::GetTaskRequest) -> SpearResult<proto::GetTaskResponse> {
+        let Some(task) = self.node.registry.resolve(&request.task_id) else {
+            return Ok(proto::GetTaskResponse {
+                found: false,
+                task: None,
+                executions: vec![],
+                message: format!("task_id {:?} is unknown", request.task_id),
+            });
+        };
+        let executions = if request.include_executions {
+            let limit = page_size("execution_limit", request.execution_limit, DEFAULT_TASK_EXECUTION_LIMIT)?;
+            self.node
+                .manager
+                .store()
+                .list_executions(&ExecutionQuery {
+                    task_id: Some(task.record.task_id.clone()),
+                    limit,
+                    newest: true,
+                    ..ExecutionQuery::default()
+                })?
+                .executions
+                .iter()
+                .map(wire::execution_info)
+                .collect()
+        } else {
+            vec![]
+        };
+        Ok(proto::GetTaskResponse {
+            found: true,
+            task: Some(self.task_info(&task, true)),
+            executions,
+            message: String::new(),
+        })
+    }
+
+    async fn delete_task(&self, request: &proto::DeleteTaskRequest) -> SpearResult<proto::DeleteTaskResponse> {
+        if request.task_id.is_empty() {
+            return Err(SpearError::invalid_argument("task_id is required"));
+        }
+        let Some(task) = self.node.registry.resolve(&request.task_id) else {
+            return Ok(proto::DeleteTaskResponse {
+                success: true,
+                message: format!("task_id {:?} does not exist; nothing to delete", request.task_id),
+                deleted: false,
+                cleaned_executions: 0,
+            });
+        };
+        let task_id = task.record.task_id.clone();
+        let live = self.node.manager.live_executions_of(&task_id);
+        if !live.is_empty() && !request.force {
+            return Err(SpearError::failed_precondition(format!(
+                "task {task_id:?} has {} pending or running executions; wait for them or set \
+                 force to cancel them",
+                live.len()
+            )));
+        }
+        for execution_id in &live {
+            let _ = self
+                .node
+                .manager
+                .cancel(execution_id, "the task was deleted")
+                .await;
+        }
+        self.node.registry.remove(&task_id)?;
+        let cleaned_executions = if request.cleanup_executions {
+            self.node.manager.store().delete_executions_of_task(&task_id)?
+        } else {
+            0
+        };
+        Ok(proto::DeleteTaskResponse {
+            success: true,
+            message: format!(
+                "task {task_id:?} deleted (cancelled {} executions, removed {cleaned_executions} \
+                 records)",
+                live.len()
+            ),
+            deleted: true,
+            cleaned_executions: clamp_i32(cleaned_executions as u64),
+        })
+    }
+
+    fn list_executions(&self, request: &proto::ListExecutionsRequest) -> SpearResult<proto::ListExecutionsResponse> {
+        let limit = page_size("limit", request.limit, DEFAULT_PAGE_SIZE)?;
+        let task_id = (!request.task_id.is_empty()).then(|| {
+            self.node
+                .registry
+                .resolve(&request.task_id)
+                .map_or_else(|| request.task_id.clone(), |task| task.record.task_id.clone())
+        });
+        let after_sequence = if request.start_after.is_empty() {
+            None
+        } else {
+            let Some(record) = self.node.manager.store().execution(&request.start_after)? else {
+                return Err(SpearError::invalid_argument(format!(
+                    "start_after {:?} is not a known execution id",
+                    request.start_after
+                )));
+            };
+            Some(record.sequence)
+        };
+        let page = self.node.manager.store().list_executions(&ExecutionQuery {
+            task_id,
+            status: wire::status_from_wire(request.status_filter()),
+            after_sequence,
+            limit,
+            newest: false,
+        })?;
+        let next_start_after = if page.has_more {
+            page.executions
+                .last()
+                .map(|record| record.execution_id.clone())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(proto::ListExecutionsResponse {
+            executions: page.executions.iter().map(wire::execution_info).collect(),
+            has_more: page.has_more,
+            next_start_after,
+        })
+    }
+}
+
+fn registration(
+    requested_task_id: Option<String>,
+    task_name: &str,
+    description: &str,
+    artifact_spec: &proto::ArtifactSpec,
+) -> TaskRegistration {
+    TaskRegistration {
+        requested_task_id,
+        task_name: task_name.to_owned(),
+        description: description.to_owned(),
+        artifact_id: artifact_spec.artifact_id.clone(),
+        artifact_type: artifact_spec.artifact_type.clone(),
+        location: artifact_spec.location.clone(),
+        version: artifact_spec.version.clone(),
+        checksum: artifact_spec.checksum.clone(),
+        metadata: wire::to_btree(&artifact_spec.metadata),
+    }
+}
+
+fn page_size(field: &str, requested: i32, default: usize) -> SpearResult<usize> {
+    match requested {
+        0 => Ok(default),
+        negative if negative < 0 => Err(SpearError::invalid_argument(format!(
+            "{field} must not be negative"
+        ))),
+        positive => Ok((positive as usize).min(MAX_PAGE_SIZE)),
+    }
+}
+
+fn clamp_i32(value: u64) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<proto::StreamExecutionResult, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FunctionService for FunctionServiceHandler {
+    async fn invoke_function(
+        &self,
+        request: Request<proto::InvokeFunctionRequest>,
+    ) -> Result<Response<proto::InvokeFunctionResponse>, Status> {
+        self.invoke(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    async fn get_execution_status(
+        &self,
+        request: Request<proto::GetExecutionStatusRequest>,
+    ) -> Result<Response<proto::GetExecutionStatusResponse>, Status> {
+        let request = request.into_inner();
+        let record = self
+            .node
+            .manager
+            .store()
+            .execution(&request.execution_id)
+            .map_err(to_status)?;
+        Ok(Response::new(match record {
+            None => proto::GetExecutionStatusResponse {
+                found: false,
+                result: None,
+                logs: vec![],
+                message: format!("execution_id {:?} is unknown", request.execution_id),
+            },
+            Some(record) => proto::GetExecutionStatusResponse {
+                found: true,
+                result: Some(wire::execution_result(&record, request.include_result)),
+                logs: if request.include_logs {
+                    record.log_lines()
+                } else {
+                    vec![]
+                },
+                message: format!("execution is {}", record.status.as_str()),
+            },
+        }))
+    }
+
+    async fn cancel_execution(
+        &self,
+        request: Request<proto::CancelExecutionRequest>,
+    ) -> Result<Response<proto::CancelExecutionResponse>, Status> {
+        self.cancel(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    type StreamFunctionStream = ResponseStream;
+
+    async fn stream_function(
+        &self,
+        _request: Request<proto::InvokeFunctionRequest>,
+    ) -> Result<Response<Self::StreamFunctionStream>, Status> {
+        Err(to_status(SpearError::unimplemented(
+            "StreamFunction is not available on this node yet; use InvokeFunction",
+        )))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<proto::ListTasksRequest>,
+    ) -> Result<Response<proto::ListTasksResponse>, Status> {
+        self.list_tasks(request.get_ref())
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    async fn get_task(
+        &self,
+        request: Request<proto::GetTaskRequest>,
+    ) -> Result<Response<proto::GetTaskResponse>, Status> {
+        self.get_task(request.get_ref())
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    async fn delete_task(
+        &self,
+        request: Request<proto::DeleteTaskRequest>,
+    ) -> Result<Response<proto::DeleteTaskResponse>, Status> {
+        self.delete_task(request.get_ref())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    async fn list_executions(
+        &self,
+        request: Request<proto::ListExecutionsRequest>,
+    ) -> Result<Response<proto::ListExecutionsResponse>, Status> {
+        self.list_executions(request.get_ref())
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    async fn get_health(
+        &self,
+        request: Request<proto::GetHealthRequest>,
+    ) -> Result<Response<proto::GetHealthResponse>, Status> {
+        stats::health(&self.node, request.get_ref().include_details)
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    async fn get_stats(
+        &self,
+        request: Request<proto::GetStatsRequest>,
+    ) -> Result<Response<proto::GetStatsResponse>, Status> {
+        stats::stats(&self.node, request.get_ref(), |task| self.task_info(task, false))
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    async fn create_task(
+        &self,
+        request: Request<proto::CreateTaskRequest>,
+    ) -> Result<Response<proto::TaskInfo>, Status> {
+        let request = request.into_inner();
+        if request.task_name.is_empty() {
+            return Err(to_status(SpearError::invalid_argument("task_name is required")));
+        }
+        let Some(artifact_spec) = &request.artifact_spec else {
+            return Err(to_status(SpearError::invalid_argument(
+                "artifact_spec is required",
+            )));
+        };
+        let (task, _) = self
+            .node
+            .registry
+            .register(registration(
+                None,
+                &request.task_name,
+                &request.task_description,
+                artifact_spec,
+            ))
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(self.task_info(&task, true)))
+    }
+}

@@ -1,0 +1,198 @@
+//! GetHealth and GetStats, computed from the live state and the records at request time.
+//! Nothing here is cached or estimated: every figure is a count or a mean over real data.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use spearlet_core::{ExecutionStatus, SpearResult};
+use spearlet_proto as proto;
+
+use crate::clock::unix_ms;
+use crate::node::Node;
+use crate::registry::LoadedTask;
+
+/// The queue fill ratio above which the node reports itself degraded.
+const DEGRADED_QUEUE_RATIO: f64 = 0.8;
+const MOST_ACTIVE_TASKS: usize = 5;
+
+pub fn health(node: &Node, include_details: bool) -> SpearResult<proto::GetHealthResponse> {
+    let manager = &node.manager;
+    let queued = manager.queued_count();
+    let queue_ratio = queued as f64 / manager.max_queue_length().max(1) as f64;
+    let (status, message) = match manager.store().execution_count() {
+        Err(error) => ("unhealthy", format!("the record store is unavailable: {error}")),
+        Ok(_) if queue_ratio > DEGRADED_QUEUE_RATIO => (
+            "degraded",
+            format!(
+                "the execution queue is {:.0}% full ({queued} of {})",
+                queue_ratio * 100.0,
+                manager.max_queue_length()
+            ),
+        ),
+        Ok(_) => ("healthy", "serving".to_owned()),
+    };
+    let details = include_details.then(|| {
+        let tasks = node.registry.all();
+        proto::HealthDetails {
+            active_tasks: tasks.iter().filter(|task| is_active(task)).count() as i32,
+            running_executions: manager.running_count() as i32,
+            pending_executions: queued as i32,
+            total_memory_used: node.observer.resident_memory_bytes() as i64,
+            total_executions: manager.total_submitted() as i64,
+            system_info: system_info(node),
+        }
+    });
+    Ok(proto::GetHealthResponse {
+        status: status.to_owned(),
+        message,
+        uptime_seconds: node.observer.uptime().as_secs() as i64,
+        details,
+    })
+}
+
+fn system_info(node: &Node) -> HashMap<String, String> {
+    [
+        ("version", env!("CARGO_PKG_VERSION").to_owned()),
+        ("runtimes", "wasm".to_owned()),
+        ("wasm_engine", "wasmtime 48".to_owned()),
+        ("cpu_count", node.observer.cpu_count().to_string()),
+        ("os", std::env::consts::OS.to_owned()),
+        ("arch", std::env::consts::ARCH.to_owned()),
+        (
+            "total_memory_bytes",
+            node.observer.total_memory_bytes().to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value))
+    .collect()
+}
+
+/// A task with at least one pending or running execution.
+fn is_active(task: &LoadedTask) -> bool {
+    task.counters.live.load(Ordering::Relaxed) > 0
+}
+
+#[derive(Default)]
+struct ExecutionTotals {
+    completed: u64,
+    not_completed_terminal: u64,
+    execution_time_ms_sum: f64,
+    response_time_ms_sum: f64,
+    terminal: u64,
+    by_function: HashMap<String, i32>,
+}
+
+pub fn stats(
+    node: &Node,
+    request: &proto::GetStatsRequest,
+    task_info: impl Fn(&LoadedTask) -> proto::TaskInfo,
+) -> SpearResult<proto::GetStatsResponse> {
+    let window_start_ms = match request.time_range_hours {
+        hours if hours > 0 => unix_ms() - i64::from(hours) * 3_600_000,
+        _ => i64::MIN,
+    };
+    let mut all_time = ExecutionTotals::default();
+    let mut windowed = ExecutionTotals::default();
+    node.manager.store().visit_executions(&mut |record| {
+        for (totals, included) in [
+            (&mut all_time, true),
+            (&mut windowed, record.submitted_at_ms >= window_start_ms),
+        ] {
+            if !included {
+                continue;
+            }
+            let function = if record.function_name.is_empty() {
+                "_start"
+            } else {
+                &record.function_name
+            };
+            *totals
+                .by_function
+                .entry(format!("{}/{function}", record.task_name))
+                .or_default() += 1;
+            if !record.status.is_terminal() {
+                continue;
+            }
+            totals.terminal += 1;
+            if record.status == ExecutionStatus::Completed {
+                totals.completed += 1;
+            } else {
+                totals.not_completed_terminal += 1;
+            }
+            totals.execution_time_ms_sum += record
+                .metrics
+                .get("execution_time_us")
+                .and_then(|micros| micros.parse::<f64>().ok())
+                .map_or(record.execution_time_ms as f64, |micros| micros / 1000.0);
+            totals.response_time_ms_sum += record.response_time_ms().unwrap_or(0.0);
+        }
+    })?;
+    let mean = |sum: f64, count: u64| if count == 0 { 0.0 } else { sum / count as f64 };
+    let tasks = node.registry.all();
+    let active_tasks = tasks.iter().filter(|task| is_active(task)).count();
+
+    let service_stats = proto::ServiceStats {
+        uptime_seconds: node.observer.uptime().as_secs() as i64,
+        total_tasks: tasks.len() as i32,
+        total_executions: node.manager.total_submitted() as i32,
+        total_memory_used: node.observer.resident_memory_bytes() as i64,
+        cpu_usage_percent: node.observer.cpu_usage_percent(),
+        memory_usage_percent: {
+            let total = node.observer.total_memory_bytes();
+            if total == 0 {
+                0.0
+            } else {
+                node.observer.resident_memory_bytes() as f64 / total as f64 * 100.0
+            }
+        },
+        artifact_count: node.registry.artifact_count() as i32,
+        instance_count: tasks.len() as i32,
+        successful_executions: all_time.completed as i64,
+        failed_executions: all_time.not_completed_terminal as i64,
+        average_response_time_ms: mean(all_time.response_time_ms_sum, all_time.terminal),
+    };
+    let task_stats = request.include_task_stats.then(|| {
+        let mut tasks_by_type: HashMap<String, i32> = HashMap::new();
+        for task in &tasks {
+            *tasks_by_type
+                .entry(task.record.artifact.artifact_type.clone())
+                .or_default() += 1;
+        }
+        let mut by_activity = tasks.clone();
+        by_activity.sort_by_key(|task| {
+            std::cmp::Reverse(task.counters.execution_count.load(Ordering::Relaxed))
+        });
+        proto::TaskStats {
+            active_tasks: active_tasks as i32,
+            idle_tasks: (tasks.len() - active_tasks) as i32,
+            tasks_by_type,
+            most_active_tasks: by_activity
+                .iter()
+                .filter(|task| task.counters.execution_count.load(Ordering::Relaxed) > 0)
+                .take(MOST_ACTIVE_TASKS)
+                .map(|task| task_info(task))
+                .collect(),
+        }
+    });
+    let execution_stats = request
+        .include_execution_stats
+        .then(|| proto::ExecutionStats {
+            running_executions: node.manager.running_count() as i32,
+            pending_executions: node.manager.queued_count() as i32,
+            completed_executions: windowed.completed as i32,
+            failed_executions: windowed.not_completed_terminal as i32,
+            average_execution_time_ms: mean(windowed.execution_time_ms_sum, windowed.terminal),
+            success_rate_percent: if windowed.terminal == 0 {
+                0.0
+            } else {
+                windowed.completed as f64 / windowed.terminal as f64 * 100.0
+            },
+            executions_by_function: windowed.by_function,
+        });
+    Ok(proto::GetStatsResponse {
+        service_stats: Some(service_stats),
+        task_stats,
+        execution_stats,
+    })
+}

@@ -1,0 +1,130 @@
+//! Shared helpers for the gRPC integration tests: a real node on 127.0.0.1:0 with a temporary
+//! data directory, a connected client, and request builders.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use base64::Engine as _;
+use spearlet_proto as proto;
+use spearlet_proto::function_service_client::FunctionServiceClient;
+use spearlet_server::{NodeConfig, RunningServer};
+use tonic::transport::Channel;
+
+pub struct TestNode {
+    pub server: RunningServer,
+    pub client: FunctionServiceClient<Channel>,
+    pub data_dir: tempfile::TempDir,
+}
+
+pub async fn start_node() -> TestNode {
+    start_node_with(|_| {}).await
+}
+
+pub async fn start_node_with(configure: impl FnOnce(&mut NodeConfig)) -> TestNode {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut config = NodeConfig {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.path().to_path_buf(),
+        shutdown_grace_ms: 1000,
+        ..NodeConfig::default()
+    };
+    config.wasm.max_instances = 128;
+    configure(&mut config);
+    let server = spearlet_server::serve(config).await.unwrap();
+    let client = connect(server.grpc_addr).await;
+    TestNode {
+        server,
+        client,
+        data_dir,
+    }
+}
+
+pub async fn connect(addr: std::net::SocketAddr) -> FunctionServiceClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap();
+    FunctionServiceClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+/// An EXISTING_TASK sync invocation with raw `input`.
+pub fn invoke(task: &str, input: &[u8]) -> proto::InvokeFunctionRequest {
+    proto::InvokeFunctionRequest {
+        invocation_type: proto::InvocationType::ExistingTask as i32,
+        task_id: task.into(),
+        execution_mode: proto::ExecutionMode::Sync as i32,
+        input: Some(proto::Payload {
+            content_type: "application/octet-stream".into(),
+            data: input.to_vec(),
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn with_timeout(mut request: proto::InvokeFunctionRequest, timeout_ms: i64) -> proto::InvokeFunctionRequest {
+    request.context.get_or_insert_with(Default::default).timeout_ms = timeout_ms;
+    request
+}
+
+pub fn data_url(bytes: &[u8]) -> String {
+    format!(
+        "data:application/wasm;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+pub fn wasm_artifact(bytes: &[u8], metadata: &[(&str, &str)]) -> proto::ArtifactSpec {
+    proto::ArtifactSpec {
+        artifact_type: "wasm".into(),
+        location: data_url(bytes),
+        metadata: metadata
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect::<HashMap<_, _>>(),
+        ..Default::default()
+    }
+}
+
+pub fn new_task(name: &str, artifact: proto::ArtifactSpec, input: &[u8]) -> proto::InvokeFunctionRequest {
+    proto::InvokeFunctionRequest {
+        invocation_type: proto::InvocationType::NewTask as i32,
+        task_name: name.into(),
+        artifact_spec: Some(artifact),
+        execution_mode: proto::ExecutionMode::Sync as i32,
+        input: Some(proto::Payload {
+            content_type: String::new(),
+            data: input.to_vec(),
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn example(name: &str) -> &'static [u8] {
+    spearlet_examples::EXAMPLES
+        .iter()
+        .find(|example| example.name == name)
+        .unwrap()
+        .wasm
+}
+
+pub fn result(response: &proto::InvokeFunctionResponse) -> &proto::ExecutionResult {
+    response.result.as_ref().expect("response carries a result")
+}
+
+pub fn output(response: &proto::InvokeFunctionResponse) -> Vec<u8> {
+    result(response)
+        .output
+        .as_ref()
+        .map(|payload| payload.data.clone())
+        .unwrap_or_default()
+}
+
+pub fn status(response: &proto::InvokeFunctionResponse) -> proto::ExecutionStatus {
+    proto::ExecutionStatus::try_from(result(response).status).unwrap()
+}
