@@ -15,5 +15,7 @@ pub mod task_config;
 
 pub use error::{ErrorKind, SpearError, SpearResult};
 pub use execution::{ErrorCode, ExecutionMode, ExecutionStatus, Outcome};
-pub use record::{ArtifactRecord, ExecutionRecord, ResultEncoding, TaskRecord};
+pub use record::{
+    ArtifactRecord, ExecutionRecord, ResultEncoding, StoredRequest, TaskRecord, TimelineEntry,
+};
 pub use task_config::{TaskConfig, TaskConfigDefaults};

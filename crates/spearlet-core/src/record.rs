@@ -80,6 +80,35 @@ pub struct ExecutionRecord {
     /// sha256 over task id, function name and input: the idempotency fingerprint.
     pub request_fingerprint: String,
     pub metadata: BTreeMap<String, String>,
+    /// What the execution needs to run again after a restart: its input and call context.
+    pub request: StoredRequest,
+    /// Status changes and attempt ends, oldest first.
+    pub timeline: Vec<TimelineEntry>,
+}
+
+/// The parts of an invocation request kept with its record, so a queued or interrupted
+/// execution can run after the node restarts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoredRequest {
+    pub input: Bytes,
+    pub session_id: String,
+    pub environment: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, String>,
+    /// `context.timeout_ms` as sent (≤ 0 = the task default).
+    pub requested_timeout_ms: i64,
+    /// Retries allowed after the first attempt (already capped by the node).
+    pub max_retries: u32,
+}
+
+/// One event in an execution's life.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    /// Unix microseconds.
+    pub at_us: i64,
+    pub status: ExecutionStatus,
+    pub attempt: u32,
+    /// Why the status changed (an attempt's error, a cancellation reason, a restart).
+    pub note: String,
 }
 
 impl ExecutionRecord {

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use spearlet_core::ids::{random_id, validate_id};
 use spearlet_core::{
     ExecutionMode, ExecutionRecord, ExecutionStatus, Outcome, ResultEncoding, SpearError,
-    SpearResult,
+    SpearResult, StoredRequest,
 };
 use spearlet_store::Store;
 use spearlet_wasm::{EntryPoint, WasmInvocation};
@@ -207,6 +207,15 @@ impl TaskExecutionManager {
             instance_id: request.task.instance_id.clone(),
             request_fingerprint: fingerprint,
             metadata: request.metadata.clone(),
+            request: StoredRequest {
+                input: request.input.clone(),
+                session_id: request.session_id.clone(),
+                environment: request.environment.clone(),
+                headers: request.headers.clone(),
+                requested_timeout_ms: request.requested_timeout_ms,
+                max_retries: 0,
+            },
+            timeline: Vec::new(),
         };
         self.store.put_execution(&record)?;
         let cancellation = CancellationToken::new();

@@ -196,6 +196,8 @@ mod tests {
             instance_id: String::new(),
             request_fingerprint: String::new(),
             metadata: Default::default(),
+            request: Default::default(),
+            timeline: Vec::new(),
         }
     }
 
