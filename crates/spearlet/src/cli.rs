@@ -1,0 +1,432 @@
+//! The command line: every subcommand, flag and environment variable, as clap derive types.
+//!
+//! Parsing has no side effects. Values are only checked for shape here (a `K=V` pair, a
+//! `spearlet.` prefix); `main` hands the parsed arguments to the module that runs the command,
+//! which turns them into requests or configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use spearlet_server::LogFormat;
+
+/// Where the client commands connect when neither `--addr` nor `SPEARLET_ADDR` is given: the
+/// node's default gRPC address.
+pub const DEFAULT_NODE_ADDRESS: &str = "http://127.0.0.1:50052";
+
+/// The prefix every task setting key (`--set`) carries; see docs/FUNCTIONS.md.
+pub const TASK_SETTING_PREFIX: &str = "spearlet.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "spearlet",
+    version,
+    about = "Run a spearlet node, or talk to one: invoke functions, manage tasks, inspect \
+             executions, measure throughput.",
+    propagate_version = true
+)]
+pub struct CommandLine {
+    /// gRPC address of the node the client commands talk to (`host:port` is accepted too).
+    #[arg(
+        long = "addr",
+        global = true,
+        env = "SPEARLET_ADDR",
+        default_value = DEFAULT_NODE_ADDRESS,
+        value_name = "URL"
+    )]
+    pub node_address: String,
+
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long = "json", global = true)]
+    pub json_output: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node: serve spearlet.FunctionService until SIGINT or SIGTERM.
+    Serve(ServeArguments),
+    /// Run a function of a registered task once and print its output.
+    Invoke(InvokeArguments),
+    /// Register, list, show and delete tasks.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Show, list and cancel executions.
+    #[command(subcommand)]
+    Exec(ExecutionCommand),
+    /// Show the node's health.
+    Health,
+    /// Show node, task and execution statistics.
+    Stats(StatsArguments),
+    /// Measure invocation throughput and latency, optionally against a bare gRPC echo baseline.
+    Bench(BenchArguments),
+}
+
+/// Flags of `spearlet serve`. Each one replaces the config file's value; unset flags leave it.
+#[derive(Debug, Args)]
+pub struct ServeArguments {
+    /// TOML configuration file (see docs/CONFIG.md). Unknown keys are an error.
+    #[arg(long = "config", env = "SPEARLET_CONFIG", value_name = "PATH")]
+    pub config_file: Option<PathBuf>,
+
+    /// gRPC listen address; port 0 picks a free port (the chosen one is printed).
+    #[arg(
+        long = "grpc-addr",
+        env = "SPEARLET_GRPC_ADDR",
+        value_name = "HOST:PORT"
+    )]
+    pub grpc_address: Option<SocketAddr>,
+
+    /// HTTP listen address, reserved for the HTTP/JSON gateway.
+    #[arg(
+        long = "http-addr",
+        env = "SPEARLET_HTTP_ADDR",
+        value_name = "HOST:PORT"
+    )]
+    pub http_address: Option<SocketAddr>,
+
+    /// Directory for caches and records.
+    #[arg(long = "data-dir", env = "SPEARLET_DATA_DIR", value_name = "PATH")]
+    pub data_directory: Option<PathBuf>,
+
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
+    #[arg(long = "log-level", env = "SPEARLET_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    /// Log line format on stderr: `text` or `json` (one object per line).
+    #[arg(
+        long = "log-format",
+        env = "SPEARLET_LOG_FORMAT",
+        value_name = "FORMAT"
+    )]
+    pub log_format: Option<LogFormat>,
+
+    /// Do not register the bundled example functions as tasks at start.
+    #[arg(long = "no-examples", env = "SPEARLET_NO_EXAMPLES")]
+    pub no_examples: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InvokeArguments {
+    /// The task to run: its id or its name.
+    #[arg(value_name = "TASK")]
+    pub task: String,
+
+    /// The export to call; the task's default (usually `_start`) when not given.
+    #[arg(long = "function", value_name = "NAME")]
+    pub function_name: Option<String>,
+
+    /// The input bytes, given literally. Without `--input` or `--input-file`, stdin is read
+    /// when it is not a terminal.
+    #[arg(long = "input", value_name = "STRING", conflicts_with = "input_file")]
+    pub input_text: Option<String>,
+
+    /// Read the input bytes from a file.
+    #[arg(long = "input-file", value_name = "PATH")]
+    pub input_file: Option<PathBuf>,
+
+    /// Deadline for the call in milliseconds (capped by the task's maximum).
+    #[arg(long = "timeout", value_name = "MS")]
+    pub timeout_ms: Option<i64>,
+
+    /// Use this execution id instead of a generated one.
+    #[arg(long = "execution-id", value_name = "ID")]
+    pub execution_id: Option<String>,
+
+    /// A request header passed to the function; repeatable.
+    #[arg(long = "header", value_name = "K=V", value_parser = parse_key_value)]
+    pub headers: Vec<(String, String)>,
+
+    /// An environment variable for the function; repeatable.
+    #[arg(long = "env", value_name = "K=V", value_parser = parse_key_value)]
+    pub environment: Vec<(String, String)>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Register a task (or update it: same rules as a NEW_TASK invocation).
+    Create(TaskCreateArguments),
+    /// List tasks.
+    #[command(alias = "list")]
+    Ls(TaskListArguments),
+    /// Show one task, optionally with its latest executions.
+    Get(TaskGetArguments),
+    /// Delete a task.
+    #[command(alias = "delete")]
+    Rm(TaskDeleteArguments),
+}
+
+#[derive(Debug, Args)]
+pub struct TaskCreateArguments {
+    /// The task name; invocations may use it instead of the task id.
+    #[arg(value_name = "NAME")]
+    pub task_name: String,
+
+    /// A local file (sent inline, so remote nodes need no access to it) or a URL the node
+    /// fetches: `file:///abs/path`, `http(s)://…`, `data:…;base64,…`, `artifact://sha256:…`.
+    #[arg(long = "artifact", value_name = "PATH|URL")]
+    pub artifact: String,
+
+    /// The artifact type.
+    #[arg(long = "type", value_name = "TYPE", default_value = "wasm")]
+    pub artifact_type: String,
+
+    /// Artifact version; a different artifact under an existing name needs a higher version.
+    #[arg(long = "version", value_name = "V")]
+    pub version: Option<String>,
+
+    /// Expected `sha256:<hex>` of the artifact.
+    #[arg(long = "checksum", value_name = "C")]
+    pub checksum: Option<String>,
+
+    /// A free-text description.
+    #[arg(long = "description", value_name = "TEXT")]
+    pub description: Option<String>,
+
+    /// A task setting such as `spearlet.timeout_ms=5000`; repeatable.
+    #[arg(long = "set", value_name = "spearlet.KEY=VALUE", value_parser = parse_task_setting)]
+    pub settings: Vec<(String, String)>,
+
+    /// A free-form label kept in the artifact metadata; repeatable.
+    #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskListArguments {
+    /// Only tasks whose name starts with this.
+    #[arg(long = "prefix", value_name = "P", default_value = "")]
+    pub name_prefix: String,
+
+    /// Page size (the node's default when not given).
+    #[arg(long = "limit", value_name = "N")]
+    pub page_size: Option<i32>,
+
+    /// Follow pagination until every matching task is listed.
+    #[arg(long = "all")]
+    pub all_pages: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskGetArguments {
+    /// Task id or name.
+    #[arg(value_name = "ID")]
+    pub task: String,
+
+    /// Also show this many of the task's latest executions.
+    #[arg(long = "executions", value_name = "N")]
+    pub execution_limit: Option<i32>,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskDeleteArguments {
+    /// Task id or name.
+    #[arg(value_name = "ID")]
+    pub task: String,
+
+    /// Cancel the task's pending and running executions instead of refusing.
+    #[arg(long = "force")]
+    pub force: bool,
+
+    /// Also delete the task's execution records.
+    #[arg(long = "cleanup")]
+    pub cleanup_executions: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExecutionCommand {
+    /// Show one execution.
+    Get(ExecutionGetArguments),
+    /// List executions, oldest first.
+    #[command(alias = "list")]
+    Ls(ExecutionListArguments),
+    /// Cancel a pending or running execution.
+    Cancel(ExecutionCancelArguments),
+}
+
+#[derive(Debug, Args)]
+pub struct ExecutionGetArguments {
+    /// The execution id.
+    #[arg(value_name = "ID")]
+    pub execution_id: String,
+
+    /// Also show the function's log (its stderr).
+    #[arg(long = "logs")]
+    pub include_logs: bool,
+
+    /// Do not fetch or show the output.
+    #[arg(long = "no-output")]
+    pub no_output: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecutionListArguments {
+    /// Only executions of this task (id or name).
+    #[arg(long = "task", value_name = "T")]
+    pub task: Option<String>,
+
+    /// Only executions with this status.
+    #[arg(long = "status", value_name = "STATUS")]
+    pub status: Option<ExecutionStatusFilter>,
+
+    /// Page size (the node's default when not given).
+    #[arg(long = "limit", value_name = "N")]
+    pub page_size: Option<i32>,
+}
+
+/// The statuses `exec ls --status` accepts, spelled as the table shows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExecutionStatusFilter {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+    Timeout,
+}
+
+impl ExecutionStatusFilter {
+    pub fn to_wire(self) -> spearlet_proto::ExecutionStatus {
+        use spearlet_proto::ExecutionStatus as WireStatus;
+        match self {
+            ExecutionStatusFilter::Pending => WireStatus::Pending,
+            ExecutionStatusFilter::Running => WireStatus::Running,
+            ExecutionStatusFilter::Completed => WireStatus::Completed,
+            ExecutionStatusFilter::Failed => WireStatus::Failed,
+            ExecutionStatusFilter::Cancelled => WireStatus::Cancelled,
+            ExecutionStatusFilter::Timeout => WireStatus::Timeout,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ExecutionCancelArguments {
+    /// The execution id.
+    #[arg(value_name = "ID")]
+    pub execution_id: String,
+
+    /// Why; recorded as the execution's error message.
+    #[arg(long = "reason", value_name = "R")]
+    pub reason: Option<String>,
+
+    /// Request a forced cancellation.
+    #[arg(long = "force")]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArguments {
+    /// Restrict execution statistics to the last N hours (all time when not given).
+    #[arg(long = "hours", value_name = "N")]
+    pub time_range_hours: Option<i32>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArguments {
+    /// The task to invoke (id or name).
+    #[arg(long = "task", value_name = "TASK", default_value = "echo")]
+    pub task: String,
+
+    /// The export to call; the task's default when not given.
+    #[arg(long = "function", value_name = "NAME")]
+    pub function_name: Option<String>,
+
+    /// Concurrent workers; each keeps one call in flight.
+    #[arg(long = "concurrency", value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: u32,
+
+    /// Measure for this many seconds (ignored with `--requests`).
+    #[arg(long = "duration", value_name = "SECS", default_value_t = 10.0)]
+    pub duration_seconds: f64,
+
+    /// Measure exactly this many calls instead of a duration.
+    #[arg(long = "requests", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_count: Option<u64>,
+
+    /// Size of the input payload of every call, in bytes.
+    #[arg(long = "payload-bytes", value_name = "N", default_value_t = 64)]
+    pub payload_bytes: usize,
+
+    /// Load applied before measuring, in seconds, and not reported.
+    #[arg(long = "warmup", value_name = "SECS", default_value_t = 1.0)]
+    pub warmup_seconds: f64,
+
+    /// First measure a bare in-process tonic echo server with the same load, then compare.
+    #[arg(long = "baseline")]
+    pub baseline: bool,
+
+    /// HTTP/2 connections; workers are spread over them round-robin.
+    #[arg(long = "connections", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub connections: u32,
+}
+
+/// `K=V` → `(K, V)`; the key must be non-empty, the value may be.
+pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+/// A `--set` value: `spearlet.<key>=<value>`.
+pub fn parse_task_setting(text: &str) -> Result<(String, String), String> {
+    let (key, value) = parse_key_value(text)?;
+    if !key.starts_with(TASK_SETTING_PREFIX) || key.len() == TASK_SETTING_PREFIX.len() {
+        return Err(format!(
+            "task setting keys start with {TASK_SETTING_PREFIX:?} (for example \
+             spearlet.timeout_ms=5000); use --label for other metadata"
+        ));
+    }
+    Ok((key, value))
+}
+
+/// A `--label` value: any `K=V` whose key is not a task setting.
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = parse_key_value(text)?;
+    if key.starts_with(TASK_SETTING_PREFIX) {
+        return Err(format!(
+            "label keys must not start with {TASK_SETTING_PREFIX:?}; use --set for task settings"
+        ));
+    }
+    Ok((key, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        CommandLine::command().debug_assert();
+    }
+
+    #[test]
+    fn key_value_pairs_parse() {
+        let cases: [(&str, Option<(&str, &str)>); 5] = [
+            ("a=b", Some(("a", "b"))),
+            ("a=", Some(("a", ""))),
+            ("a=b=c", Some(("a", "b=c"))),
+            ("=b", None),
+            ("ab", None),
+        ];
+        for (input, expected) in cases {
+            let parsed = parse_key_value(input).ok();
+            let expected = expected.map(|(key, value)| (key.to_owned(), value.to_owned()));
+            assert_eq!(parsed, expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn task_settings_need_the_prefix_and_labels_must_not_have_it() {
+        assert!(parse_task_setting("spearlet.timeout_ms=10").is_ok());
+        assert!(parse_task_setting("timeout_ms=10").is_err());
+        assert!(parse_task_setting("spearlet.=10").is_err());
+        assert!(parse_label("team=a").is_ok());
+        assert!(parse_label("spearlet.timeout_ms=10").is_err());
+    }
+}

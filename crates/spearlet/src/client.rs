@@ -1,0 +1,764 @@
+//! The client commands: each one turns its arguments into one request to
+//! `spearlet.FunctionService` (or a few, for pagination), and prints the answer with `output`.
+//!
+//! Exit codes: 0 when the node did what was asked, 1 when it refused (a gRPC error, an unknown
+//! id, a cancellation that did not happen) or when the function itself failed. Errors travel up
+//! as `anyhow::Error`s and `main` prints them as `error: …` on stderr.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Read, Write};
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow, bail};
+use base64::Engine as _;
+use spearlet_proto as proto;
+use spearlet_proto::function_service_client::FunctionServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::cli::{
+    ExecutionCancelArguments, ExecutionCommand, ExecutionGetArguments, ExecutionListArguments,
+    InvokeArguments, StatsArguments, TASK_SETTING_PREFIX, TaskCommand, TaskCreateArguments,
+    TaskDeleteArguments, TaskGetArguments, TaskListArguments,
+};
+use crate::output::{self, Table, or_dash, render_key_values};
+
+pub type NodeClient = FunctionServiceClient<Channel>;
+
+/// The largest answer the client accepts. Outputs are capped by the node
+/// (`task_defaults.max_output_bytes`); this only has to be larger than any sensible cap.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Error messages in the execution table are cut to this many characters.
+const TABLE_ERROR_MESSAGE_CHARACTERS: usize = 60;
+
+/// Location schemes the node fetches itself; anything else is read as a local path.
+const REMOTE_ARTIFACT_SCHEMES: &[&str] =
+    &["http://", "https://", "file://", "data:", "artifact://"];
+
+/// `host:port` → `http://host:port`; URLs with a scheme are kept.
+pub fn normalize_node_address(address: &str) -> String {
+    if address.contains("://") {
+        address.to_owned()
+    } else {
+        format!("http://{address}")
+    }
+}
+
+/// An endpoint for `address` with the settings every client connection of this binary uses.
+pub fn node_endpoint(address: &str) -> anyhow::Result<Endpoint> {
+    let address = normalize_node_address(address);
+    Endpoint::from_shared(address.clone())
+        .with_context(|| format!("{address:?} is not a valid node address"))
+        .map(|endpoint| endpoint.tcp_nodelay(true))
+}
+
+pub async fn connect(address: &str) -> anyhow::Result<NodeClient> {
+    let channel = node_endpoint(address)?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {}", normalize_node_address(address)))?;
+    Ok(FunctionServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES))
+}
+
+/// A gRPC error as the CLI reports it: `NotFound: task_id "x" is unknown`.
+pub fn rpc_error(status: tonic::Status) -> anyhow::Error {
+    anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(bytes).context("writing to stdout")?;
+    stdout.flush().context("writing to stdout")
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    write_stdout(output::render_json(value).as_bytes())
+}
+
+fn to_hash_map(pairs: &[(String, String)]) -> HashMap<String, String> {
+    pairs.iter().cloned().collect()
+}
+
+// invoke
+
+/// The input bytes: `--input`, `--input-file`, or stdin when it is piped, else nothing.
+fn read_invoke_input(arguments: &InvokeArguments) -> anyhow::Result<Vec<u8>> {
+    if let Some(text) = &arguments.input_text {
+        return Ok(text.as_bytes().to_vec());
+    }
+    if let Some(path) = &arguments.input_file {
+        return std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    }
+    let mut stdin = std::io::stdin().lock();
+    if stdin.is_terminal() {
+        return Ok(Vec::new());
+    }
+    let mut input = Vec::new();
+    stdin.read_to_end(&mut input).context("reading stdin")?;
+    Ok(input)
+}
+
+pub async fn invoke(
+    client: &mut NodeClient,
+    arguments: &InvokeArguments,
+    json_output: bool,
+) -> anyhow::Result<ExitCode> {
+    let input = read_invoke_input(arguments)?;
+    let request = proto::InvokeFunctionRequest {
+        invocation_type: proto::InvocationType::ExistingTask as i32,
+        task_id: arguments.task.clone(),
+        function_name: arguments.function_name.clone().unwrap_or_default(),
+        execution_mode: proto::ExecutionMode::Sync as i32,
+        input: Some(proto::Payload {
+            content_type: "application/octet-stream".into(),
+            data: input,
+        }),
+        context: Some(proto::ExecutionContext {
+            execution_id: arguments.execution_id.clone().unwrap_or_default(),
+            timeout_ms: arguments.timeout_ms.unwrap_or(0),
+            headers: to_hash_map(&arguments.headers),
+            environment: to_hash_map(&arguments.environment),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let response = client
+        .invoke_function(request)
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let result = response.result.clone().unwrap_or_default();
+    if json_output {
+        print_json(&output::invoke_response_json(&response))?;
+    } else {
+        let output_bytes = match &result.output {
+            Some(payload) => payload.data.clone(),
+            None => result
+                .result
+                .as_ref()
+                .and_then(spearlet_proto::well_known::unpack_bytes)
+                .unwrap_or_default(),
+        };
+        write_stdout(&output_bytes)?;
+    }
+    if response.success {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "error: {} {}: {}",
+        output::execution_status_name(result.status),
+        or_dash(&result.error_code),
+        result.error_message
+    );
+    Ok(ExitCode::FAILURE)
+}
+
+// task
+
+pub async fn run_task_command(
+    client: &mut NodeClient,
+    command: &TaskCommand,
+    json_output: bool,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        TaskCommand::Create(arguments) => create_task(client, arguments, json_output).await,
+        TaskCommand::Ls(arguments) => list_tasks(client, arguments, json_output).await,
+        TaskCommand::Get(arguments) => get_task(client, arguments, json_output).await,
+        TaskCommand::Rm(arguments) => delete_task(client, arguments, json_output).await,
+    }
+}
+
+/// The location to send for `--artifact`: URLs as given, local files inline as a `data:` URL.
+fn artifact_location(artifact: &str, artifact_type: &str) -> anyhow::Result<String> {
+    let is_remote = REMOTE_ARTIFACT_SCHEMES
+        .iter()
+        .any(|scheme| artifact.starts_with(scheme))
+        || artifact.contains("://");
+    if is_remote {
+        return Ok(artifact.to_owned());
+    }
+    let bytes = std::fs::read(artifact).with_context(|| format!("reading artifact {artifact}"))?;
+    let media_type = if artifact_type == "wasm" {
+        "application/wasm"
+    } else {
+        "application/octet-stream"
+    };
+    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+    Ok(format!("data:{media_type};base64,{encoded}"))
+}
+
+async fn create_task(
+    client: &mut NodeClient,
+    arguments: &TaskCreateArguments,
+    json_output: bool,
+) -> anyhow::Result<ExitCode> {
+    let location = artifact_location(&arguments.artifact, &arguments.artifact_type)?;
+    let metadata = arguments
+        .settings
+        .iter()
+        .chain(&arguments.labels)
+        .cloned()
+        .collect();
+    let request = proto::CreateTaskRequest {
+        task_name: arguments.task_name.clone(),
+        task_description: arguments.description.clone().unwrap_or_default(),
+        artifact_spec: Some(proto::ArtifactSpec {
+            artifact_type: arguments.artifact_type.clone(),
+            location,
+            version: arguments.version.clone().unwrap_or_default(),
+            checksum: arguments.checksum.clone().unwrap_or_default(),
+            metadata,
+            ..Default::default()
+        }),
+    };
+    let task = client
+        .create_task(request)
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    if json_output {
+        print_json(&output::task_info_json(&task))?;
+    } else {
+        write_stdout(render_task_details(&task).as_bytes())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list_tasks(
+    client: &mut NodeClient,
+    arguments: &TaskListArguments,
+    json_output: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut tasks = Vec::new();
+    let mut start_after = String::new();
+    let (has_more, next_start_after) = loop {
+        let page = client
+            .list_tasks(proto::ListTasksRequest {
+                prefix: arguments.name_prefix.clone(),
+                limit: arguments.page_size.unwrap_or(0),
+                start_after: start_after.clone(),
+                include_details: false,
+            })
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        tasks.extend(page.tasks);
+        let follow = arguments.all_pages && page.has_more && !page.next_start_after.is_empty();
+        if !follow {
+            break (page.has_more, page.next_start_after);
+        }
+        start_after = page.next_start_after;
+    };
+    if json_output {
+        print_json(&output::task_list_json(&tasks, has_more, &next_start_after))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = Table::new(&[
+        "NAME",
+        "ID",
+        "TYPE",
+        "VERSION",
+        "EXECUTIONS",
+        "LAST STATUS",
+        "UPDATED",
+    ]);
+    for task in &tasks {
+        let spec = task.artifact_spec.clone().unwrap_or_default();
+        table.push_row(vec![
+            task.task_name.clone(),
+            task.task_id.clone(),
+            or_dash(&spec.artifact_type),
+            or_dash(&spec.version),
+            task.execution_count.to_string(),
+            output::status_cell(task.last_status),
+            output::format_unix_ms(task.updated_at, false),
+        ]);
+    }
+    write_stdout(table.render().as_bytes())?;
+    if has_more {
+        eprintln!("(more tasks after {next_start_after:?}; use --all to list every page)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One task as `KEY: value` lines.
+fn render_task_details(task: &proto::TaskInfo) -> String {
+    let spec = task.artifact_spec.clone().unwrap_or_default();
+    let (settings, labels): (HashMap<String, String>, HashMap<String, String>) = spec
+        .metadata
+        .iter()
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .partition(|(key, _)| key.starts_with(TASK_SETTING_PREFIX));
+    let detail = |key: &str| or_dash(task.metadata.get(key).map_or("", String::as_str));
+    render_key_values(&[
+        ("NAME", task.task_name.clone()),
+        ("ID", task.task_id.clone()),
+        ("DESCRIPTION", detail("description")),
+        ("TYPE", or_dash(&spec.artifact_type)),
+        ("VERSION", or_dash(&spec.version)),
+        ("ARTIFACT ID", or_dash(&spec.artifact_id)),
+        ("LOCATION", output::abbreviate_location(&spec.location)),
+        ("CHECKSUM", or_dash(&spec.checksum)),
+        ("EXPORTS", detail("exported_functions")),
+        ("SETTINGS", output::render_map(&settings)),
+        ("LABELS", output::render_map(&labels)),
+        ("INSTANCE", detail("instance_id")),
+        ("CREATED", output::format_unix_ms(task.created_at, false)),
+        ("UPDATED", output::format_unix_ms(task.updated_at, false)),
+        ("EXECUTIONS", task.execution_count.to_string()),
+        ("RUNNING", detail("running_executions")),
+        ("LAST STATUS", output::status_cell(task.last_status)),
+    ])
+}
+
+async fn get_task(
+    client: &mut NodeClient,
+    arguments: &TaskGetArguments,
+    json_output: bool,
+) -> anyhow::Result<ExitCode> {
+    let response = client
+        .get_task(proto::GetTaskRequest {
+            task_id: arguments.task.clone(),
+            include_executions: arguments.execution_limit.is_some(),
+            execution_limit: arguments.execution_limit.unwrap_or(0),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let Some(task) = response.task.as_ref().filter(|_| response.found) else {
+        bail!("task {:?} not found: {}", arguments.task, response.message);
+    };
+    if json_output {
+        print_json(&output::get_task_json(&response))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut text = render_task_details(task);
+    if arguments.execution_limit.is_some() {
+        text.push('\n');
+        text.push_str(&render_execution_table(&response.executions));
+    }
+    write_stdout(text.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn delete_task(
+    client: &mut NodeClient,
+    arguments: &TaskDeleteArguments,
+    json_output: bool,
+) -> anyhow::Result<ExitCode> {
+    let response = client
+        .delete_task(proto::DeleteTaskRequest {
+            task_id: arguments.task.clone(),
+            force: arguments.force,
+            cleanup_executions: arguments.cleanup_executions,
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    if json_output {
+        print_json(&output::delete_task_json(&response))?;
+    } else {
+        println!("{}", response.message);
+    }
+    Ok(if response.success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+// exec
+
+pub async fn run_execution_command(
+    client: &mut NodeClient,
+    command: &ExecutionCommand,
+    json_output: bool,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        ExecutionCommand::Get(arguments) => get_execution(client, arguments, json_output).await,
+        ExecutionCommand::Ls(arguments) => list_executions(client, arguments, json_output).await,
+        ExecutionCommand::Cancel(arguments) => {
+            cancel_execution(client, arguments, json_output).await
+        }
+    }
+}
+
+fn truncate_characters(text: &str, limit: usize) -> String {
+    let single_line = text.replace('\n', " ");
+    if single_line.chars().count() <= limit {
+        return single_line;
+    }
+    let mut truncated: String = single_line.chars().take(limit.saturating_sub(1)).collect();
+    truncated.push('…');
+    truncated
+}
+
+fn render_execution_table(executions: &[proto::ExecutionInfo]) -> String {
+    let mut table = Table::new(&[
+        "EXECUTION ID",
+        "TASK",
+        "FUNCTION",
+        "STATUS",
+        "STARTED",
+        "DURATION",
+        "ERROR",
+    ]);
+    for execution in executions {
+        table.push_row(vec![
+            execution.execution_id.clone(),
+            execution.task_id.clone(),
+            or_dash(&execution.function_name),
+            output::status_cell(execution.status),
+            output::format_timestamp(execution.started_at.as_ref(), false),
+            output::format_execution_time(execution.execution_time_ms, &execution.metadata),
+            or_dash(&truncate_characters(
+                &execution.error_message,
+                TABLE_ERROR_MESSAGE_CHARACTERS,
+            )),
+        ]);
+    }
+    table.render()
+}
+
+async fn get_execution(
+    client: &mut NodeClient,
+    arguments: &ExecutionGetArguments,
+    json_output: bool,
+) -> anyhow::Result<ExitCode> {
+    let response = client
+        .get_execution_status(proto::GetExecutionStatusRequest {
+            execution_id: arguments.execution_id.clone(),
+            include_result: !arguments.no_output,
+            include_logs: arguments.include_logs,
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    if !response.found {
+        bail!(
+            "execution {:?} not found: {}",
+            arguments.execution_id,
+            response.message
+        );
+    }
+    if json_output {
+        print_json(&output::execution_status_json(&response))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let result = response.result.clone().unwrap_or_default();
+    let mut text = render_key_values(&[
+        ("EXECUTION ID", arguments.execution_id.clone()),
+        ("STATUS", output::status_cell(result.status)),
+        ("ERROR CODE", or_dash(&result.error_code)),
+        ("ERROR", or_dash(&result.error_message)),
+        (
+            "STARTED",
+            output::format_timestamp(result.started_at.as_ref(), true),
+        ),
+        (
+            "COMPLETED",
+            output::format_timestamp(result.completed_at.as_ref(), true),
+        ),
+        (
+            "DURATION",
+            output::format_execution_time(result.execution_time_ms, &result.metrics),
+        ),
+        ("MEMORY", output::format_bytes(result.memory_used_bytes)),
+        ("METRICS", output::render_map(&result.metrics)),
+    ]);
+    if !arguments.no_output {
+        let output_bytes = result
+            .output
+            .map(|payload| payload.data)
+            .unwrap_or_default();
+        text.push_str("\nOUTPUT:\n");
+        match std::str::from_utf8(&output_bytes) {
+            Ok(output_text) => {
+                text.push_str(output_text);
+                if !output_text.is_empty() && !output_text.ends_with('\n') {
+                    text.push('\n');
+                }
+            }
+            Err(_) => text.push_str(&format!(
+                "<{} bytes of binary data; use --json to see them in base64>\n",
+                output_bytes.len()
+            )),
+        }
+    }
+    if arguments.include_logs {
+        text.push_str("\nLOGS:\n");
+        for line in &response.logs {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    write_stdout(text.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list_executions(
+    client: &mut NodeClient,
+    arguments: &ExecutionListArguments,
+    json_output: bool,
+) -> anyhow::Result<ExitCode> {
+    let response = client
+        .list_executions(proto::ListExecutionsRequest {
+            task_id: arguments.task.clone().unwrap_or_default(),
+            limit: arguments.page_size.unwrap_or(0),
+            start_after: String::new(),
+            status_filter: arguments
+                .status
+                .map_or(proto::ExecutionStatus::Unknown, |status| status.to_wire())
+                as i32,
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    if json_output {
+        print_json(&output::execution_list_json(&response))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    write_stdout(render_execution_table(&response.executions).as_bytes())?;
+    if response.has_more {
+        eprintln!(
+            "(more executions after {:?}; raise --limit to see more)",
+            response.next_start_after
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cancel_execution(
+    client: &mut NodeClient,
+    arguments: &ExecutionCancelArguments,
+    json_output: bool,
+) -> anyhow::Result<ExitCode> {
+    let response = client
+        .cancel_execution(proto::CancelExecutionRequest {
+            execution_id: arguments.execution_id.clone(),
+            reason: arguments.reason.clone().unwrap_or_default(),
+            force: arguments.force,
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    if json_output {
+        print_json(&output::cancel_json(&response))?;
+    }
+    if !response.success {
+        eprintln!("error: {}", response.message);
+        return Ok(ExitCode::FAILURE);
+    }
+    if !json_output {
+        println!(
+            "{} (final status {})",
+            response.message,
+            output::execution_status_name(response.final_status)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// health and stats
+
+/// Exits 1 when the node says it is `unhealthy`, so the command works as a probe.
+pub async fn health(client: &mut NodeClient, json_output: bool) -> anyhow::Result<ExitCode> {
+    let response = client
+        .get_health(proto::GetHealthRequest {
+            include_details: true,
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    if json_output {
+        print_json(&output::health_json(&response))?;
+    } else {
+        let mut pairs = vec![
+            ("STATUS", response.status.clone()),
+            ("MESSAGE", or_dash(&response.message)),
+            ("UPTIME", output::format_seconds(response.uptime_seconds)),
+        ];
+        let mut system_info: Vec<(String, String)> = Vec::new();
+        if let Some(details) = &response.details {
+            pairs.extend([
+                ("ACTIVE TASKS", details.active_tasks.to_string()),
+                ("RUNNING", details.running_executions.to_string()),
+                ("PENDING", details.pending_executions.to_string()),
+                ("TOTAL EXECUTIONS", details.total_executions.to_string()),
+                (
+                    "MEMORY USED",
+                    output::format_bytes(details.total_memory_used),
+                ),
+            ]);
+            system_info = details
+                .system_info
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect();
+            system_info.sort();
+        }
+        let mut text = render_key_values(&pairs);
+        if !system_info.is_empty() {
+            text.push_str("\nSYSTEM:\n");
+            let system_pairs: Vec<(&str, String)> = system_info
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.clone()))
+                .collect();
+            for line in render_key_values(&system_pairs).lines() {
+                text.push_str(&format!("  {line}\n"));
+            }
+        }
+        write_stdout(text.as_bytes())?;
+    }
+    Ok(if response.status == "unhealthy" {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub async fn stats(
+    client: &mut NodeClient,
+    arguments: &StatsArguments,
+    json_output: bool,
+) -> anyhow::Result<ExitCode> {
+    let response = client
+        .get_stats(proto::GetStatsRequest {
+            include_task_stats: true,
+            include_execution_stats: true,
+            time_range_hours: arguments.time_range_hours.unwrap_or(0),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    if json_output {
+        print_json(&output::stats_json(&response))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut text = String::new();
+    if let Some(service) = &response.service_stats {
+        text.push_str("NODE\n");
+        text.push_str(&indent(&render_key_values(&[
+            ("UPTIME", output::format_seconds(service.uptime_seconds)),
+            ("TASKS", service.total_tasks.to_string()),
+            ("ARTIFACTS", service.artifact_count.to_string()),
+            ("INSTANCES", service.instance_count.to_string()),
+            ("EXECUTIONS", service.total_executions.to_string()),
+            ("SUCCEEDED", service.successful_executions.to_string()),
+            ("FAILED", service.failed_executions.to_string()),
+            (
+                "AVG RESPONSE",
+                format!("{:.2}ms", service.average_response_time_ms),
+            ),
+            (
+                "MEMORY USED",
+                output::format_bytes(service.total_memory_used),
+            ),
+            ("CPU", format!("{:.1}%", service.cpu_usage_percent)),
+            ("MEMORY", format!("{:.1}%", service.memory_usage_percent)),
+        ])));
+    }
+    if let Some(tasks) = &response.task_stats {
+        text.push_str("\nTASKS\n");
+        text.push_str(&indent(&render_key_values(&[
+            ("ACTIVE", tasks.active_tasks.to_string()),
+            ("IDLE", tasks.idle_tasks.to_string()),
+            ("BY TYPE", render_counts(&tasks.tasks_by_type)),
+        ])));
+        if !tasks.most_active_tasks.is_empty() {
+            let mut table = Table::new(&["MOST ACTIVE", "EXECUTIONS", "LAST STATUS"]);
+            for task in &tasks.most_active_tasks {
+                table.push_row(vec![
+                    task.task_name.clone(),
+                    task.execution_count.to_string(),
+                    output::status_cell(task.last_status),
+                ]);
+            }
+            text.push('\n');
+            text.push_str(&indent(&table.render()));
+        }
+    }
+    if let Some(executions) = &response.execution_stats {
+        let window = match arguments.time_range_hours {
+            Some(hours) if hours > 0 => format!(" (last {hours}h)"),
+            _ => String::new(),
+        };
+        text.push_str(&format!("\nEXECUTIONS{window}\n"));
+        text.push_str(&indent(&render_key_values(&[
+            ("RUNNING", executions.running_executions.to_string()),
+            ("PENDING", executions.pending_executions.to_string()),
+            ("COMPLETED", executions.completed_executions.to_string()),
+            ("FAILED", executions.failed_executions.to_string()),
+            (
+                "AVG TIME",
+                format!("{:.2}ms", executions.average_execution_time_ms),
+            ),
+            (
+                "SUCCESS RATE",
+                format!("{:.1}%", executions.success_rate_percent),
+            ),
+        ])));
+        if !executions.executions_by_function.is_empty() {
+            let mut counts: Vec<(&String, &i32)> =
+                executions.executions_by_function.iter().collect();
+            counts.sort_by(|left, right| right.1.cmp(left.1).then(left.0.cmp(right.0)));
+            let mut table = Table::new(&["FUNCTION", "EXECUTIONS"]);
+            for (function, count) in counts {
+                table.push_row(vec![function.clone(), count.to_string()]);
+            }
+            text.push('\n');
+            text.push_str(&indent(&table.render()));
+        }
+    }
+    write_stdout(text.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|line| format!("  {line}\n")).collect()
+}
+
+fn render_counts(counts: &HashMap<String, i32>) -> String {
+    let as_text: HashMap<String, String> = counts
+        .iter()
+        .map(|(key, count)| (key.clone(), count.to_string()))
+        .collect();
+    output::render_map(&as_text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_without_a_scheme_get_http() {
+        assert_eq!(normalize_node_address("127.0.0.1:1"), "http://127.0.0.1:1");
+        assert_eq!(normalize_node_address("https://node:1"), "https://node:1");
+    }
+
+    #[test]
+    fn urls_are_sent_as_given_and_local_files_inline() {
+        for url in [
+            "http://a/b.wasm",
+            "https://a/b.wasm",
+            "file:///b.wasm",
+            "data:application/wasm;base64,AGFzbQ==",
+            "artifact://sha256:00",
+        ] {
+            assert_eq!(artifact_location(url, "wasm").unwrap(), url);
+        }
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("m.wasm");
+        std::fs::write(&path, b"\0asm").unwrap();
+        assert_eq!(
+            artifact_location(path.to_str().unwrap(), "wasm").unwrap(),
+            "data:application/wasm;base64,AGFzbQ=="
+        );
+    }
+
+    #[test]
+    fn long_error_messages_are_cut_for_tables() {
+        assert_eq!(truncate_characters("a\nb", 10), "a b");
+        assert_eq!(truncate_characters("abcdef", 4), "abc…");
+    }
+}

@@ -1,0 +1,403 @@
+//! End-to-end tests of the `spearlet` binary: a real node started with `spearlet serve` on a free
+//! loopback port, driven by the client subcommands run as separate processes, with assertions
+//! on their stdout, stderr and exit codes. The cases are data; `check` runs one.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
+
+const SPEARLET: &str = env!("CARGO_BIN_EXE_spearlet");
+
+/// A `spearlet serve` child process, killed when dropped.
+struct RunningNode {
+    child: Child,
+    address: String,
+    /// Kept open so the node never writes into a closed pipe.
+    _stdout: BufReader<ChildStdout>,
+    data_directory: tempfile::TempDir,
+}
+
+impl RunningNode {
+    fn start() -> RunningNode {
+        let data_directory = tempfile::tempdir().unwrap();
+        let log_file = std::fs::File::create(data_directory.path().join("node.log")).unwrap();
+        let mut child = Command::new(SPEARLET)
+            .args(["serve", "--grpc-addr", "127.0.0.1:0", "--log-level", "warn"])
+            .arg("--data-dir")
+            .arg(data_directory.path().join("data"))
+            .env_remove("SPEARLET_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut first_line = String::new();
+        stdout.read_line(&mut first_line).unwrap();
+        let Some(address) = first_line
+            .trim()
+            .strip_prefix("spearlet listening on grpc://")
+        else {
+            let log = std::fs::read_to_string(data_directory.path().join("node.log"));
+            let _ = child.kill();
+            panic!("unexpected first line {first_line:?}; node log: {log:?}");
+        };
+        RunningNode {
+            address: format!("http://{address}"),
+            child,
+            _stdout: stdout,
+            data_directory,
+        }
+    }
+
+    /// Runs `spearlet --addr <node> <arguments>` with `stdin` as its standard input.
+    fn run_with_stdin(&self, arguments: &[&str], stdin: &[u8]) -> Output {
+        let mut child = Command::new(SPEARLET)
+            .arg("--addr")
+            .arg(&self.address)
+            .args(arguments)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn run(&self, arguments: &[&str]) -> Output {
+        Command::new(SPEARLET)
+            .arg("--addr")
+            .arg(&self.address)
+            .args(arguments)
+            .output()
+            .unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.data_directory.path().join("node.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a command is expected to do.
+#[derive(Clone, Copy)]
+struct Expect<'a> {
+    exit_code: i32,
+    /// The exact stdout, when it matters byte for byte.
+    stdout_is: Option<&'a str>,
+    stdout_contains: &'a [&'a str],
+    stderr_contains: &'a [&'a str],
+}
+
+const SUCCEEDS: Expect<'static> = Expect {
+    exit_code: 0,
+    stdout_is: None,
+    stdout_contains: &[],
+    stderr_contains: &[],
+};
+
+fn check(node: &RunningNode, arguments: &[&str], expect: Expect<'_>) -> Output {
+    let output = node.run(arguments);
+    check_output(node, arguments, &output, &expect);
+    output
+}
+
+fn check_output(node: &RunningNode, arguments: &[&str], output: &Output, expect: &Expect<'_>) {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let context = || {
+        format!(
+            "spearlet {arguments:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- node log\n{}",
+            node.log()
+        )
+    };
+    assert_eq!(
+        output.status.code(),
+        Some(expect.exit_code),
+        "{}",
+        context()
+    );
+    if let Some(exact) = expect.stdout_is {
+        assert_eq!(stdout, exact, "{}", context());
+    }
+    for needle in expect.stdout_contains {
+        assert!(
+            stdout.contains(needle),
+            "stdout lacks {needle:?}: {}",
+            context()
+        );
+    }
+    for needle in expect.stderr_contains {
+        assert!(
+            stderr.contains(needle),
+            "stderr lacks {needle:?}: {}",
+            context()
+        );
+    }
+}
+
+fn example_wasm(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../examples/wasm/{name}.wasm"))
+}
+
+#[test]
+fn client_commands_against_a_running_node() {
+    let node = RunningNode::start();
+
+    let cases: &[(&[&str], Expect<'_>)] = &[
+        (
+            &["invoke", "echo", "--input", "hello"],
+            Expect {
+                stdout_is: Some("hello"),
+                ..SUCCEEDS
+            },
+        ),
+        (
+            &["invoke", "hello", "--input", r#"{"name":"Ada"}"#],
+            Expect {
+                stdout_contains: &["Ada"],
+                ..SUCCEEDS
+            },
+        ),
+        (
+            &["invoke", "fail"],
+            Expect {
+                exit_code: 1,
+                stderr_contains: &["error: FAILED EXIT_CODE"],
+                ..SUCCEEDS
+            },
+        ),
+        (
+            &["invoke", "nosuchtask", "--input", "x"],
+            Expect {
+                exit_code: 1,
+                stderr_contains: &["error: NotFound", "nosuchtask"],
+                ..SUCCEEDS
+            },
+        ),
+        (
+            &["task", "ls"],
+            Expect {
+                stdout_contains: &["NAME", "LAST STATUS", "echo", "hello", "wordcount"],
+                ..SUCCEEDS
+            },
+        ),
+        (
+            &["task", "get", "echo", "--executions", "5"],
+            Expect {
+                stdout_contains: &["NAME:", "echo", "EXECUTION ID", "COMPLETED"],
+                ..SUCCEEDS
+            },
+        ),
+        (
+            &["task", "get", "nosuchtask"],
+            Expect {
+                exit_code: 1,
+                stderr_contains: &["not found"],
+                ..SUCCEEDS
+            },
+        ),
+        (
+            &["exec", "ls", "--task", "echo"],
+            Expect {
+                stdout_contains: &["EXECUTION ID", "COMPLETED"],
+                ..SUCCEEDS
+            },
+        ),
+        (
+            &["exec", "ls", "--status", "failed"],
+            Expect {
+                stdout_contains: &["FAILED"],
+                ..SUCCEEDS
+            },
+        ),
+        (
+            &["exec", "get", "nosuchexecution"],
+            Expect {
+                exit_code: 1,
+                stderr_contains: &["not found"],
+                ..SUCCEEDS
+            },
+        ),
+        (
+            &["health"],
+            Expect {
+                stdout_contains: &["healthy"],
+                ..SUCCEEDS
+            },
+        ),
+        (
+            &["stats", "--hours", "1"],
+            Expect {
+                stdout_contains: &["NODE", "EXECUTIONS", "SUCCESS RATE"],
+                ..SUCCEEDS
+            },
+        ),
+        (
+            &["task", "rm", "wordcount"],
+            Expect {
+                stdout_contains: &["deleted"],
+                ..SUCCEEDS
+            },
+        ),
+    ];
+    for (arguments, expect) in cases {
+        check(&node, arguments, *expect);
+    }
+
+    // Input from a pipe when neither --input nor --input-file is given.
+    let piped = node.run_with_stdin(&["invoke", "echo"], b"from stdin");
+    check_output(
+        &node,
+        &["invoke", "echo"],
+        &piped,
+        &Expect {
+            stdout_is: Some("from stdin"),
+            ..SUCCEEDS
+        },
+    );
+
+    // A local artifact is sent inline and becomes a task that can be invoked by name.
+    let artifact = example_wasm("echo");
+    let artifact = artifact.to_str().unwrap();
+    check(
+        &node,
+        &[
+            "task",
+            "create",
+            "mine",
+            "--artifact",
+            artifact,
+            "--label",
+            "team=tests",
+        ],
+        Expect {
+            stdout_contains: &["mine", "team=tests", "data:application/wasm"],
+            ..SUCCEEDS
+        },
+    );
+    check(
+        &node,
+        &["invoke", "mine", "--input", "x"],
+        Expect {
+            stdout_is: Some("x"),
+            ..SUCCEEDS
+        },
+    );
+
+    // JSON answers parse and carry what the tables show.
+    let listing = check(&node, &["task", "ls", "--json"], SUCCEEDS);
+    let listing: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
+    let names: Vec<&str> = listing["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|task| task["task_name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"echo") && names.contains(&"mine"),
+        "{names:?}"
+    );
+    assert!(!names.contains(&"wordcount"), "{names:?}");
+
+    let invoked = check(
+        &node,
+        &["invoke", "echo", "--input", "json me", "--json"],
+        SUCCEEDS,
+    );
+    let invoked: serde_json::Value = serde_json::from_slice(&invoked.stdout).unwrap();
+    assert_eq!(invoked["success"], true);
+    assert_eq!(invoked["result"]["status"], "COMPLETED");
+    assert_eq!(invoked["result"]["output"]["data"], "json me");
+    let execution_id = invoked["execution_id"].as_str().unwrap();
+    check(
+        &node,
+        &["exec", "get", execution_id, "--logs"],
+        Expect {
+            stdout_contains: &["COMPLETED", "OUTPUT:", "json me"],
+            ..SUCCEEDS
+        },
+    );
+
+    // A reactor export is called by name.
+    check(
+        &node,
+        &["invoke", "counter", "--function", "increment"],
+        Expect {
+            stdout_contains: &["1"],
+            ..SUCCEEDS
+        },
+    );
+}
+
+#[test]
+fn bench_with_a_baseline_reports_ratios() {
+    let node = RunningNode::start();
+    check(
+        &node,
+        &[
+            "bench",
+            "--requests",
+            "200",
+            "--concurrency",
+            "4",
+            "--warmup",
+            "0",
+            "--baseline",
+        ],
+        Expect {
+            stdout_contains: &[
+                "baseline (tonic echo)",
+                "spearlet",
+                "spearlet/baseline ratios",
+            ],
+            ..SUCCEEDS
+        },
+    );
+    let bench = check(
+        &node,
+        &[
+            "bench",
+            "--requests",
+            "50",
+            "--concurrency",
+            "2",
+            "--connections",
+            "2",
+            "--warmup",
+            "0",
+            "--json",
+        ],
+        SUCCEEDS,
+    );
+    let bench: serde_json::Value = serde_json::from_slice(&bench.stdout).unwrap();
+    assert_eq!(bench["spearlet"]["requests"], 50);
+    assert_eq!(bench["spearlet"]["errors"], 0);
+    assert!(bench["baseline"].is_null());
+}
+
+#[test]
+fn a_config_file_with_an_unknown_key_exits_2_naming_the_key() {
+    let directory = tempfile::tempdir().unwrap();
+    let config_path = directory.path().join("spearlet.toml");
+    std::fs::write(&config_path, "grpc_adr = \"127.0.0.1:0\"\n").unwrap();
+    let output = Command::new(SPEARLET)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--data-dir")
+        .arg(directory.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("grpc_adr"), "{stderr}");
+    assert!(output.stdout.is_empty());
+}
