@@ -50,7 +50,10 @@ impl RunningServer {
         while self.node.manager.live_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.node.manager.cancel_all("the node is shutting down").await;
+        self.node
+            .manager
+            .cancel_all("the node is shutting down")
+            .await;
         if let Some(task) = self.task.take() {
             let _ = tokio::time::timeout(grace, task).await;
         }
@@ -85,9 +88,11 @@ pub async fn serve(config: crate::NodeConfig) -> SpearResult<RunningServer> {
         .max_decoding_message_size(max_request_bytes)
         .max_encoding_message_size(max_response_bytes);
     let (shutdown_sender, shutdown_receiver) = oneshot::channel::<()>();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Nagle's algorithm would hold each response's trailing frames until the client's delayed
+    // ACK (about 40 ms). `Server::tcp_nodelay` does not apply to a caller-provided incoming
+    // stream, so the accepted sockets get it here.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .layer(OversizedRequestStatusLayer { max_request_bytes })
         .add_service(service);
     let task = tokio::spawn(async move {
