@@ -8,12 +8,17 @@
 //! - Listing is ordered by the execution's monotonic `sequence`, so pagination is stable while
 //!   new executions arrive.
 //!
-//! Today the only implementation is [`MemoryStore`]; records do not survive a restart.
+//! Two implementations exist: [`MemoryStore`] (records live as long as the process) and
+//! [`DurableStore`] (SQLite, records survive `kill -9`). `DurableStore` does not implement
+//! [`Store`]: its execution writes are asynchronous, so that callers can choose between queued and
+//! durable writes.
 
 #![forbid(unsafe_code)]
 
+mod durable;
 mod memory;
 
+pub use durable::{DurableStore, DurableStoreConfig, Recovered, WriteStats};
 pub use memory::MemoryStore;
 
 use spearlet_core::{ExecutionRecord, ExecutionStatus, SpearResult, TaskRecord};

@@ -211,7 +211,9 @@ mod tests {
             } else {
                 ExecutionStatus::Completed
             };
-            store.put_execution(&record(sequence, task, status)).unwrap();
+            store
+                .put_execution(&record(sequence, task, status))
+                .unwrap();
         }
         let page = store
             .list_executions(&ExecutionQuery {

@@ -1,0 +1,499 @@
+//! The writer thread of the durable store: the only code that writes executions to SQLite.
+//!
+//! It takes one operation from the bounded queue, drains up to `max_batch - 1` more without
+//! waiting, applies them all in one transaction and commits once (group commit: one fsync for
+//! the whole batch). Only then does it answer the callers waiting for durability and drop the
+//! committed versions from the index's unflushed map. Retention runs here too, between batches.
+//!
+//! When a commit fails, the callers waiting on that batch get the error, and the batch's writes
+//! are retried (with backoff) in front of the next batch, so a flush that later succeeds still
+//! means "everything queued before me is on disk".
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::RwLock;
+use rusqlite::{Connection, TransactionBehavior};
+use spearlet_core::{ExecutionRecord, SpearError, SpearResult};
+use tokio::sync::{mpsc, oneshot};
+
+use super::WriteStats;
+use super::index::ExecutionIndex;
+use super::schema;
+
+/// Retention runs after a commit once this much time has passed since the last run...
+const RETENTION_INTERVAL: Duration = Duration::from_secs(1);
+/// ...or once this many records were written since, whichever comes first. Between runs the
+/// store may hold this many records beyond `max_execution_records`.
+const RETENTION_EVERY_RECORDS: u64 = 1024;
+
+/// The first pause before retrying a failed batch; it doubles up to [`MAXIMUM_RETRY_BACKOFF`].
+const INITIAL_RETRY_BACKOFF: Duration = Duration::from_millis(10);
+const MAXIMUM_RETRY_BACKOFF: Duration = Duration::from_secs(1);
+/// After the store is dropped, a failing batch is retried this many times before it is given up.
+const RETRIES_AFTER_CLOSE: u32 = 3;
+
+/// Answers a caller waiting for the commit of the batch that carried its operation.
+pub(crate) type CommitWaiter = oneshot::Sender<SpearResult<()>>;
+
+/// One queued operation and, if someone waits for it to be durable, their waiter.
+pub(crate) struct WriteOperation {
+    pub kind: WriteKind,
+    pub committed: Option<CommitWaiter>,
+}
+
+pub(crate) enum WriteKind {
+    PutExecution {
+        record: Arc<ExecutionRecord>,
+        /// The index version of this put; see [`ExecutionIndex::forget_committed`].
+        version: u64,
+    },
+    DeleteExecutionsOfTask {
+        task_id: String,
+    },
+    /// Writes nothing; its waiter is answered when everything queued before it is committed.
+    Flush,
+    /// Runs retention now, after committing everything queued before it.
+    ApplyRetention {
+        deleted: oneshot::Sender<SpearResult<usize>>,
+    },
+}
+
+/// What the store and its writer share.
+pub(crate) struct SharedState {
+    pub index: RwLock<ExecutionIndex>,
+    pub counters: WriteCounters,
+}
+
+/// Lock-free write statistics. Each counter is updated on its own, so a snapshot taken while a
+/// batch completes may mix that batch's counts with the previous batch's.
+#[derive(Default)]
+pub(crate) struct WriteCounters {
+    batches_committed: AtomicU64,
+    failed_batches: AtomicU64,
+    operations_committed: AtomicU64,
+    records_written: AtomicU64,
+    rows_upserted: AtomicU64,
+    records_deleted_by_retention: AtomicU64,
+    last_batch_size: AtomicU64,
+    last_commit_latency_us: AtomicU64,
+    total_commit_latency_us: AtomicU64,
+    max_commit_latency_us: AtomicU64,
+}
+
+impl WriteCounters {
+    pub(crate) fn snapshot(&self, queue_depth: usize) -> WriteStats {
+        let batches_committed = self.batches_committed.load(Ordering::Relaxed);
+        let operations_committed = self.operations_committed.load(Ordering::Relaxed);
+        WriteStats {
+            batches_committed,
+            failed_batches: self.failed_batches.load(Ordering::Relaxed),
+            operations_committed,
+            records_written: self.records_written.load(Ordering::Relaxed),
+            rows_upserted: self.rows_upserted.load(Ordering::Relaxed),
+            records_deleted_by_retention: self.records_deleted_by_retention.load(Ordering::Relaxed),
+            last_batch_size: self.last_batch_size.load(Ordering::Relaxed),
+            mean_batch_size: if batches_committed == 0 {
+                0.0
+            } else {
+                operations_committed as f64 / batches_committed as f64
+            },
+            last_commit_latency_us: self.last_commit_latency_us.load(Ordering::Relaxed),
+            total_commit_latency_us: self.total_commit_latency_us.load(Ordering::Relaxed),
+            max_commit_latency_us: self.max_commit_latency_us.load(Ordering::Relaxed),
+            queue_depth,
+        }
+    }
+
+    fn record_commit(&self, report: &BatchReport, commit_latency_us: u64) {
+        self.batches_committed.fetch_add(1, Ordering::Relaxed);
+        self.operations_committed
+            .fetch_add(report.operations, Ordering::Relaxed);
+        self.records_written
+            .fetch_add(report.records_written, Ordering::Relaxed);
+        self.rows_upserted
+            .fetch_add(report.rows_upserted, Ordering::Relaxed);
+        self.last_batch_size
+            .store(report.operations, Ordering::Relaxed);
+        self.last_commit_latency_us
+            .store(commit_latency_us, Ordering::Relaxed);
+        self.total_commit_latency_us
+            .fetch_add(commit_latency_us, Ordering::Relaxed);
+        self.max_commit_latency_us
+            .fetch_max(commit_latency_us, Ordering::Relaxed);
+    }
+}
+
+/// What one committed batch contained.
+struct BatchReport {
+    operations: u64,
+    /// Put operations in the batch, including those superseded by a later put of the same id.
+    records_written: u64,
+    /// Rows actually written: the last put of each execution id in the batch.
+    rows_upserted: u64,
+}
+
+/// Which executions retention deletes.
+pub(crate) struct RetentionPolicy {
+    pub max_execution_records: usize,
+    pub execution_ttl: Option<Duration>,
+}
+
+pub(crate) struct Writer {
+    connection: Connection,
+    receiver: mpsc::Receiver<WriteOperation>,
+    shared: Arc<SharedState>,
+    retention: RetentionPolicy,
+    max_batch: usize,
+    /// Writes of a failed batch, without their waiters, to be committed before anything newer.
+    retry: Vec<WriteOperation>,
+    retry_backoff: Duration,
+    channel_closed: bool,
+    retries_after_close: u32,
+    // `std::time::Instant` rather than tokio's clock: these measure real elapsed time on a
+    // plain thread outside any runtime, and nothing here is a timer a test would pause.
+    last_retention: Instant,
+    records_since_retention: u64,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        connection: Connection,
+        receiver: mpsc::Receiver<WriteOperation>,
+        shared: Arc<SharedState>,
+        retention: RetentionPolicy,
+        max_batch: usize,
+    ) -> Writer {
+        Writer {
+            connection,
+            receiver,
+            shared,
+            retention,
+            max_batch,
+            retry: Vec::new(),
+            retry_backoff: INITIAL_RETRY_BACKOFF,
+            channel_closed: false,
+            retries_after_close: 0,
+            last_retention: Instant::now(),
+            records_since_retention: 0,
+        }
+    }
+
+    /// Runs until the store is dropped (the queue closes), committing everything queued.
+    pub(crate) fn run(mut self) {
+        while let Some(batch) = self.next_batch() {
+            self.commit_batch(batch);
+            let retention_due = self.last_retention.elapsed() >= RETENTION_INTERVAL
+                || self.records_since_retention >= RETENTION_EVERY_RECORDS;
+            if retention_due && let Err(error) = self.apply_retention() {
+                tracing::warn!(%error, "store retention failed; it runs again later");
+            }
+        }
+    }
+
+    /// Waits for work and returns the next batch: the writes to retry first, then whatever is
+    /// queued, up to `max_batch` operations. Returns `None` when the queue is closed and drained.
+    fn next_batch(&mut self) -> Option<Vec<WriteOperation>> {
+        let mut batch = std::mem::take(&mut self.retry);
+        if batch.is_empty() {
+            batch.push(self.receiver.blocking_recv()?);
+        } else {
+            if self.channel_closed {
+                if self.retries_after_close >= RETRIES_AFTER_CLOSE {
+                    tracing::error!(
+                        operations = batch.len(),
+                        "the store is closed and its last writes keep failing; giving them up"
+                    );
+                    return None;
+                }
+                self.retries_after_close += 1;
+            }
+            thread::sleep(self.retry_backoff);
+            self.retry_backoff = (self.retry_backoff * 2).min(MAXIMUM_RETRY_BACKOFF);
+        }
+        while batch.len() < self.max_batch {
+            match self.receiver.try_recv() {
+                Ok(operation) => batch.push(operation),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.channel_closed = true;
+                    break;
+                }
+            }
+        }
+        Some(batch)
+    }
+
+    /// Commits one batch and answers its waiters.
+    fn commit_batch(&mut self, batch: Vec<WriteOperation>) {
+        let started = Instant::now();
+        let written = write_batch(&mut self.connection, &batch);
+        let commit_latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let report = match written {
+            Ok(report) => report,
+            Err(error) => {
+                self.fail_batch(batch, &error);
+                return;
+            }
+        };
+        self.retry_backoff = INITIAL_RETRY_BACKOFF;
+        self.shared
+            .counters
+            .record_commit(&report, commit_latency_us);
+        self.records_since_retention += report.rows_upserted;
+        {
+            let mut index = self.shared.index.write();
+            for operation in &batch {
+                if let WriteKind::PutExecution { record, version } = &operation.kind {
+                    index.forget_committed(&record.execution_id, *version);
+                }
+            }
+        }
+        let mut retention_requests = Vec::new();
+        for WriteOperation { kind, committed } in batch {
+            if let Some(waiter) = committed {
+                // A caller that stopped waiting does not make the commit any less done.
+                let _ = waiter.send(Ok(()));
+            }
+            if let WriteKind::ApplyRetention { deleted } = kind {
+                retention_requests.push(deleted);
+            }
+        }
+        for deleted in retention_requests {
+            let _ = deleted.send(self.apply_retention());
+        }
+    }
+
+    /// Tells the batch's waiters that it failed and keeps its writes for the next batch.
+    fn fail_batch(&mut self, batch: Vec<WriteOperation>, error: &rusqlite::Error) {
+        self.shared
+            .counters
+            .failed_batches
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!(%error, operations = batch.len(), "committing a store batch failed; retrying");
+        let failure = SpearError::internal(format!(
+            "committing a batch of {} store operations failed (the writes are retried): {error}",
+            batch.len()
+        ));
+        for WriteOperation { kind, committed } in batch {
+            if let Some(waiter) = committed {
+                let _ = waiter.send(Err(failure.clone()));
+            }
+            match kind {
+                WriteKind::PutExecution { .. } | WriteKind::DeleteExecutionsOfTask { .. } => {
+                    self.retry.push(WriteOperation {
+                        kind,
+                        committed: None,
+                    });
+                }
+                WriteKind::Flush => {}
+                WriteKind::ApplyRetention { deleted } => {
+                    let _ = deleted.send(Err(failure.clone()));
+                }
+            }
+        }
+    }
+
+    /// Deletes what the retention policy no longer keeps, from the index and then from the file.
+    /// If the file delete fails the rows come back at the next start, where retention takes them
+    /// again.
+    pub(crate) fn apply_retention(&mut self) -> SpearResult<usize> {
+        self.last_retention = Instant::now();
+        self.records_since_retention = 0;
+        let completed_before_us = self.retention.execution_ttl.map(|ttl| {
+            unix_now_us().saturating_sub(i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX))
+        });
+        let victims = self
+            .shared
+            .index
+            .write()
+            .take_retention_victims(self.retention.max_execution_records, completed_before_us);
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        schema::delete_sequences(&mut self.connection, &victims).map_err(
+            schema::sqlite_failure(format!(
+                "deleting {} execution records for retention",
+                victims.len()
+            )),
+        )?;
+        self.shared
+            .counters
+            .records_deleted_by_retention
+            .fetch_add(victims.len() as u64, Ordering::Relaxed);
+        Ok(victims.len())
+    }
+}
+
+/// Applies a batch in one transaction. Only the last put of each execution id in the batch is
+/// written: earlier ones would be overwritten within the same transaction anyway, and a task
+/// deletion between them does not change which row survives.
+fn write_batch(
+    connection: &mut Connection,
+    batch: &[WriteOperation],
+) -> rusqlite::Result<BatchReport> {
+    let mut last_put_position: HashMap<&str, usize> = HashMap::new();
+    for (position, operation) in batch.iter().enumerate() {
+        if let WriteKind::PutExecution { record, .. } = &operation.kind {
+            last_put_position.insert(&record.execution_id, position);
+        }
+    }
+    let mut report = BatchReport {
+        operations: batch.len() as u64,
+        records_written: 0,
+        rows_upserted: 0,
+    };
+    let mut highest_sequence: Option<u64> = None;
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut upsert = transaction.prepare_cached(schema::UPSERT_EXECUTION)?;
+        let mut delete_of_task = transaction.prepare_cached(schema::DELETE_EXECUTIONS_OF_TASK)?;
+        for (position, operation) in batch.iter().enumerate() {
+            match &operation.kind {
+                WriteKind::PutExecution { record, .. } => {
+                    report.records_written += 1;
+                    if last_put_position.get(record.execution_id.as_str()) != Some(&position) {
+                        continue;
+                    }
+                    schema::upsert_execution(&mut upsert, record)?;
+                    report.rows_upserted += 1;
+                    highest_sequence = highest_sequence.max(Some(record.sequence));
+                }
+                WriteKind::DeleteExecutionsOfTask { task_id } => {
+                    delete_of_task.execute([task_id])?;
+                }
+                WriteKind::Flush | WriteKind::ApplyRetention { .. } => {}
+            }
+        }
+    }
+    if let Some(highest_sequence) = highest_sequence {
+        transaction.execute(
+            schema::RAISE_HIGHEST_SEQUENCE,
+            [schema::sequence_to_sql(highest_sequence)?],
+        )?;
+    }
+    transaction.commit()?;
+    Ok(report)
+}
+
+/// The wall clock in Unix microseconds, the unit of `completed_at_us`.
+fn unix_now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since_epoch| {
+            i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use bytes::Bytes;
+    use spearlet_core::{ErrorKind, ExecutionMode, ExecutionStatus, ResultEncoding};
+
+    use super::*;
+    use crate::durable::index::summary_of;
+
+    fn pending_record(sequence: u64) -> ExecutionRecord {
+        ExecutionRecord {
+            execution_id: format!("exec-{sequence}"),
+            sequence,
+            task_id: "task".into(),
+            task_name: "task".into(),
+            function_name: String::new(),
+            mode: ExecutionMode::Async,
+            status: ExecutionStatus::Pending,
+            submitted_at_ms: 0,
+            started_at_us: None,
+            completed_at_us: None,
+            execution_time_ms: 0,
+            memory_used_bytes: 0,
+            output: Bytes::new(),
+            output_content_type: String::new(),
+            result_encoding: ResultEncoding::Payload,
+            logs: Bytes::new(),
+            error_code: None,
+            error_message: String::new(),
+            metrics: BTreeMap::new(),
+            attempt: 1,
+            instance_id: String::new(),
+            request_fingerprint: String::new(),
+            metadata: BTreeMap::new(),
+            request: Default::default(),
+            timeline: Vec::new(),
+        }
+    }
+
+    /// A second connection holds the write lock, so the writer's commit fails: the waiter hears
+    /// about it, the record stays readable, and once the lock is released the retried write
+    /// lands and a flush succeeds.
+    #[test]
+    fn a_failed_commit_is_reported_and_retried() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("store.sqlite");
+        let connection = schema::open_connection(&path).unwrap();
+        schema::create_schema(&connection).unwrap();
+        connection.busy_timeout(Duration::from_millis(20)).unwrap();
+        let blocker = schema::open_connection(&path).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+        let shared = Arc::new(SharedState {
+            index: RwLock::new(ExecutionIndex::default()),
+            counters: WriteCounters::default(),
+        });
+        let (sender, receiver) = mpsc::channel(16);
+        let writer = Writer::new(
+            connection,
+            receiver,
+            Arc::clone(&shared),
+            RetentionPolicy {
+                max_execution_records: 100,
+                execution_ttl: None,
+            },
+            8,
+        );
+        let writer_thread = thread::spawn(move || writer.run());
+
+        let record = Arc::new(pending_record(1));
+        let version = shared
+            .index
+            .write()
+            .record_put(Arc::clone(&record), summary_of(&record));
+        let (waiter, committed) = oneshot::channel();
+        sender
+            .blocking_send(WriteOperation {
+                kind: WriteKind::PutExecution { record, version },
+                committed: Some(waiter),
+            })
+            .unwrap();
+        let error = committed.blocking_recv().unwrap().unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Internal);
+        assert!(error.message.contains("retried"), "{error}");
+        assert!(shared.index.read().unflushed_record("exec-1").is_some());
+
+        blocker.execute_batch("ROLLBACK").unwrap();
+        let (waiter, committed) = oneshot::channel();
+        sender
+            .blocking_send(WriteOperation {
+                kind: WriteKind::Flush,
+                committed: Some(waiter),
+            })
+            .unwrap();
+        committed.blocking_recv().unwrap().unwrap();
+        assert!(shared.index.read().unflushed_record("exec-1").is_none());
+        let rows: i64 = blocker
+            .query_row("SELECT count(*) FROM executions", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(rows, 1);
+        let stats = shared.counters.snapshot(0);
+        assert!(stats.failed_batches >= 1);
+        assert_eq!(stats.records_written, 1);
+
+        drop(sender);
+        writer_thread.join().unwrap();
+    }
+}
