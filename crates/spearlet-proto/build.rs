@@ -10,7 +10,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::env::set_var("PROTOC", protoc);
     }
     let proto_root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
-    let proto_file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto/spearlet/function.proto");
+    let proto_file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../proto/spearlet/function.proto"
+    );
     println!("cargo:rerun-if-changed={proto_file}");
     tonic_prost_build::configure()
         .file_descriptor_set_path(

@@ -97,14 +97,15 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(root.path().join("ok.wasm"), b"x").unwrap();
         std::fs::write(outside.path().join("secret"), b"x").unwrap();
-        std::os::unix::fs::symlink(
-            outside.path().join("secret"),
-            root.path().join("link-out"),
-        )
-        .unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), root.path().join("link-out"))
+            .unwrap();
         let roots = AllowedRoots::new(&[root.path().to_path_buf()]);
 
-        assert!(roots.resolve("location", &root.path().join("ok.wasm")).is_ok());
+        assert!(
+            roots
+                .resolve("location", &root.path().join("ok.wasm"))
+                .is_ok()
+        );
         let table = [
             (outside.path().join("secret"), ErrorKind::PermissionDenied),
             (outside.path().join("missing"), ErrorKind::PermissionDenied),

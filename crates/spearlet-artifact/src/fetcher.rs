@@ -374,7 +374,10 @@ enum DownloadError {
     Final(SpearError),
 }
 
-fn verify(artifact: FetchedArtifact, expected_digest: Option<&str>) -> SpearResult<FetchedArtifact> {
+fn verify(
+    artifact: FetchedArtifact,
+    expected_digest: Option<&str>,
+) -> SpearResult<FetchedArtifact> {
     match expected_digest {
         Some(expected) if expected != artifact.digest => {
             Err(checksum_mismatch(expected, &artifact.digest))

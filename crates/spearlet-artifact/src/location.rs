@@ -68,7 +68,9 @@ impl ArtifactLocation {
             };
             return Ok(ArtifactLocation::Cached(digest));
         }
-        let scheme = location.split_once(':').map_or(location, |(scheme, _)| scheme);
+        let scheme = location
+            .split_once(':')
+            .map_or(location, |(scheme, _)| scheme);
         Err(SpearError::invalid_argument(format!(
             "artifact_spec.location: unsupported scheme {scheme:?}; supported are file://, \
              http://, https://, data: and artifact://"
@@ -135,7 +137,10 @@ mod tests {
         ] {
             let error = ArtifactLocation::parse(location).unwrap_err();
             assert_eq!(error.kind, ErrorKind::InvalidArgument, "{location}");
-            assert!(error.message.contains("artifact_spec.location"), "{location}");
+            assert!(
+                error.message.contains("artifact_spec.location"),
+                "{location}"
+            );
         }
     }
 

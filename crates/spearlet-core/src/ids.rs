@@ -9,7 +9,9 @@ pub const MAX_ID_LENGTH: usize = 128;
 /// `field` names the request field in the error.
 pub fn validate_id(field: &str, id: &str) -> SpearResult<()> {
     if id.is_empty() {
-        return Err(SpearError::invalid_argument(format!("{field} must not be empty")));
+        return Err(SpearError::invalid_argument(format!(
+            "{field} must not be empty"
+        )));
     }
     if id.len() > MAX_ID_LENGTH {
         return Err(SpearError::invalid_argument(format!(

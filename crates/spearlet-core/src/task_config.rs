@@ -240,7 +240,11 @@ mod tests {
             ("spearlet.timeout_ms", "soon", "spearlet.timeout_ms"),
             ("spearlet.timeout_ms", "0", "spearlet.timeout_ms"),
             ("spearlet.timeout_ms", "-5", "spearlet.timeout_ms"),
-            ("spearlet.memory_limit_mb", "99999999999", "spearlet.memory_limit_mb"),
+            (
+                "spearlet.memory_limit_mb",
+                "99999999999",
+                "spearlet.memory_limit_mb",
+            ),
             ("spearlet.env.1BAD", "x", "spearlet.env.1BAD"),
             ("spearlet.env.", "x", "spearlet.env."),
             ("spearlet.wasi.preopen.", "/x", "spearlet.wasi.preopen."),
@@ -249,14 +253,21 @@ mod tests {
         for (key, value, named) in table {
             let error = check(&[(key, value)]).unwrap_err();
             assert_eq!(error.kind, ErrorKind::InvalidArgument, "{key}={value}");
-            assert!(error.message.contains(named), "{key}={value}: {}", error.message);
+            assert!(
+                error.message.contains(named),
+                "{key}={value}: {}",
+                error.message
+            );
         }
     }
 
     #[test]
     fn call_timeouts_are_capped() {
-        let config = check(&[("spearlet.max_timeout_ms", "1000"), ("spearlet.timeout_ms", "500")])
-            .unwrap();
+        let config = check(&[
+            ("spearlet.max_timeout_ms", "1000"),
+            ("spearlet.timeout_ms", "500"),
+        ])
+        .unwrap();
         assert_eq!(config.effective_timeout_ms(0), 500);
         assert_eq!(config.effective_timeout_ms(-1), 500);
         assert_eq!(config.effective_timeout_ms(200), 200);

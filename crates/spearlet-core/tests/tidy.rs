@@ -43,7 +43,11 @@ fn every_rust_file_has_a_module_doc_and_no_trailing_whitespace() {
         }
         for (number, line) in text.lines().enumerate() {
             if line.ends_with(' ') || line.ends_with('\t') {
-                problems.push(format!("{}:{}: trailing whitespace", file.display(), number + 1));
+                problems.push(format!(
+                    "{}:{}: trailing whitespace",
+                    file.display(),
+                    number + 1
+                ));
             }
         }
     }

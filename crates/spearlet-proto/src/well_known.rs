@@ -125,7 +125,10 @@ mod tests {
     #[test]
     fn bytes_value_round_trips_through_any() {
         let any = bytes_any(b"hello".to_vec());
-        assert_eq!(any.type_url, "type.googleapis.com/google.protobuf.BytesValue");
+        assert_eq!(
+            any.type_url,
+            "type.googleapis.com/google.protobuf.BytesValue"
+        );
         assert_eq!(unpack_bytes(&any).as_deref(), Some(&b"hello"[..]));
     }
 

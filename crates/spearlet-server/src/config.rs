@@ -225,7 +225,10 @@ impl NodeConfig {
     fn validate(&self) -> SpearResult<()> {
         let checks: [(&str, bool); 7] = [
             ("max_request_bytes", self.max_request_bytes > 0),
-            ("max_concurrent_executions", self.max_concurrent_executions > 0),
+            (
+                "max_concurrent_executions",
+                self.max_concurrent_executions > 0,
+            ),
             ("max_execution_records", self.max_execution_records > 0),
             ("wasm.max_instances", self.wasm.max_instances > 0),
             ("wasm.epoch_tick_ms", self.wasm.epoch_tick_ms > 0),
@@ -260,7 +263,11 @@ mod tests {
         let error = NodeConfig::from_toml("grpc_adr = \"127.0.0.1:1\"").unwrap_err();
         assert!(error.message.contains("grpc_adr"), "{}", error.message);
         let nested = NodeConfig::from_toml("[wasm]\nmax_instance = 3").unwrap_err();
-        assert!(nested.message.contains("max_instance"), "{}", nested.message);
+        assert!(
+            nested.message.contains("max_instance"),
+            "{}",
+            nested.message
+        );
     }
 
     #[test]

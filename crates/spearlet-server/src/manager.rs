@@ -131,7 +131,10 @@ impl TaskExecutionManager {
 
     /// Runs one execution to its end and returns its terminal record. Dropping the returned
     /// future cancels the execution.
-    pub async fn execute(self: &Arc<Self>, request: ExecutionRequest) -> SpearResult<ExecutionRecord> {
+    pub async fn execute(
+        self: &Arc<Self>,
+        request: ExecutionRequest,
+    ) -> SpearResult<ExecutionRecord> {
         let fingerprint = request_fingerprint(&request);
         let (mut finished, cancel_guard) = match self.submit(request, fingerprint)? {
             Submission::Existing(finished) => (finished, None),
@@ -147,7 +150,11 @@ impl TaskExecutionManager {
         Ok(record)
     }
 
-    fn submit(self: &Arc<Self>, request: ExecutionRequest, fingerprint: String) -> SpearResult<Submission> {
+    fn submit(
+        self: &Arc<Self>,
+        request: ExecutionRequest,
+        fingerprint: String,
+    ) -> SpearResult<Submission> {
         let mut live = self.live.lock();
         if let Some(execution_id) = &request.execution_id {
             validate_id("context.execution_id", execution_id)?;
@@ -156,7 +163,10 @@ impl TaskExecutionManager {
                     let record = self.store.execution(execution_id)?;
                     record.map(|record| (record, Some(execution.finished.clone())))
                 }
-                None => self.store.execution(execution_id)?.map(|record| (record, None)),
+                None => self
+                    .store
+                    .execution(execution_id)?
+                    .map(|record| (record, None)),
             };
             if let Some((record, finished)) = existing {
                 if record.task_id != request.task.record.task_id
@@ -231,7 +241,11 @@ impl TaskExecutionManager {
             },
         );
         drop(live);
-        request.task.counters.execution_count.fetch_add(1, Ordering::Relaxed);
+        request
+            .task
+            .counters
+            .execution_count
+            .fetch_add(1, Ordering::Relaxed);
         request.task.counters.live.fetch_add(1, Ordering::Relaxed);
         self.queued.fetch_add(1, Ordering::Relaxed);
         let manager = self.clone();
@@ -257,8 +271,11 @@ impl TaskExecutionManager {
     ) -> ExecutionRecord {
         let task = request.task.clone();
         let submitted = Instant::now();
-        let timeout_ms = task.config.effective_timeout_ms(request.requested_timeout_ms);
-        let deadline = tokio::time::Instant::from_std(submitted) + Duration::from_millis(timeout_ms);
+        let timeout_ms = task
+            .config
+            .effective_timeout_ms(request.requested_timeout_ms);
+        let deadline =
+            tokio::time::Instant::from_std(submitted) + Duration::from_millis(timeout_ms);
 
         let permit = tokio::select! {
             permit = self.run_slots.clone().acquire_owned() => permit.ok(),
@@ -273,7 +290,9 @@ impl TaskExecutionManager {
         record
             .metrics
             .insert("cold_start".into(), request.cold_start.to_string());
-        record.metrics.insert("attempt".into(), record.attempt.to_string());
+        record
+            .metrics
+            .insert("attempt".into(), record.attempt.to_string());
         if request.cold_start {
             record
                 .metrics
@@ -304,10 +323,7 @@ impl TaskExecutionManager {
         let invocation = WasmInvocation {
             entry_point: request.entry_point.clone(),
             stdin: request.input.clone(),
-            arguments: vec![
-                task.record.task_name.clone(),
-                request.function_name.clone(),
-            ],
+            arguments: vec![task.record.task_name.clone(), request.function_name.clone()],
             environment: guest_environment(&request, &record.execution_id),
             preopened_directories: task.preopened_directories.clone(),
             memory_limit_bytes: u64::from(task.config.memory_limit_mb) * 1024 * 1024,
@@ -364,9 +380,10 @@ impl TaskExecutionManager {
         record.output_content_type = "application/octet-stream".into();
         record.logs = logs;
         record.execution_time_ms = run_ms.round() as i64;
-        record
-            .metrics
-            .insert("execution_time_us".into(), ((run_ms * 1000.0) as i64).to_string());
+        record.metrics.insert(
+            "execution_time_us".into(),
+            ((run_ms * 1000.0) as i64).to_string(),
+        );
         record.memory_used_bytes = memory_used_bytes;
         record.completed_at_us = Some(unix_us());
         if let Err(error) = self.store.put_execution(&record) {

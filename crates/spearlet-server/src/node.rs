@@ -31,7 +31,10 @@ impl Node {
             ))
         })?;
         let data_dir = config.data_dir.canonicalize().map_err(|error| {
-            SpearError::internal(format!("resolving data_dir {}: {error}", config.data_dir.display()))
+            SpearError::internal(format!(
+                "resolving data_dir {}: {error}",
+                config.data_dir.display()
+            ))
         })?;
         let engine = WasmEngine::new(&WasmEngineConfig {
             max_instances: config.wasm.max_instances,
@@ -67,10 +70,7 @@ impl Node {
             registry,
             manager,
             observer: ProcessObserver::start(),
-            config: NodeConfig {
-                data_dir,
-                ..config
-            },
+            config: NodeConfig { data_dir, ..config },
         });
         if node.config.register_examples {
             node.register_examples().await?;
@@ -102,10 +102,7 @@ impl Node {
                 artifact_type: "wasm".into(),
                 location: format!("file://{}", path.display()),
                 version: env!("CARGO_PKG_VERSION").into(),
-                checksum: format!(
-                    "sha256:{}",
-                    spearlet_artifact::sha256_hex(example.wasm)
-                ),
+                checksum: format!("sha256:{}", spearlet_artifact::sha256_hex(example.wasm)),
                 metadata: [("example".to_string(), "true".to_string())].into(),
                 ..TaskRegistration::default()
             };

@@ -183,7 +183,12 @@ impl TaskRegistry {
     }
 
     /// Tasks ordered by name, after `start_after`, with the name prefix.
-    pub fn list(&self, prefix: &str, start_after: &str, limit: usize) -> (Vec<Arc<LoadedTask>>, bool) {
+    pub fn list(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> (Vec<Arc<LoadedTask>>, bool) {
         let state = self.state.read();
         let mut tasks: Vec<Arc<LoadedTask>> = state
             .task_id_by_name
@@ -268,7 +273,12 @@ impl TaskRegistry {
         };
 
         let mut state = self.state.write();
-        check_artifact_catalog(&state, &artifact_id, &registration.version, &artifact.digest)?;
+        check_artifact_catalog(
+            &state,
+            &artifact_id,
+            &registration.version,
+            &artifact.digest,
+        )?;
         let existing = state
             .task_id_by_name
             .get(&registration.task_name)
@@ -322,7 +332,11 @@ impl TaskRegistry {
                     created_at_ms: existing.record.created_at_ms,
                     updated_at_ms: now,
                 };
-                (record, existing.counters.clone(), RegistrationOutcome::Updated)
+                (
+                    record,
+                    existing.counters.clone(),
+                    RegistrationOutcome::Updated,
+                )
             }
             None => {
                 let task_id = match &registration.requested_task_id {
@@ -344,7 +358,11 @@ impl TaskRegistry {
                     created_at_ms: now,
                     updated_at_ms: now,
                 };
-                (record, Arc::new(TaskCounters::default()), RegistrationOutcome::Created)
+                (
+                    record,
+                    Arc::new(TaskCounters::default()),
+                    RegistrationOutcome::Created,
+                )
             }
         };
         self.store.put_task(&task_record)?;

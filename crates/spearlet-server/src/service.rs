@@ -34,7 +34,10 @@ impl FunctionServiceHandler {
         FunctionServiceHandler { node }
     }
 
-    async fn invoke(&self, request: proto::InvokeFunctionRequest) -> SpearResult<proto::InvokeFunctionResponse> {
+    async fn invoke(
+        &self,
+        request: proto::InvokeFunctionRequest,
+    ) -> SpearResult<proto::InvokeFunctionResponse> {
         let mode = match request.execution_mode() {
             proto::ExecutionMode::Unknown | proto::ExecutionMode::Sync => ExecutionMode::Sync,
             proto::ExecutionMode::Async => {
@@ -180,7 +183,10 @@ impl FunctionServiceHandler {
         if include_details {
             metadata.insert("description".into(), task.record.description.clone());
             metadata.insert("instance_id".into(), task.instance_id.clone());
-            metadata.insert("artifact_digest".into(), format!("sha256:{}", task.record.artifact.digest));
+            metadata.insert(
+                "artifact_digest".into(),
+                format!("sha256:{}", task.record.artifact.digest),
+            );
             metadata.insert(
                 "exported_functions".into(),
                 task.module.exported_functions().join(","),
@@ -213,7 +219,10 @@ impl FunctionServiceHandler {
         }
     }
 
-    async fn cancel(&self, request: proto::CancelExecutionRequest) -> SpearResult<proto::CancelExecutionResponse> {
+    async fn cancel(
+        &self,
+        request: proto::CancelExecutionRequest,
+    ) -> SpearResult<proto::CancelExecutionResponse> {
         if request.execution_id.is_empty() {
             return Err(SpearError::invalid_argument("execution_id is required"));
         }
@@ -222,30 +231,40 @@ impl FunctionServiceHandler {
         } else {
             request.reason.clone()
         };
-        Ok(match self.node.manager.cancel(&request.execution_id, &reason).await? {
-            CancelResult::Cancelled(record) => proto::CancelExecutionResponse {
-                success: true,
-                message: format!("execution {} cancelled: {reason}", record.execution_id),
-                final_status: wire::status_to_wire(record.status) as i32,
+        Ok(
+            match self
+                .node
+                .manager
+                .cancel(&request.execution_id, &reason)
+                .await?
+            {
+                CancelResult::Cancelled(record) => proto::CancelExecutionResponse {
+                    success: true,
+                    message: format!("execution {} cancelled: {reason}", record.execution_id),
+                    final_status: wire::status_to_wire(record.status) as i32,
+                },
+                CancelResult::AlreadyTerminal(record) => proto::CancelExecutionResponse {
+                    success: false,
+                    message: format!(
+                        "execution {} had already ended with status {}",
+                        record.execution_id,
+                        record.status.as_str()
+                    ),
+                    final_status: wire::status_to_wire(record.status) as i32,
+                },
             },
-            CancelResult::AlreadyTerminal(record) => proto::CancelExecutionResponse {
-                success: false,
-                message: format!(
-                    "execution {} had already ended with status {}",
-                    record.execution_id,
-                    record.status.as_str()
-                ),
-                final_status: wire::status_to_wire(record.status) as i32,
-            },
-        })
+        )
     }
 
-    fn list_tasks(&self, request: &proto::ListTasksRequest) -> SpearResult<proto::ListTasksResponse> {
+    fn list_tasks(
+        &self,
+        request: &proto::ListTasksRequest,
+    ) -> SpearResult<proto::ListTasksResponse> {
         let limit = page_size("limit", request.limit, DEFAULT_PAGE_SIZE)?;
-        let (tasks, has_more) = self
-            .node
-            .registry
-            .list(&request.prefix, &request.start_after, limit);
+        let (tasks, has_more) =
+            self.node
+                .registry
+                .list(&request.prefix, &request.start_after, limit);
         let next_start_after = if has_more {
             tasks
                 .last()
@@ -274,7 +293,11 @@ impl FunctionServiceHandler {
             });
         };
         let executions = if request.include_executions {
-            let limit = page_size("execution_limit", request.execution_limit, DEFAULT_TASK_EXECUTION_LIMIT)?;
+            let limit = page_size(
+                "execution_limit",
+                request.execution_limit,
+                DEFAULT_TASK_EXECUTION_LIMIT,
+            )?;
             self.node
                 .manager
                 .store()
@@ -299,14 +322,20 @@ impl FunctionServiceHandler {
         })
     }
 
-    async fn delete_task(&self, request: &proto::DeleteTaskRequest) -> SpearResult<proto::DeleteTaskResponse> {
+    async fn delete_task(
+        &self,
+        request: &proto::DeleteTaskRequest,
+    ) -> SpearResult<proto::DeleteTaskResponse> {
         if request.task_id.is_empty() {
             return Err(SpearError::invalid_argument("task_id is required"));
         }
         let Some(task) = self.node.registry.resolve(&request.task_id) else {
             return Ok(proto::DeleteTaskResponse {
                 success: true,
-                message: format!("task_id {:?} does not exist; nothing to delete", request.task_id),
+                message: format!(
+                    "task_id {:?} does not exist; nothing to delete",
+                    request.task_id
+                ),
                 deleted: false,
                 cleaned_executions: 0,
             });
@@ -329,7 +358,10 @@ impl FunctionServiceHandler {
         }
         self.node.registry.remove(&task_id)?;
         let cleaned_executions = if request.cleanup_executions {
-            self.node.manager.store().delete_executions_of_task(&task_id)?
+            self.node
+                .manager
+                .store()
+                .delete_executions_of_task(&task_id)?
         } else {
             0
         };
@@ -345,13 +377,16 @@ impl FunctionServiceHandler {
         })
     }
 
-    fn list_executions(&self, request: &proto::ListExecutionsRequest) -> SpearResult<proto::ListExecutionsResponse> {
+    fn list_executions(
+        &self,
+        request: &proto::ListExecutionsRequest,
+    ) -> SpearResult<proto::ListExecutionsResponse> {
         let limit = page_size("limit", request.limit, DEFAULT_PAGE_SIZE)?;
         let task_id = (!request.task_id.is_empty()).then(|| {
-            self.node
-                .registry
-                .resolve(&request.task_id)
-                .map_or_else(|| request.task_id.clone(), |task| task.record.task_id.clone())
+            self.node.registry.resolve(&request.task_id).map_or_else(
+                || request.task_id.clone(),
+                |task| task.record.task_id.clone(),
+            )
         });
         let after_sequence = if request.start_after.is_empty() {
             None
@@ -420,7 +455,8 @@ fn clamp_i32(value: u64) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
 }
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<proto::StreamExecutionResult, Status>> + Send>>;
+type ResponseStream =
+    Pin<Box<dyn Stream<Item = Result<proto::StreamExecutionResult, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl FunctionService for FunctionServiceHandler {
@@ -536,9 +572,11 @@ impl FunctionService for FunctionServiceHandler {
         &self,
         request: Request<proto::GetStatsRequest>,
     ) -> Result<Response<proto::GetStatsResponse>, Status> {
-        stats::stats(&self.node, request.get_ref(), |task| self.task_info(task, false))
-            .map(Response::new)
-            .map_err(to_status)
+        stats::stats(&self.node, request.get_ref(), |task| {
+            self.task_info(task, false)
+        })
+        .map(Response::new)
+        .map_err(to_status)
     }
 
     async fn create_task(
@@ -547,7 +585,9 @@ impl FunctionService for FunctionServiceHandler {
     ) -> Result<Response<proto::TaskInfo>, Status> {
         let request = request.into_inner();
         if request.task_name.is_empty() {
-            return Err(to_status(SpearError::invalid_argument("task_name is required")));
+            return Err(to_status(SpearError::invalid_argument(
+                "task_name is required",
+            )));
         }
         let Some(artifact_spec) = &request.artifact_spec else {
             return Err(to_status(SpearError::invalid_argument(

@@ -20,7 +20,10 @@ pub fn health(node: &Node, include_details: bool) -> SpearResult<proto::GetHealt
     let queued = manager.queued_count();
     let queue_ratio = queued as f64 / manager.max_queue_length().max(1) as f64;
     let (status, message) = match manager.store().execution_count() {
-        Err(error) => ("unhealthy", format!("the record store is unavailable: {error}")),
+        Err(error) => (
+            "unhealthy",
+            format!("the record store is unavailable: {error}"),
+        ),
         Ok(_) if queue_ratio > DEGRADED_QUEUE_RATIO => (
             "degraded",
             format!(

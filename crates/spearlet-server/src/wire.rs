@@ -17,7 +17,9 @@ use spearlet_proto::{self as proto};
 use crate::clock::timestamp_from_us;
 
 /// The function input of a request: `input` when set, else derived from `parameters`.
-pub fn decode_input(request: &proto::InvokeFunctionRequest) -> SpearResult<(Bytes, ResultEncoding)> {
+pub fn decode_input(
+    request: &proto::InvokeFunctionRequest,
+) -> SpearResult<(Bytes, ResultEncoding)> {
     if let Some(payload) = &request.input {
         return Ok((Bytes::from(payload.data.clone()), ResultEncoding::Payload));
     }
@@ -109,9 +111,9 @@ fn any_to_json(any: &Any, index: usize, name: &str) -> SpearResult<serde_json::V
         well_known::UINT64_VALUE_TYPE => {
             Value::from(decode_wrapper::<well_known::UInt64Value>(any, index, name)?.value)
         }
-        well_known::FLOAT_VALUE_TYPE => {
-            number(f64::from(decode_wrapper::<well_known::FloatValue>(any, index, name)?.value))?
-        }
+        well_known::FLOAT_VALUE_TYPE => number(f64::from(
+            decode_wrapper::<well_known::FloatValue>(any, index, name)?.value,
+        ))?,
         well_known::DOUBLE_VALUE_TYPE => {
             number(decode_wrapper::<well_known::DoubleValue>(any, index, name)?.value)?
         }
@@ -298,7 +300,11 @@ mod tests {
 
     #[test]
     fn a_single_bytes_or_string_parameter_is_raw_input() {
-        let bytes = [parameter("in", Some(well_known::bytes_any(b"\x00\x01".to_vec())), true)];
+        let bytes = [parameter(
+            "in",
+            Some(well_known::bytes_any(b"\x00\x01".to_vec())),
+            true,
+        )];
         assert_eq!(&input_from_parameters(&bytes).unwrap()[..], b"\x00\x01");
         let text = [parameter("in", Some(string_any("hi")), false)];
         assert_eq!(&input_from_parameters(&text).unwrap()[..], b"hi");
@@ -316,14 +322,13 @@ mod tests {
                 )),
                 false,
             ),
-            parameter(
-                "blob",
-                Some(well_known::bytes_any(b"hi".to_vec())),
-                false,
-            ),
+            parameter("blob", Some(well_known::bytes_any(b"hi".to_vec())), false),
             parameter(
                 "ok",
-                Some(pack(well_known::BOOL_VALUE_TYPE, &well_known::BoolValue { value: true })),
+                Some(pack(
+                    well_known::BOOL_VALUE_TYPE,
+                    &well_known::BoolValue { value: true },
+                )),
                 false,
             ),
         ];
@@ -346,7 +351,11 @@ mod tests {
             )]
             .into(),
         };
-        let parameters = [parameter("s", Some(pack(well_known::STRUCT_TYPE, &object)), false)];
+        let parameters = [parameter(
+            "s",
+            Some(pack(well_known::STRUCT_TYPE, &object)),
+            false,
+        )];
         let json: serde_json::Value =
             serde_json::from_slice(&input_from_parameters(&parameters).unwrap()).unwrap();
         assert_eq!(json, serde_json::json!({"s": {"k": 1.5}}));

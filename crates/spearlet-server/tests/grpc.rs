@@ -22,7 +22,10 @@ async fn examples_are_registered_and_echo_round_trips_input() {
     assert!(response.success, "{}", response.message);
     assert_eq!(output(&response), b"hello spearlet");
     assert_eq!(status(&response), proto::ExecutionStatus::Completed);
-    assert!(result(&response).result.is_none(), "input-style calls answer only in output");
+    assert!(
+        result(&response).result.is_none(),
+        "input-style calls answer only in output"
+    );
     assert!(!response.execution_id.is_empty());
     assert!(!response.instance_id.is_empty());
     let metrics = &result(&response).metrics;
@@ -50,10 +53,18 @@ async fn old_clients_send_a_bytes_value_parameter_and_get_result_any() {
         }],
         ..Default::default()
     };
-    let response = node.client.invoke_function(request).await.unwrap().into_inner();
+    let response = node
+        .client
+        .invoke_function(request)
+        .await
+        .unwrap()
+        .into_inner();
     assert!(response.success, "{}", response.message);
     let result = result(&response);
-    assert!(result.output.is_none(), "parameter-style calls answer only in result");
+    assert!(
+        result.output.is_none(),
+        "parameter-style calls answer only in result"
+    );
     let any = result.result.as_ref().unwrap();
     assert_eq!(
         well_known::unpack_bytes(any).as_deref(),
@@ -70,7 +81,11 @@ async fn hello_greets_by_name() {
         .await
         .unwrap()
         .into_inner();
-    assert!(String::from_utf8(output(&response)).unwrap().contains("Hello, Ada!"));
+    assert!(
+        String::from_utf8(output(&response))
+            .unwrap()
+            .contains("Hello, Ada!")
+    );
 }
 
 #[tokio::test]
@@ -98,7 +113,10 @@ async fn guest_failures_are_outcomes_not_errors() {
         .into_inner();
     assert!(status_response.found);
     assert!(
-        status_response.logs.iter().any(|line| line.contains("exiting with code 3")),
+        status_response
+            .logs
+            .iter()
+            .any(|line| line.contains("exiting with code 3")),
         "{:?}",
         status_response.logs
     );
@@ -109,7 +127,11 @@ async fn new_task_from_a_data_url_then_existing_task_by_id() {
     let mut node = start_node_with(|config| config.register_examples = false).await;
     let response = node
         .client
-        .invoke_function(new_task("my-echo", wasm_artifact(example("echo"), &[]), b"first"))
+        .invoke_function(new_task(
+            "my-echo",
+            wasm_artifact(example("echo"), &[]),
+            b"first",
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -131,7 +153,11 @@ async fn new_task_from_a_data_url_then_existing_task_by_id() {
     // The same NEW_TASK again reuses the task.
     let again = node
         .client
-        .invoke_function(new_task("my-echo", wasm_artifact(example("echo"), &[]), b"x"))
+        .invoke_function(new_task(
+            "my-echo",
+            wasm_artifact(example("echo"), &[]),
+            b"x",
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -141,7 +167,11 @@ async fn new_task_from_a_data_url_then_existing_task_by_id() {
     // Different content under the same (empty) version is refused.
     let error = node
         .client
-        .invoke_function(new_task("my-echo", wasm_artifact(example("hello"), &[]), b"x"))
+        .invoke_function(new_task(
+            "my-echo",
+            wasm_artifact(example("hello"), &[]),
+            b"x",
+        ))
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::AlreadyExists, "{}", error.message());
@@ -173,7 +203,12 @@ async fn existing_task_rules() {
     let mut create = invoke("chosen-id", b"made");
     create.create_if_not_exists = true;
     create.artifact_spec = Some(wasm_artifact(example("echo"), &[]));
-    let response = node.client.invoke_function(create).await.unwrap().into_inner();
+    let response = node
+        .client
+        .invoke_function(create)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(response.task_id, "chosen-id");
     assert_eq!(output(&response), b"made");
 
@@ -196,7 +231,11 @@ async fn existing_task_rules() {
         task_name: "x".into(),
         ..Default::default()
     };
-    let error = node.client.invoke_function(missing_artifact).await.unwrap_err();
+    let error = node
+        .client
+        .invoke_function(missing_artifact)
+        .await
+        .unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument);
     assert!(error.message().contains("artifact_spec"));
 }
@@ -225,7 +264,11 @@ async fn bad_artifacts_get_specific_errors_and_the_node_keeps_serving() {
 
     let error = node
         .client
-        .invoke_function(new_task("t3", wasm_artifact(b"\0asm\x01\0\0\0garbage", &[]), b""))
+        .invoke_function(new_task(
+            "t3",
+            wasm_artifact(b"\0asm\x01\0\0\0garbage", &[]),
+            b"",
+        ))
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument);
@@ -332,7 +375,10 @@ async fn spin_times_out_promptly_and_so_does_a_sleeping_guest() {
         assert_eq!(status(&response), proto::ExecutionStatus::Timeout, "{task}");
         assert_eq!(result(&response).error_code, "TIMEOUT");
         // Generous bound: the behaviour is "stops near its deadline"; tight figures are benchmarks.
-        assert!(elapsed < Duration::from_millis(2000), "{task} took {elapsed:?}");
+        assert!(
+            elapsed < Duration::from_millis(2000),
+            "{task} took {elapsed:?}"
+        );
     }
 }
 
@@ -355,7 +401,12 @@ async fn memory_growth_fails_at_the_task_limit() {
         .unwrap()
         .into_inner();
     assert!(!big.success);
-    assert_eq!(result(&big).error_code, "MEMORY_LIMIT", "{}", result(&big).error_message);
+    assert_eq!(
+        result(&big).error_code,
+        "MEMORY_LIMIT",
+        "{}",
+        result(&big).error_message
+    );
 }
 
 #[tokio::test]
@@ -396,14 +447,24 @@ async fn guests_see_the_documented_environment_and_argv() {
     let mut node = start_node_with(|config| config.register_examples = false).await;
     let mut request = new_task(
         "env-printer",
-        wasm_artifact(PRINT_ENVIRONMENT.as_bytes(), &[("spearlet.env.FROM_TASK", "task-value")]),
+        wasm_artifact(
+            PRINT_ENVIRONMENT.as_bytes(),
+            &[("spearlet.env.FROM_TASK", "task-value")],
+        ),
         b"",
     );
     let context = request.context.get_or_insert_with(Default::default);
     context.session_id = "session-7".into();
-    context.environment.insert("FROM_CALL".into(), "call-value".into());
+    context
+        .environment
+        .insert("FROM_CALL".into(), "call-value".into());
     context.headers.insert("x-request-id".into(), "abc".into());
-    let response = node.client.invoke_function(request).await.unwrap().into_inner();
+    let response = node
+        .client
+        .invoke_function(request)
+        .await
+        .unwrap()
+        .into_inner();
     assert!(response.success, "{}", response.message);
     let text = String::from_utf8(output(&response)).unwrap();
     let entries: Vec<&str> = text.split('\0').collect();
@@ -417,7 +478,10 @@ async fn guests_see_the_documented_environment_and_argv() {
         "SPEAR_FUNCTION_NAME=".to_owned(),
         "env-printer".to_owned(),
     ] {
-        assert!(entries.contains(&expected.as_str()), "missing {expected:?} in {entries:?}");
+        assert!(
+            entries.contains(&expected.as_str()),
+            "missing {expected:?} in {entries:?}"
+        );
     }
 }
 
@@ -425,10 +489,23 @@ async fn guests_see_the_documented_environment_and_argv() {
 async fn client_execution_ids_make_calls_idempotent() {
     let mut node = start_node().await;
     let mut first = invoke("echo", b"once");
-    first.context.get_or_insert_with(Default::default).execution_id = "my-exec-1".into();
-    let response = node.client.invoke_function(first.clone()).await.unwrap().into_inner();
+    first
+        .context
+        .get_or_insert_with(Default::default)
+        .execution_id = "my-exec-1".into();
+    let response = node
+        .client
+        .invoke_function(first.clone())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(response.execution_id, "my-exec-1");
-    let again = node.client.invoke_function(first).await.unwrap().into_inner();
+    let again = node
+        .client
+        .invoke_function(first)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(again.execution_id, "my-exec-1");
     assert_eq!(output(&again), b"once");
     let listed = node
@@ -443,7 +520,10 @@ async fn client_execution_ids_make_calls_idempotent() {
     assert_eq!(listed.executions.len(), 1, "ran exactly once");
 
     let mut different = invoke("echo", b"other input");
-    different.context.get_or_insert_with(Default::default).execution_id = "my-exec-1".into();
+    different
+        .context
+        .get_or_insert_with(Default::default)
+        .execution_id = "my-exec-1".into();
     let error = node.client.invoke_function(different).await.unwrap_err();
     assert_eq!(error.code(), Code::AlreadyExists);
 }
@@ -485,7 +565,9 @@ async fn large_payloads_round_trip() {
 async fn running_executions_can_be_cancelled_by_id() {
     let mut node = start_node().await;
     let mut spin = invoke("spin", b"");
-    spin.context.get_or_insert_with(Default::default).execution_id = "to-cancel".into();
+    spin.context
+        .get_or_insert_with(Default::default)
+        .execution_id = "to-cancel".into();
     let mut client = node.client.clone();
     let call = tokio::spawn(async move { client.invoke_function(spin).await });
     // Wait until it is running.
@@ -500,9 +582,7 @@ async fn running_executions_can_be_cancelled_by_id() {
             .await
             .unwrap()
             .into_inner();
-        if status.found
-            && status.result.unwrap().status == proto::ExecutionStatus::Running as i32
-        {
+        if status.found && status.result.unwrap().status == proto::ExecutionStatus::Running as i32 {
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -520,7 +600,10 @@ async fn running_executions_can_be_cancelled_by_id() {
         .unwrap()
         .into_inner();
     assert!(cancelled.success, "{}", cancelled.message);
-    assert_eq!(cancelled.final_status, proto::ExecutionStatus::Cancelled as i32);
+    assert_eq!(
+        cancelled.final_status,
+        proto::ExecutionStatus::Cancelled as i32
+    );
     assert!(cancel_started.elapsed() < Duration::from_secs(2));
     let response = call.await.unwrap().unwrap().into_inner();
     assert_eq!(status(&response), proto::ExecutionStatus::Cancelled);
@@ -554,7 +637,9 @@ async fn running_executions_can_be_cancelled_by_id() {
 async fn a_caller_that_goes_away_cancels_its_execution() {
     let mut node = start_node().await;
     let mut spin = invoke("spin", b"");
-    spin.context.get_or_insert_with(Default::default).execution_id = "abandoned".into();
+    spin.context
+        .get_or_insert_with(Default::default)
+        .execution_id = "abandoned".into();
     let mut client = connect(node.server.grpc_addr).await;
     let call = tokio::spawn(async move { client.invoke_function(spin).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -574,7 +659,11 @@ async fn a_caller_that_goes_away_cancels_its_execution() {
         if result.status == proto::ExecutionStatus::Cancelled as i32 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "still {}", result.status);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still {}",
+            result.status
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -616,7 +705,11 @@ async fn list_tasks_paginates_by_name() {
         .await
         .unwrap()
         .into_inner();
-    let prefixed: Vec<String> = prefixed.tasks.into_iter().map(|task| task.task_name).collect();
+    let prefixed: Vec<String> = prefixed
+        .tasks
+        .into_iter()
+        .map(|task| task.task_name)
+        .collect();
     assert_eq!(prefixed, vec!["sleep", "spin"]);
 }
 
@@ -624,9 +717,15 @@ async fn list_tasks_paginates_by_name() {
 async fn get_task_reports_real_counts_and_executions() {
     let mut node = start_node().await;
     for _ in 0..3 {
-        node.client.invoke_function(invoke("echo", b"x")).await.unwrap();
+        node.client
+            .invoke_function(invoke("echo", b"x"))
+            .await
+            .unwrap();
     }
-    node.client.invoke_function(invoke("fail", b"")).await.unwrap();
+    node.client
+        .invoke_function(invoke("fail", b""))
+        .await
+        .unwrap();
     let echo = node
         .client
         .get_task(proto::GetTaskRequest {
@@ -652,7 +751,10 @@ async fn get_task_reports_real_counts_and_executions() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(fail.task.unwrap().last_status, proto::ExecutionStatus::Failed as i32);
+    assert_eq!(
+        fail.task.unwrap().last_status,
+        proto::ExecutionStatus::Failed as i32
+    );
     let missing = node
         .client
         .get_task(proto::GetTaskRequest {
@@ -668,7 +770,10 @@ async fn get_task_reports_real_counts_and_executions() {
 #[tokio::test]
 async fn delete_task_is_idempotent_and_guards_running_work() {
     let mut node = start_node().await;
-    node.client.invoke_function(invoke("echo", b"x")).await.unwrap();
+    node.client
+        .invoke_function(invoke("echo", b"x"))
+        .await
+        .unwrap();
     let deleted = node
         .client
         .delete_task(proto::DeleteTaskRequest {
@@ -705,7 +810,9 @@ async fn delete_task_is_idempotent_and_guards_running_work() {
     loop {
         let health = node
             .client
-            .get_health(proto::GetHealthRequest { include_details: true })
+            .get_health(proto::GetHealthRequest {
+                include_details: true,
+            })
             .await
             .unwrap()
             .into_inner();
@@ -751,7 +858,10 @@ async fn list_executions_filters_and_paginates_in_submission_order() {
             .unwrap()
             .into_inner();
         submitted.push(response.execution_id);
-        node.client.invoke_function(invoke("fail", b"")).await.unwrap();
+        node.client
+            .invoke_function(invoke("fail", b""))
+            .await
+            .unwrap();
     }
     let mut seen = Vec::new();
     let mut start_after = String::new();
@@ -784,7 +894,12 @@ async fn list_executions_filters_and_paginates_in_submission_order() {
         .unwrap()
         .into_inner();
     assert_eq!(failed.executions.len(), 5);
-    assert!(failed.executions.iter().all(|info| info.status == proto::ExecutionStatus::Failed as i32));
+    assert!(
+        failed
+            .executions
+            .iter()
+            .all(|info| info.status == proto::ExecutionStatus::Failed as i32)
+    );
 }
 
 #[tokio::test]
@@ -795,18 +910,46 @@ async fn health_and_stats_move_with_the_calls_made() {
         include_execution_stats: true,
         time_range_hours: 0,
     };
-    let before = node.client.get_stats(stats_request).await.unwrap().into_inner();
+    let before = node
+        .client
+        .get_stats(stats_request)
+        .await
+        .unwrap()
+        .into_inner();
     for _ in 0..4 {
-        node.client.invoke_function(invoke("echo", b"x")).await.unwrap();
+        node.client
+            .invoke_function(invoke("echo", b"x"))
+            .await
+            .unwrap();
     }
-    node.client.invoke_function(invoke("fail", b"")).await.unwrap();
-    let after = node.client.get_stats(stats_request).await.unwrap().into_inner();
+    node.client
+        .invoke_function(invoke("fail", b""))
+        .await
+        .unwrap();
+    let after = node
+        .client
+        .get_stats(stats_request)
+        .await
+        .unwrap()
+        .into_inner();
     let service_before = before.service_stats.unwrap();
     let service = after.service_stats.unwrap();
-    assert_eq!(service.total_executions - service_before.total_executions, 5);
-    assert_eq!(service.successful_executions - service_before.successful_executions, 4);
-    assert_eq!(service.failed_executions - service_before.failed_executions, 1);
-    assert_eq!(service.total_tasks as usize, spearlet_examples::EXAMPLES.len());
+    assert_eq!(
+        service.total_executions - service_before.total_executions,
+        5
+    );
+    assert_eq!(
+        service.successful_executions - service_before.successful_executions,
+        4
+    );
+    assert_eq!(
+        service.failed_executions - service_before.failed_executions,
+        1
+    );
+    assert_eq!(
+        service.total_tasks as usize,
+        spearlet_examples::EXAMPLES.len()
+    );
     assert!(service.total_memory_used > 0);
     assert!(service.artifact_count > 0);
     assert!(service.average_response_time_ms > 0.0);
@@ -816,13 +959,18 @@ async fn health_and_stats_move_with_the_calls_made() {
     assert!((executions.success_rate_percent - 80.0).abs() < 1e-9);
     assert_eq!(executions.executions_by_function["echo/_start"], 4);
     let tasks = after.task_stats.unwrap();
-    assert_eq!(tasks.tasks_by_type["wasm"] as usize, spearlet_examples::EXAMPLES.len());
+    assert_eq!(
+        tasks.tasks_by_type["wasm"] as usize,
+        spearlet_examples::EXAMPLES.len()
+    );
     assert_eq!(tasks.most_active_tasks[0].task_name, "echo");
     assert_eq!(tasks.idle_tasks + tasks.active_tasks, service.total_tasks);
 
     let health = node
         .client
-        .get_health(proto::GetHealthRequest { include_details: true })
+        .get_health(proto::GetHealthRequest {
+            include_details: true,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -850,7 +998,12 @@ async fn create_task_registers_without_running() {
     assert_eq!(info.task_name, "registered");
     assert_eq!(info.execution_count, 0);
     assert_eq!(info.metadata["team"], "a");
-    assert!(info.artifact_spec.unwrap().artifact_id.starts_with("sha256:"));
+    assert!(
+        info.artifact_spec
+            .unwrap()
+            .artifact_id
+            .starts_with("sha256:")
+    );
     let listed = node
         .client
         .list_executions(proto::ListExecutionsRequest::default())

@@ -137,7 +137,11 @@ async fn named_exports_report_their_status() {
            (func (export "bad") (result i32) (i32.const 7))
            (func (export "unit"))"#,
     );
-    for (function, code) in [("ok", None), ("bad", Some(ErrorCode::ReturnCode)), ("unit", None)] {
+    for (function, code) in [
+        ("ok", None),
+        ("bad", Some(ErrorCode::ReturnCode)),
+        ("unit", None),
+    ] {
         let report = run(
             &wat,
             Call {
@@ -164,10 +168,19 @@ async fn unknown_and_unsuitable_exports_are_invalid_arguments() {
     assert!(missing.message.contains("_start"), "{}", missing.message);
     assert!(missing.message.contains("takes"), "{}", missing.message);
     let unsuitable = module.resolve_entry_point("takes").unwrap_err();
-    assert!(unsuitable.message.contains("parameters"), "{}", unsuitable.message);
-    assert_eq!(module.resolve_entry_point("main").unwrap(), EntryPoint::Start);
+    assert!(
+        unsuitable.message.contains("parameters"),
+        "{}",
+        unsuitable.message
+    );
     assert_eq!(
-        module.resolve_entry_point("__spear_default_entry__").unwrap(),
+        module.resolve_entry_point("main").unwrap(),
+        EntryPoint::Start
+    );
+    assert_eq!(
+        module
+            .resolve_entry_point("__spear_default_entry__")
+            .unwrap(),
         EntryPoint::Start
     );
 }
@@ -290,8 +303,14 @@ async fn compiled_modules_are_reused_from_disk() {
     let wat = guest(BUSY_LOOP);
     let first = WasmEngine::new(&config).unwrap();
     let module = first.load_module("digest1", wat.as_bytes()).unwrap();
-    assert_eq!(module.compile_source, spearlet_wasm::CompileSource::Compiled);
+    assert_eq!(
+        module.compile_source,
+        spearlet_wasm::CompileSource::Compiled
+    );
     let second = WasmEngine::new(&config).unwrap();
     let module = second.load_module("digest1", wat.as_bytes()).unwrap();
-    assert_eq!(module.compile_source, spearlet_wasm::CompileSource::DiskCache);
+    assert_eq!(
+        module.compile_source,
+        spearlet_wasm::CompileSource::DiskCache
+    );
 }

@@ -67,8 +67,14 @@ pub fn invoke(task: &str, input: &[u8]) -> proto::InvokeFunctionRequest {
     }
 }
 
-pub fn with_timeout(mut request: proto::InvokeFunctionRequest, timeout_ms: i64) -> proto::InvokeFunctionRequest {
-    request.context.get_or_insert_with(Default::default).timeout_ms = timeout_ms;
+pub fn with_timeout(
+    mut request: proto::InvokeFunctionRequest,
+    timeout_ms: i64,
+) -> proto::InvokeFunctionRequest {
+    request
+        .context
+        .get_or_insert_with(Default::default)
+        .timeout_ms = timeout_ms;
     request
 }
 
@@ -91,7 +97,11 @@ pub fn wasm_artifact(bytes: &[u8], metadata: &[(&str, &str)]) -> proto::Artifact
     }
 }
 
-pub fn new_task(name: &str, artifact: proto::ArtifactSpec, input: &[u8]) -> proto::InvokeFunctionRequest {
+pub fn new_task(
+    name: &str,
+    artifact: proto::ArtifactSpec,
+    input: &[u8],
+) -> proto::InvokeFunctionRequest {
     proto::InvokeFunctionRequest {
         invocation_type: proto::InvocationType::NewTask as i32,
         task_name: name.into(),
