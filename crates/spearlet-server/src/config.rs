@@ -35,6 +35,14 @@ pub struct NodeConfig {
     pub max_queue_length: usize,
     /// Execution records kept; beyond it the oldest terminal records are dropped.
     pub max_execution_records: usize,
+    /// Terminal execution records older than this are dropped, in milliseconds (0 = never).
+    pub execution_ttl_ms: u64,
+    /// Async executions accepted and not yet ended; beyond it → RESOURCE_EXHAUSTED.
+    pub max_async_pending: usize,
+    /// The longest an async call with `wait = true` blocks, in milliseconds.
+    pub max_wait_ms: u64,
+    /// The most retries a call may ask for with `context.max_retries`.
+    pub max_retries: u32,
     /// How long a graceful shutdown lets running calls finish, in milliseconds.
     pub shutdown_grace_ms: u64,
     /// Node-wide defaults for the `spearlet.*` task keys.
@@ -160,6 +168,10 @@ impl Default for NodeConfig {
             max_concurrent_executions: 256,
             max_queue_length: 1024,
             max_execution_records: 100_000,
+            execution_ttl_ms: 7 * 24 * 3_600_000,
+            max_async_pending: 100_000,
+            max_wait_ms: 60_000,
+            max_retries: 5,
             shutdown_grace_ms: 10_000,
             task_defaults: TaskDefaultsConfig::default(),
             wasm: WasmConfig::default(),
@@ -223,7 +235,9 @@ impl NodeConfig {
     }
 
     fn validate(&self) -> SpearResult<()> {
-        let checks: [(&str, bool); 7] = [
+        let checks: [(&str, bool); 9] = [
+            ("max_async_pending", self.max_async_pending > 0),
+            ("max_queue_length", self.max_queue_length > 0),
             ("max_request_bytes", self.max_request_bytes > 0),
             (
                 "max_concurrent_executions",

@@ -1,16 +1,21 @@
-//! The TaskExecutionManager: owns every execution from submission to its record.
+//! The TaskExecutionManager: owns every execution from submission to its terminal record.
 //!
-//! Data path of one call: [`TaskExecutionManager::execute`] checks idempotency and queue
-//! capacity, writes a PENDING record and spawns the execution; the spawned task waits for a run
-//! slot (bounded by `max_concurrent_executions`), marks the record RUNNING, runs the guest on
-//! the wasm runtime, and writes the terminal record. The submitter waits on a watch channel.
+//! Data path of one call: [`TaskExecutionManager::submit`] checks idempotency and capacity,
+//! writes the PENDING record (durably for async executions, before the client hears "accepted")
+//! and spawns the execution; the spawned task waits for a run slot (bounded by
+//! `max_concurrent_executions`), writes RUNNING, runs the guest on the wasm runtime and writes
+//! the terminal record. Callers wait on a watch channel.
 //!
 //! Invariants:
-//! - Every execution that exists has a record; every record of a live execution is reachable
-//!   through `live` for cancellation.
-//! - An execution ends exactly once: the spawned task is the only writer of its terminal record.
+//! - Every execution that exists has a record; every live (pending or running) execution is in
+//!   `live`, where cancellation finds it.
+//! - An execution ends exactly once: its spawned task is the only writer of its terminal record.
 //! - The timeout covers queue wait plus run time.
-//! - A submitter that goes away (dropped future) cancels its execution through a drop guard.
+//! - A sync or stream caller that goes away cancels its execution (drop guard); an async
+//!   execution belongs to the node and runs whether or not anyone waits.
+//! - An async execution is RUNNING on disk before its guest starts, so a crash is never
+//!   mistaken for "not started": after a restart it is retried (a new, visible attempt) or ends
+//!   NODE_RESTARTED, never silently run twice.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -22,16 +27,16 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use spearlet_core::ids::{random_id, validate_id};
 use spearlet_core::{
-    ExecutionMode, ExecutionRecord, ExecutionStatus, Outcome, ResultEncoding, SpearError,
-    SpearResult, StoredRequest,
+    ErrorCode, ExecutionMode, ExecutionRecord, ExecutionStatus, Outcome, ResultEncoding,
+    SpearError, SpearResult, StoredRequest, TimelineEntry,
 };
-use spearlet_store::Store;
-use spearlet_wasm::{EntryPoint, WasmInvocation};
-use tokio::sync::{Semaphore, watch};
+use spearlet_store::DurableStore;
+use spearlet_wasm::{EntryPoint, OutputChunkSender, WasmInvocation};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::{unix_ms, unix_us};
-use crate::registry::LoadedTask;
+use crate::clock::unix_us;
+use crate::registry::{LoadedTask, TaskRegistry};
 
 /// One invocation as the manager needs it, decoded from the wire.
 pub struct ExecutionRequest {
@@ -47,21 +52,37 @@ pub struct ExecutionRequest {
     pub headers: BTreeMap<String, String>,
     /// `context.timeout_ms` as sent (≤ 0 = none).
     pub requested_timeout_ms: i64,
+    /// `context.max_retries` as sent (capped by the node).
+    pub requested_max_retries: i32,
     pub mode: ExecutionMode,
     pub metadata: BTreeMap<String, String>,
     /// Whether this request loaded the task (fetch/compile) before running.
     pub cold_start: bool,
+    /// For streaming callers: where stdout chunks go, and a signal when the guest starts.
+    pub stream: Option<StreamSink>,
+}
+
+/// The live side of a streaming execution.
+pub struct StreamSink {
+    pub started: oneshot::Sender<()>,
+    pub chunks: OutputChunkSender,
 }
 
 /// Settings of the manager.
 #[derive(Clone, Debug)]
 pub struct ManagerConfig {
     pub max_concurrent_executions: usize,
+    /// Sync and stream executions allowed to wait for a run slot.
     pub max_queue_length: usize,
+    /// Async executions accepted and not yet ended.
+    pub max_async_pending: usize,
+    /// The most retries a call may ask for.
+    pub max_retries: u32,
 }
 
 struct LiveExecution {
     task_id: String,
+    mode: ExecutionMode,
     cancellation: CancellationToken,
     cancel_reason: Arc<Mutex<Option<String>>>,
     finished: watch::Receiver<Option<ExecutionRecord>>,
@@ -75,41 +96,61 @@ pub enum CancelResult {
     AlreadyTerminal(ExecutionRecord),
 }
 
+/// An accepted execution.
+pub struct Submitted {
+    /// The record as accepted (PENDING), or the existing execution's current record.
+    pub record: ExecutionRecord,
+    pub finished: watch::Receiver<Option<ExecutionRecord>>,
+    /// `Some` when this submission created the execution (cancel it if the caller leaves).
+    pub cancellation: Option<CancellationToken>,
+}
+
 pub struct TaskExecutionManager {
-    store: Arc<dyn Store>,
+    store: Arc<DurableStore>,
     config: ManagerConfig,
     run_slots: Arc<Semaphore>,
     live: Mutex<HashMap<String, LiveExecution>>,
     next_sequence: AtomicU64,
-    /// Executions waiting for a run slot.
+    /// Sync and stream executions waiting for a run slot.
     queued: AtomicUsize,
+    /// Async executions accepted and not yet ended.
+    async_pending: AtomicUsize,
     /// Executions running a guest.
     running: AtomicUsize,
+    /// Stops async executions that have not started when the node shuts down; they stay
+    /// PENDING on disk and run after the restart.
+    shutting_down: CancellationToken,
 }
 
 impl TaskExecutionManager {
-    pub fn new(store: Arc<dyn Store>, config: ManagerConfig) -> SpearResult<Arc<Self>> {
-        let mut highest_sequence = 0;
-        store.visit_executions(&mut |record| {
-            highest_sequence = highest_sequence.max(record.sequence);
-        })?;
-        Ok(Arc::new(TaskExecutionManager {
+    pub fn new(
+        store: Arc<DurableStore>,
+        config: ManagerConfig,
+        highest_sequence: u64,
+    ) -> Arc<TaskExecutionManager> {
+        Arc::new(TaskExecutionManager {
             store,
             run_slots: Arc::new(Semaphore::new(config.max_concurrent_executions)),
             config,
             live: Mutex::new(HashMap::new()),
             next_sequence: AtomicU64::new(highest_sequence + 1),
             queued: AtomicUsize::new(0),
+            async_pending: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
-        }))
+            shutting_down: CancellationToken::new(),
+        })
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
+    pub fn store(&self) -> &Arc<DurableStore> {
         &self.store
     }
 
     pub fn queued_count(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
+    }
+
+    pub fn async_pending_count(&self) -> usize {
+        self.async_pending.load(Ordering::Relaxed)
     }
 
     pub fn running_count(&self) -> usize {
@@ -118,6 +159,10 @@ impl TaskExecutionManager {
 
     pub fn max_queue_length(&self) -> usize {
         self.config.max_queue_length
+    }
+
+    pub fn max_concurrent_executions(&self) -> usize {
+        self.config.max_concurrent_executions
     }
 
     /// Executions submitted since the record sequence began.
@@ -129,79 +174,108 @@ impl TaskExecutionManager {
         self.live.lock().len()
     }
 
-    /// Runs one execution to its end and returns its terminal record. Dropping the returned
-    /// future cancels the execution.
+    /// Runs one sync execution to its end and returns its terminal record. Dropping the
+    /// returned future cancels the execution.
     pub async fn execute(
         self: &Arc<Self>,
         request: ExecutionRequest,
     ) -> SpearResult<ExecutionRecord> {
-        let fingerprint = request_fingerprint(&request);
-        let (mut finished, cancel_guard) = match self.submit(request, fingerprint)? {
-            Submission::Existing(finished) => (finished, None),
-            Submission::New {
-                finished,
-                cancellation,
-            } => (finished, Some(CancelOnDrop(Some(cancellation)))),
-        };
+        let submitted = self.submit(request).await?;
+        let mut guard = CancelOnDrop(submitted.cancellation);
+        let mut finished = submitted.finished;
         let record = wait_finished(&mut finished).await?;
-        if let Some(mut guard) = cancel_guard {
-            guard.disarm();
-        }
+        guard.disarm();
         Ok(record)
     }
 
-    fn submit(
-        self: &Arc<Self>,
-        request: ExecutionRequest,
-        fingerprint: String,
-    ) -> SpearResult<Submission> {
-        let mut live = self.live.lock();
+    /// Accepts an execution: idempotency, capacity, the PENDING record, the spawned run.
+    pub async fn submit(self: &Arc<Self>, request: ExecutionRequest) -> SpearResult<Submitted> {
+        let (record, handle) = match self.accept(&request)? {
+            Acceptance::Existing(submitted) => return Ok(submitted),
+            Acceptance::New(record, handle) => (record, handle),
+        };
+        let is_async = request.mode == ExecutionMode::Async;
+        let write = if is_async {
+            self.store.put_execution_durable(record.clone()).await
+        } else {
+            self.store.put_execution(record.clone()).await
+        };
+        if let Err(error) = write {
+            self.live.lock().remove(&record.execution_id);
+            self.pending_counter(is_async)
+                .fetch_sub(1, Ordering::Relaxed);
+            return Err(error);
+        }
+        let cancellation = handle.cancellation.clone();
+        let finished = handle.finished.clone();
+        self.spawn_execution(request, record.clone(), handle, Duration::ZERO);
+        Ok(Submitted {
+            record,
+            finished,
+            cancellation: Some(cancellation),
+        })
+    }
+
+    fn pending_counter(&self, is_async: bool) -> &AtomicUsize {
+        if is_async {
+            &self.async_pending
+        } else {
+            &self.queued
+        }
+    }
+
+    /// The synchronous half of `submit`, under the live-executions lock: an existing execution
+    /// with this id, or a new PENDING record registered as live.
+    fn accept(&self, request: &ExecutionRequest) -> SpearResult<Acceptance> {
+        let fingerprint = request_fingerprint(request);
         if let Some(execution_id) = &request.execution_id {
             validate_id("context.execution_id", execution_id)?;
-            let existing = match live.get(execution_id) {
-                Some(execution) => {
-                    let record = self.store.execution(execution_id)?;
-                    record.map(|record| (record, Some(execution.finished.clone())))
-                }
-                None => self
-                    .store
-                    .execution(execution_id)?
-                    .map(|record| (record, None)),
-            };
-            if let Some((record, finished)) = existing {
-                if record.task_id != request.task.record.task_id
-                    || record.request_fingerprint != fingerprint
-                {
-                    return Err(SpearError::already_exists(format!(
-                        "context.execution_id {execution_id:?} already names an execution with a \
-                         different task or input"
-                    )));
-                }
-                let finished = finished.unwrap_or_else(|| watch::channel(Some(record)).1);
-                return Ok(Submission::Existing(finished));
-            }
         }
-        let waiting = self.queued.load(Ordering::Relaxed);
-        if waiting >= self.config.max_queue_length {
+        let mut live = self.live.lock();
+        if let Some(execution_id) = &request.execution_id
+            && let Some(existing) =
+                self.existing_execution(&live, execution_id, request, &fingerprint)?
+        {
+            return Ok(Acceptance::Existing(existing));
+        }
+        let is_async = request.mode == ExecutionMode::Async;
+        let (pending, limit, limit_name) = if is_async {
+            (
+                self.async_pending.load(Ordering::Relaxed),
+                self.config.max_async_pending,
+                "max_async_pending",
+            )
+        } else {
+            (
+                self.queued.load(Ordering::Relaxed),
+                self.config.max_queue_length,
+                "max_queue_length",
+            )
+        };
+        if pending >= limit {
             return Err(SpearError::resource_exhausted(format!(
-                "the execution queue is full ({waiting} waiting, max_queue_length is {}); retry \
-                 later",
-                self.config.max_queue_length
+                "{pending} executions are waiting and {limit_name} is {limit}; retry later"
             )));
         }
+        self.pending_counter(is_async)
+            .fetch_add(1, Ordering::Relaxed);
         let execution_id = request
             .execution_id
             .clone()
             .unwrap_or_else(|| random_id("exec", rand::random()));
+        let max_retries = u32::try_from(request.requested_max_retries.max(0))
+            .unwrap_or(0)
+            .min(self.config.max_retries);
+        let now_us = unix_us();
         let record = ExecutionRecord {
-            execution_id: execution_id.clone(),
+            execution_id,
             sequence: self.next_sequence.fetch_add(1, Ordering::Relaxed),
             task_id: request.task.record.task_id.clone(),
             task_name: request.task.record.task_name.clone(),
             function_name: request.function_name.clone(),
             mode: request.mode,
             status: ExecutionStatus::Pending,
-            submitted_at_ms: unix_ms(),
+            submitted_at_ms: now_us / 1000,
             started_at_us: None,
             completed_at_us: None,
             execution_time_ms: 0,
@@ -218,71 +292,166 @@ impl TaskExecutionManager {
             request_fingerprint: fingerprint,
             metadata: request.metadata.clone(),
             request: StoredRequest {
-                input: request.input.clone(),
+                // Only async executions can run again after a restart; a sync caller is gone
+                // by then, so its input is not kept.
+                input: if is_async {
+                    request.input.clone()
+                } else {
+                    Bytes::new()
+                },
                 session_id: request.session_id.clone(),
                 environment: request.environment.clone(),
                 headers: request.headers.clone(),
                 requested_timeout_ms: request.requested_timeout_ms,
-                max_retries: 0,
+                max_retries,
             },
-            timeline: Vec::new(),
+            timeline: vec![TimelineEntry {
+                at_us: now_us,
+                status: ExecutionStatus::Pending,
+                attempt: 1,
+                note: "accepted".into(),
+            }],
         };
-        self.store.put_execution(&record)?;
+        let handle = self.register_live(&mut live, &record);
+        Ok(Acceptance::New(record, handle))
+    }
+
+    /// An existing execution with this client id: the same one (same task and input) or an
+    /// ALREADY_EXISTS error.
+    fn existing_execution(
+        &self,
+        live: &HashMap<String, LiveExecution>,
+        execution_id: &str,
+        request: &ExecutionRequest,
+        fingerprint: &str,
+    ) -> SpearResult<Option<Submitted>> {
+        let Some(record) = self.store.execution(execution_id)? else {
+            return Ok(None);
+        };
+        if record.task_id != request.task.record.task_id
+            || record.request_fingerprint != fingerprint
+        {
+            return Err(SpearError::already_exists(format!(
+                "context.execution_id {execution_id:?} already names an execution with a \
+                 different task or input"
+            )));
+        }
+        let finished = match live.get(execution_id) {
+            Some(execution) => execution.finished.clone(),
+            None => watch::channel(Some(record.clone())).1,
+        };
+        Ok(Some(Submitted {
+            record,
+            finished,
+            cancellation: None,
+        }))
+    }
+
+    fn register_live(
+        &self,
+        live: &mut HashMap<String, LiveExecution>,
+        record: &ExecutionRecord,
+    ) -> ExecutionHandle {
         let cancellation = CancellationToken::new();
         let cancel_reason = Arc::new(Mutex::new(None));
         let (finished_sender, finished) = watch::channel(None);
         live.insert(
-            execution_id,
+            record.execution_id.clone(),
             LiveExecution {
                 task_id: record.task_id.clone(),
+                mode: record.mode,
                 cancellation: cancellation.clone(),
                 cancel_reason: cancel_reason.clone(),
                 finished: finished.clone(),
             },
         );
-        drop(live);
+        ExecutionHandle {
+            cancellation,
+            cancel_reason,
+            finished,
+            finished_sender,
+        }
+    }
+
+    fn spawn_execution(
+        self: &Arc<Self>,
+        request: ExecutionRequest,
+        record: ExecutionRecord,
+        handle: ExecutionHandle,
+        start_delay: Duration,
+    ) {
         request
             .task
             .counters
             .execution_count
-            .fetch_add(1, Ordering::Relaxed);
+            .fetch_add(u64::from(record.attempt == 1), Ordering::Relaxed);
         request.task.counters.live.fetch_add(1, Ordering::Relaxed);
-        self.queued.fetch_add(1, Ordering::Relaxed);
         let manager = self.clone();
-        let run_cancellation = cancellation.clone();
         tokio::spawn(async move {
-            let record = manager
-                .run(request, record, run_cancellation, cancel_reason)
+            let mode = record.mode;
+            let ExecutionHandle {
+                cancellation,
+                cancel_reason,
+                finished_sender,
+                ..
+            } = handle;
+            if !start_delay.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(start_delay) => {}
+                    () = cancellation.cancelled() => {}
+                }
+            }
+            let result = manager
+                .run(request, record, &cancellation, &cancel_reason)
                 .await;
-            let _ = finished_sender.send(Some(record));
+            match mode {
+                ExecutionMode::Async => manager.async_pending.fetch_sub(1, Ordering::Relaxed),
+                _ => 0,
+            };
+            if let Some(record) = result {
+                let _ = finished_sender.send(Some(record));
+            }
         });
-        Ok(Submission::New {
-            finished,
-            cancellation,
-        })
     }
 
+    /// Runs one attempt. Returns the terminal record, or `None` when the node is shutting down
+    /// and the (async) execution was left for the next start.
     async fn run(
         &self,
         request: ExecutionRequest,
         mut record: ExecutionRecord,
-        cancellation: CancellationToken,
-        cancel_reason: Arc<Mutex<Option<String>>>,
-    ) -> ExecutionRecord {
+        cancellation: &CancellationToken,
+        cancel_reason: &Mutex<Option<String>>,
+    ) -> Option<ExecutionRecord> {
         let task = request.task.clone();
+        let is_async = record.mode == ExecutionMode::Async;
         let submitted = Instant::now();
         let timeout_ms = task
             .config
-            .effective_timeout_ms(request.requested_timeout_ms);
+            .effective_timeout_ms(record.request.requested_timeout_ms);
         let deadline =
             tokio::time::Instant::from_std(submitted) + Duration::from_millis(timeout_ms);
 
+        let shutting_down = async {
+            if is_async {
+                self.shutting_down.cancelled().await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         let permit = tokio::select! {
             permit = self.run_slots.clone().acquire_owned() => permit.ok(),
             () = tokio::time::sleep_until(deadline) => None,
             () = cancellation.cancelled() => None,
+            () = shutting_down => {
+                self.live.lock().remove(&record.execution_id);
+                task.counters.live.fetch_sub(1, Ordering::Relaxed);
+                return None;
+            }
         };
-        self.queued.fetch_sub(1, Ordering::Relaxed);
+        if !is_async {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
         let queue_wait_ms = submitted.elapsed().as_secs_f64() * 1000.0;
         record
             .metrics
@@ -309,29 +478,52 @@ impl TaskExecutionManager {
                     message: format!("timed out after {timeout_ms} ms waiting in the queue"),
                 }
             };
-            return self.finish(record, &task, outcome, Bytes::new(), Bytes::new(), 0.0, 0);
+            return Some(
+                self.finish(record, &task, outcome, RunFigures::default())
+                    .await,
+            );
         };
 
-        record.status = ExecutionStatus::Running;
-        record.started_at_us = Some(unix_us());
-        if let Err(error) = self.store.put_execution(&record) {
-            tracing::warn!(execution_id = %record.execution_id, "recording RUNNING failed: {error}");
-        }
+        // Counted as running from here, before the RUNNING write, so a graceful shutdown waits
+        // for an execution that has taken its slot.
         self.running.fetch_add(1, Ordering::Relaxed);
         task.counters.running.fetch_add(1, Ordering::Relaxed);
-
+        record.status = ExecutionStatus::Running;
+        let started_us = unix_us();
+        record.started_at_us = Some(started_us);
+        record.timeline.push(TimelineEntry {
+            at_us: started_us,
+            status: ExecutionStatus::Running,
+            attempt: record.attempt,
+            note: String::new(),
+        });
+        let running_write = if is_async {
+            self.store.put_execution_durable(record.clone()).await
+        } else {
+            self.store.put_execution(record.clone()).await
+        };
+        if let Err(error) = running_write {
+            tracing::warn!(execution_id = %record.execution_id, "recording RUNNING failed: {error}");
+        }
+        let (output_chunks, started_signal) = match request.stream {
+            Some(sink) => (Some(sink.chunks), Some(sink.started)),
+            None => (None, None),
+        };
+        if let Some(started_signal) = started_signal {
+            let _ = started_signal.send(());
+        }
         let invocation = WasmInvocation {
             entry_point: request.entry_point.clone(),
             stdin: request.input.clone(),
-            arguments: vec![task.record.task_name.clone(), request.function_name.clone()],
-            environment: guest_environment(&request, &record.execution_id),
+            arguments: vec![task.record.task_name.clone(), record.function_name.clone()],
+            environment: guest_environment(&task, &record),
             preopened_directories: task.preopened_directories.clone(),
             memory_limit_bytes: u64::from(task.config.memory_limit_mb) * 1024 * 1024,
             max_output_bytes: task.config.max_output_bytes,
             max_log_bytes: task.config.max_log_bytes,
             deadline,
             cancellation: cancellation.clone(),
-            output_chunks: None,
+            output_chunks,
         };
         let run_started = Instant::now();
         let report = task.module.run(invocation).await;
@@ -351,46 +543,52 @@ impl TaskExecutionManager {
             },
             other => other,
         };
-        self.finish(
-            record,
-            &task,
-            outcome,
-            report.output,
-            report.logs,
+        let figures = RunFigures {
+            output: report.output,
+            logs: report.logs,
             run_ms,
-            report.peak_memory_bytes as i64,
-        )
+            memory_used_bytes: report.peak_memory_bytes as i64,
+        };
+        Some(self.finish(record, &task, outcome, figures).await)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn finish(
+    async fn finish(
         &self,
         mut record: ExecutionRecord,
         task: &LoadedTask,
         outcome: Outcome,
-        output: Bytes,
-        logs: Bytes,
-        run_ms: f64,
-        memory_used_bytes: i64,
+        figures: RunFigures,
     ) -> ExecutionRecord {
+        let completed_us = unix_us();
         record.status = outcome.status();
         record.error_code = outcome.error_code();
         record.error_message = outcome.error_message().to_owned();
-        record.output = output;
+        record.output = figures.output;
         record.output_content_type = "application/octet-stream".into();
-        record.logs = logs;
-        record.execution_time_ms = run_ms.round() as i64;
+        record.logs = figures.logs;
+        record.execution_time_ms = figures.run_ms.round() as i64;
         record.metrics.insert(
             "execution_time_us".into(),
-            ((run_ms * 1000.0) as i64).to_string(),
+            ((figures.run_ms * 1000.0) as i64).to_string(),
         );
-        record.memory_used_bytes = memory_used_bytes;
-        record.completed_at_us = Some(unix_us());
-        if let Err(error) = self.store.put_execution(&record) {
+        record.memory_used_bytes = figures.memory_used_bytes;
+        record.completed_at_us = Some(completed_us);
+        record.timeline.push(TimelineEntry {
+            at_us: completed_us,
+            status: record.status,
+            attempt: record.attempt,
+            note: record.error_message.clone(),
+        });
+        // Queued, not awaited for durability: a sync reply may go out before its record is on
+        // disk; an async execution that ends now and is lost in a crash is retried by policy.
+        if let Err(error) = self.store.put_execution(record.clone()).await {
             tracing::error!(execution_id = %record.execution_id, "recording the result failed: {error}");
         }
         task.counters.set_last_status(record.status);
         task.counters.live.fetch_sub(1, Ordering::Relaxed);
+        if record.status != ExecutionStatus::Pending {
+            task.counters.record_duration(figures.run_ms);
+        }
         self.live.lock().remove(&record.execution_id);
         tracing::debug!(
             execution_id = %record.execution_id,
@@ -400,6 +598,17 @@ impl TaskExecutionManager {
             "execution finished"
         );
         record
+    }
+
+    /// Milliseconds until an async execution submitted now is expected to end: the task's
+    /// recent mean duration times the rounds of run slots the work ahead of it needs.
+    pub fn estimate_completion_ms(&self, task: &LoadedTask) -> i64 {
+        let Some(mean_ms) = task.counters.recent_duration_ms() else {
+            return 0;
+        };
+        let ahead = self.queued_count() + self.async_pending_count() + self.running_count();
+        let rounds = ahead / self.config.max_concurrent_executions.max(1) + 1;
+        (mean_ms * rounds as f64).ceil() as i64
     }
 
     /// Cancels a pending or running execution and waits for its final record.
@@ -441,13 +650,164 @@ impl TaskExecutionManager {
             .collect()
     }
 
-    /// Cancels every live execution (shutdown) and waits for their records.
-    pub async fn cancel_all(&self, reason: &str) {
-        let execution_ids: Vec<String> = self.live.lock().keys().cloned().collect();
+    /// First step of a graceful shutdown: async executions that have not started leave the
+    /// queue and stay PENDING on disk for the next start.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.cancel();
+    }
+
+    /// Last step of a graceful shutdown: sync and stream executions still live are cancelled
+    /// (their callers get an answer); async executions still running are left RUNNING on disk,
+    /// so the next start retries them by policy; then everything queued is made durable.
+    pub async fn shut_down(&self, reason: &str) {
+        self.shutting_down.cancel();
+        let execution_ids: Vec<String> = self
+            .live
+            .lock()
+            .iter()
+            .filter(|(_, execution)| execution.mode != ExecutionMode::Async)
+            .map(|(execution_id, _)| execution_id.clone())
+            .collect();
         for execution_id in execution_ids {
             let _ = self.cancel(&execution_id, reason).await;
         }
+        if let Err(error) = self.store.flush().await {
+            tracing::error!("flushing records at shutdown failed: {error}");
+        }
     }
+
+    /// Resumes what a previous run of the node left unfinished: queued async executions run;
+    /// async executions that were running are retried if attempts remain, else end
+    /// NODE_RESTARTED; sync and stream executions end NODE_RESTARTED (their caller is gone).
+    pub async fn recover(
+        self: &Arc<Self>,
+        unfinished: Vec<ExecutionRecord>,
+        registry: &TaskRegistry,
+    ) -> RecoverySummary {
+        let mut summary = RecoverySummary::default();
+        for mut record in unfinished {
+            let task = registry.resolve(&record.task_id);
+            let resumable = record.mode == ExecutionMode::Async
+                && (record.status == ExecutionStatus::Pending
+                    || record.attempt <= record.request.max_retries);
+            let entry_point = task
+                .as_ref()
+                .map(|task| task.module.resolve_entry_point(&record.function_name));
+            let (Some(task), Some(Ok(entry_point)), true) = (task, entry_point, resumable) else {
+                let message = match record.mode {
+                    ExecutionMode::Async if record.status == ExecutionStatus::Running => format!(
+                        "the node restarted during attempt {} and no retries remain",
+                        record.attempt
+                    ),
+                    ExecutionMode::Async => {
+                        "the node restarted and the task could no longer run it".to_owned()
+                    }
+                    _ => "the node restarted; the caller of this execution is gone".to_owned(),
+                };
+                self.fail_unrecoverable(record, message).await;
+                summary.failed += 1;
+                continue;
+            };
+            let mut start_delay = Duration::ZERO;
+            if record.status == ExecutionStatus::Running {
+                record.timeline.push(TimelineEntry {
+                    at_us: unix_us(),
+                    status: ExecutionStatus::Pending,
+                    attempt: record.attempt + 1,
+                    note: format!(
+                        "attempt {} was interrupted by a node restart; retrying",
+                        record.attempt
+                    ),
+                });
+                record.attempt += 1;
+                record.status = ExecutionStatus::Pending;
+                record.started_at_us = None;
+                start_delay = retry_backoff(record.attempt);
+                summary.retried += 1;
+            } else {
+                summary.resumed += 1;
+            }
+            let request = ExecutionRequest {
+                task: task.clone(),
+                function_name: record.function_name.clone(),
+                entry_point,
+                input: record.request.input.clone(),
+                result_encoding: record.result_encoding,
+                execution_id: Some(record.execution_id.clone()),
+                session_id: record.request.session_id.clone(),
+                environment: record.request.environment.clone(),
+                headers: record.request.headers.clone(),
+                requested_timeout_ms: record.request.requested_timeout_ms,
+                requested_max_retries: record.request.max_retries as i32,
+                mode: record.mode,
+                metadata: record.metadata.clone(),
+                cold_start: false,
+                stream: None,
+            };
+            if let Err(error) = self.store.put_execution_durable(record.clone()).await {
+                tracing::error!(execution_id = %record.execution_id, "recording recovery failed: {error}");
+            }
+            self.async_pending.fetch_add(1, Ordering::Relaxed);
+            let handle = {
+                let mut live = self.live.lock();
+                self.register_live(&mut live, &record)
+            };
+            self.spawn_execution(request, record, handle, start_delay);
+        }
+        summary
+    }
+
+    async fn fail_unrecoverable(&self, mut record: ExecutionRecord, message: String) {
+        let now = unix_us();
+        record.status = ExecutionStatus::Failed;
+        record.error_code = Some(ErrorCode::NodeRestarted);
+        record.error_message = message.clone();
+        record.completed_at_us = Some(now);
+        record.timeline.push(TimelineEntry {
+            at_us: now,
+            status: ExecutionStatus::Failed,
+            attempt: record.attempt,
+            note: message,
+        });
+        if let Err(error) = self.store.put_execution(record.clone()).await {
+            tracing::error!(execution_id = %record.execution_id, "recording NODE_RESTARTED failed: {error}");
+        }
+    }
+}
+
+/// What recovery did at start.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RecoverySummary {
+    pub resumed: usize,
+    pub retried: usize,
+    pub failed: usize,
+}
+
+/// Exponential backoff with full jitter before attempt `attempt` (2, 3, …): up to 100 ms × 2^(n-2),
+/// capped at 10 s.
+fn retry_backoff(attempt: u32) -> Duration {
+    let ceiling_ms = (100u64 << attempt.saturating_sub(2).min(7)).min(10_000);
+    Duration::from_millis(rand::random_range(0..=ceiling_ms))
+}
+
+enum Acceptance {
+    Existing(Submitted),
+    New(ExecutionRecord, ExecutionHandle),
+}
+
+struct ExecutionHandle {
+    cancellation: CancellationToken,
+    cancel_reason: Arc<Mutex<Option<String>>>,
+    finished: watch::Receiver<Option<ExecutionRecord>>,
+    finished_sender: watch::Sender<Option<ExecutionRecord>>,
+}
+
+#[derive(Default)]
+struct RunFigures {
+    output: Bytes,
+    logs: Bytes,
+    run_ms: f64,
+    memory_used_bytes: i64,
 }
 
 fn non_empty_reason(reason: &str) -> String {
@@ -458,29 +818,22 @@ fn non_empty_reason(reason: &str) -> String {
     }
 }
 
-enum Submission {
-    Existing(watch::Receiver<Option<ExecutionRecord>>),
-    New {
-        finished: watch::Receiver<Option<ExecutionRecord>>,
-        cancellation: CancellationToken,
-    },
-}
-
-async fn wait_finished(
+/// Waits until the execution has its terminal record.
+pub async fn wait_finished(
     finished: &mut watch::Receiver<Option<ExecutionRecord>>,
 ) -> SpearResult<ExecutionRecord> {
     let record = finished
         .wait_for(Option::is_some)
         .await
-        .map_err(|_| SpearError::internal("the execution ended without a record"))?;
+        .map_err(|_| SpearError::unavailable("the node is shutting down"))?;
     Ok(record.clone().expect("waited for Some"))
 }
 
-/// Cancels the execution when the submitter's future is dropped (client went away).
-struct CancelOnDrop(Option<CancellationToken>);
+/// Cancels the execution when the caller's future is dropped (the client went away).
+pub struct CancelOnDrop(pub Option<CancellationToken>);
 
 impl CancelOnDrop {
-    fn disarm(&mut self) {
+    pub fn disarm(&mut self) {
         self.0 = None;
     }
 }
@@ -505,21 +858,22 @@ fn request_fingerprint(request: &ExecutionRequest) -> String {
 }
 
 /// The guest's environment: task variables, then the call's, then spearlet's own (which win).
-fn guest_environment(request: &ExecutionRequest, execution_id: &str) -> Vec<(String, String)> {
-    let mut environment: BTreeMap<String, String> = request.task.config.environment.clone();
+fn guest_environment(task: &LoadedTask, record: &ExecutionRecord) -> Vec<(String, String)> {
+    let mut environment: BTreeMap<String, String> = task.config.environment.clone();
     environment.extend(
-        request
+        record
+            .request
             .environment
             .iter()
             .map(|(name, value)| (name.clone(), value.clone())),
     );
-    for (name, value) in &request.headers {
+    for (name, value) in &record.request.headers {
         environment.insert(format!("SPEAR_HEADER_{}", upper_snake(name)), value.clone());
     }
-    environment.insert("SPEAR_EXECUTION_ID".into(), execution_id.to_owned());
-    environment.insert("SPEAR_TASK_ID".into(), request.task.record.task_id.clone());
-    environment.insert("SPEAR_FUNCTION_NAME".into(), request.function_name.clone());
-    environment.insert("SPEAR_SESSION_ID".into(), request.session_id.clone());
+    environment.insert("SPEAR_EXECUTION_ID".into(), record.execution_id.clone());
+    environment.insert("SPEAR_TASK_ID".into(), task.record.task_id.clone());
+    environment.insert("SPEAR_FUNCTION_NAME".into(), record.function_name.clone());
+    environment.insert("SPEAR_SESSION_ID".into(), record.request.session_id.clone());
     environment.into_iter().collect()
 }
 
@@ -544,5 +898,14 @@ mod tests {
     fn header_names_become_upper_snake() {
         assert_eq!(upper_snake("x-request-id"), "X_REQUEST_ID");
         assert_eq!(upper_snake("Content.Type"), "CONTENT_TYPE");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for _ in 0..100 {
+            assert!(retry_backoff(2) <= Duration::from_millis(100));
+            assert!(retry_backoff(3) <= Duration::from_millis(200));
+            assert!(retry_backoff(40) <= Duration::from_secs(10));
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use spearlet_artifact::{ArtifactFetcher, ArtifactFetcherConfig};
 use spearlet_core::{SpearError, SpearResult};
-use spearlet_store::{MemoryStore, Store};
+use spearlet_store::{DurableStore, DurableStoreConfig};
 use spearlet_wasm::{WasmEngine, WasmEngineConfig};
 
 use crate::config::NodeConfig;
@@ -52,20 +52,40 @@ impl Node {
             http_total_timeout: Duration::from_millis(config.artifacts.http_total_timeout_ms),
             http_attempts: config.artifacts.http_attempts,
         })?;
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.max_execution_records));
+        let mut store_config = DurableStoreConfig::new(data_dir.join("spearlet.db"));
+        store_config.max_execution_records = config.max_execution_records;
+        store_config.execution_ttl =
+            (config.execution_ttl_ms > 0).then(|| Duration::from_millis(config.execution_ttl_ms));
+        let (store, recovered) = DurableStore::open(store_config)?;
+        let store = Arc::new(store);
         let registry = TaskRegistry::new(
             fetcher,
             engine,
             store.clone(),
             config.task_defaults.to_task_config_defaults(),
         );
+        let restored_tasks = registry.restore(recovered.tasks).await;
+        restore_task_counters(&registry, &store)?;
         let manager = TaskExecutionManager::new(
             store,
             ManagerConfig {
                 max_concurrent_executions: config.max_concurrent_executions,
                 max_queue_length: config.max_queue_length,
+                max_async_pending: config.max_async_pending,
+                max_retries: config.max_retries,
             },
-        )?;
+            recovered.highest_sequence,
+        );
+        let recovery = manager
+            .recover(recovered.unfinished_executions, &registry)
+            .await;
+        tracing::info!(
+            restored_tasks,
+            resumed = recovery.resumed,
+            retried = recovery.retried,
+            failed = recovery.failed,
+            "recovered state from the data dir"
+        );
         let node = Arc::new(Node {
             registry,
             manager,
@@ -104,6 +124,7 @@ impl Node {
                 version: env!("CARGO_PKG_VERSION").into(),
                 checksum: format!("sha256:{}", spearlet_artifact::sha256_hex(example.wasm)),
                 metadata: [("example".to_string(), "true".to_string())].into(),
+                restored_timestamps: None,
                 ..TaskRegistration::default()
             };
             self.registry
@@ -113,4 +134,23 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// Execution counts and last statuses of restored tasks, from the records.
+fn restore_task_counters(registry: &TaskRegistry, store: &DurableStore) -> SpearResult<()> {
+    let tasks = registry.all();
+    let by_id: std::collections::HashMap<&str, &crate::registry::LoadedTask> = tasks
+        .iter()
+        .map(|task| (task.record.task_id.as_str(), task.as_ref()))
+        .collect();
+    store.visit_executions(&mut |record| {
+        if let Some(task) = by_id.get(record.task_id.as_str()) {
+            task.counters
+                .execution_count
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if record.status.is_terminal() {
+                task.counters.set_last_status(record.status);
+            }
+        }
+    })
 }

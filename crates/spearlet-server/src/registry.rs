@@ -22,7 +22,7 @@ use spearlet_core::{
     ArtifactRecord, ExecutionStatus, SpearError, SpearResult, TaskConfig, TaskConfigDefaults,
     TaskRecord,
 };
-use spearlet_store::Store;
+use spearlet_store::DurableStore;
 use spearlet_wasm::{WasmEngine, WasmModule};
 
 use crate::clock::unix_ms;
@@ -43,6 +43,8 @@ pub struct TaskRegistration {
     pub version: String,
     pub checksum: String,
     pub metadata: BTreeMap<String, String>,
+    /// When restoring a task after a restart: its original (created, updated) times.
+    pub restored_timestamps: Option<(i64, i64)>,
 }
 
 /// What registering did.
@@ -64,12 +66,34 @@ pub struct TaskCounters {
     pub running: AtomicUsize,
     /// Executions pending or running now.
     pub live: AtomicUsize,
+    /// Exponentially weighted mean run time in microseconds (0 = no run yet).
+    mean_duration_us: AtomicU64,
 }
 
 impl TaskCounters {
     pub fn set_last_status(&self, status: ExecutionStatus) {
         self.last_status
             .store(status_to_u8(status) + 1, Ordering::Relaxed);
+    }
+
+    /// Folds one run time into the recent mean (weight 0.2 for the newest).
+    pub fn record_duration(&self, run_ms: f64) {
+        let sample_us = (run_ms * 1000.0).max(1.0) as u64;
+        let previous = self.mean_duration_us.load(Ordering::Relaxed);
+        let updated = if previous == 0 {
+            sample_us
+        } else {
+            (previous * 4 + sample_us) / 5
+        };
+        self.mean_duration_us.store(updated, Ordering::Relaxed);
+    }
+
+    /// The recent mean run time in milliseconds, once the task has run.
+    pub fn recent_duration_ms(&self) -> Option<f64> {
+        match self.mean_duration_us.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Some(micros as f64 / 1000.0),
+        }
     }
 
     pub fn last_status(&self) -> Option<ExecutionStatus> {
@@ -132,7 +156,7 @@ pub struct TaskRegistry {
     state: RwLock<RegistryState>,
     fetcher: ArtifactFetcher,
     engine: WasmEngine,
-    store: Arc<dyn Store>,
+    store: Arc<DurableStore>,
     defaults: TaskConfigDefaults,
     modules_by_digest: Mutex<HashMap<String, WasmModule>>,
     loads_in_flight: Mutex<HashMap<String, InFlightLoad>>,
@@ -142,7 +166,7 @@ impl TaskRegistry {
     pub fn new(
         fetcher: ArtifactFetcher,
         engine: WasmEngine,
-        store: Arc<dyn Store>,
+        store: Arc<DurableStore>,
         defaults: TaskConfigDefaults,
     ) -> TaskRegistry {
         TaskRegistry {
@@ -350,13 +374,15 @@ impl TaskRegistry {
                     }
                     None => random_id("task", rand::random()),
                 };
+                let (created_at_ms, updated_at_ms) =
+                    registration.restored_timestamps.unwrap_or((now, now));
                 let record = TaskRecord {
                     task_id,
                     task_name: registration.task_name.clone(),
                     description: registration.description.clone(),
                     artifact: artifact_record,
-                    created_at_ms: now,
-                    updated_at_ms: now,
+                    created_at_ms,
+                    updated_at_ms,
                 };
                 (
                     record,
@@ -396,6 +422,38 @@ impl TaskRegistry {
             "task registered"
         );
         Ok((task, outcome))
+    }
+
+    /// Registers the tasks a previous run of the node recorded. Their artifacts come from the
+    /// content cache (the checksum is the recorded digest) and their modules from the
+    /// compiled-module cache, so this is cheap. A task that cannot be restored is logged and
+    /// skipped; its record stays so a later start can try again.
+    pub async fn restore(&self, tasks: Vec<TaskRecord>) -> usize {
+        let mut restored = 0;
+        for task in tasks {
+            let registration = TaskRegistration {
+                requested_task_id: Some(task.task_id.clone()),
+                task_name: task.task_name.clone(),
+                description: task.description.clone(),
+                artifact_id: task.artifact.artifact_id.clone(),
+                artifact_type: task.artifact.artifact_type.clone(),
+                location: task.artifact.location.clone(),
+                version: task.artifact.version.clone(),
+                checksum: format!("sha256:{}", task.artifact.digest),
+                metadata: task.artifact.metadata.clone(),
+                restored_timestamps: Some((task.created_at_ms, task.updated_at_ms)),
+            };
+            match self.register(registration).await {
+                Ok(_) => restored += 1,
+                Err(error) => tracing::error!(
+                    task_id = %task.task_id,
+                    task_name = %task.task_name,
+                    "could not restore task: {}",
+                    error.message
+                ),
+            }
+        }
+        restored
     }
 
     /// Removes a task; returns it when it existed.

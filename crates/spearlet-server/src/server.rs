@@ -47,12 +47,15 @@ impl RunningServer {
         }
         let grace = Duration::from_millis(self.node.config.shutdown_grace_ms);
         let deadline = tokio::time::Instant::now() + grace;
-        while self.node.manager.live_count() > 0 && tokio::time::Instant::now() < deadline {
+        self.node.manager.begin_shutdown();
+        while (self.node.manager.running_count() > 0 || self.node.manager.queued_count() > 0)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.node
             .manager
-            .cancel_all("the node is shutting down")
+            .shut_down("the node is shutting down")
             .await;
         if let Some(task) = self.task.take() {
             let _ = tokio::time::timeout(grace, task).await;

@@ -4,16 +4,19 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
 
 use futures::Stream;
-use spearlet_core::{ExecutionMode, ExecutionStatus, SpearError, SpearResult};
+use spearlet_core::{ExecutionMode, ExecutionRecord, ExecutionStatus, SpearError, SpearResult};
 use spearlet_proto as proto;
 use spearlet_proto::function_service_server::FunctionService;
 use spearlet_store::ExecutionQuery;
 use tonic::{Request, Response, Status};
 
 use crate::errors::to_status;
-use crate::manager::{CancelResult, ExecutionRequest};
+use crate::manager::{CancelOnDrop, CancelResult, ExecutionRequest, StreamSink, wait_finished};
 use crate::node::Node;
 use crate::registry::{LoadedTask, RegistrationOutcome, TaskRegistration};
 use crate::stats;
@@ -37,15 +40,11 @@ impl FunctionServiceHandler {
     async fn invoke(
         &self,
         request: proto::InvokeFunctionRequest,
+        grpc_deadline: Option<Duration>,
     ) -> SpearResult<proto::InvokeFunctionResponse> {
         let mode = match request.execution_mode() {
             proto::ExecutionMode::Unknown | proto::ExecutionMode::Sync => ExecutionMode::Sync,
-            proto::ExecutionMode::Async => {
-                return Err(SpearError::unimplemented(
-                    "execution_mode EXECUTION_MODE_ASYNC is not available on this node yet; use \
-                     EXECUTION_MODE_SYNC",
-                ));
-            }
+            proto::ExecutionMode::Async => ExecutionMode::Async,
             proto::ExecutionMode::Stream => {
                 return Err(SpearError::invalid_argument(
                     "execution_mode EXECUTION_MODE_STREAM is served by the StreamFunction RPC, \
@@ -53,52 +52,259 @@ impl FunctionServiceHandler {
                 ));
             }
         };
-        let (input, result_encoding) = wire::decode_input(&request)?;
-        let (task, cold_start) = self.resolve_task_for_invoke(&request).await?;
+        let execution_request = self.execution_request(&request, mode, None).await?;
+        if mode == ExecutionMode::Async {
+            return self
+                .invoke_async(execution_request, request.wait, grpc_deadline)
+                .await;
+        }
+        let record = self.node.manager.execute(execution_request).await?;
+        Ok(final_response(&record))
+    }
+
+    /// Everything before an execution exists: input, task, export. Every refusal happens here.
+    async fn execution_request(
+        &self,
+        request: &proto::InvokeFunctionRequest,
+        mode: ExecutionMode,
+        stream: Option<StreamSink>,
+    ) -> SpearResult<ExecutionRequest> {
+        let (input, result_encoding) = wire::decode_input(request)?;
+        let (task, cold_start) = self.resolve_task_for_invoke(request).await?;
         let entry_point = task.module.resolve_entry_point(&request.function_name)?;
         let context = request.context.clone().unwrap_or_default();
         let execution_id = (!context.execution_id.is_empty()).then(|| context.execution_id.clone());
-        let record = self
-            .node
-            .manager
-            .execute(ExecutionRequest {
-                task: task.clone(),
-                function_name: request.function_name.clone(),
-                entry_point,
-                input,
-                result_encoding,
-                execution_id,
-                session_id: context.session_id.clone(),
-                environment: wire::to_btree(&context.environment),
-                headers: wire::to_btree(&context.headers),
-                requested_timeout_ms: context.timeout_ms,
-                mode,
-                metadata: wire::to_btree(&request.invocation_metadata),
-                cold_start,
-            })
-            .await?;
-        let success = record.status == ExecutionStatus::Completed;
-        let message = if success {
-            "execution completed".to_owned()
-        } else {
-            format!(
-                "execution {}: {}",
-                record.status.as_str(),
-                record.error_message
-            )
-        };
-        Ok(proto::InvokeFunctionResponse {
-            success,
-            message,
-            execution_id: record.execution_id.clone(),
-            task_id: record.task_id.clone(),
-            instance_id: record.instance_id.clone(),
-            result: Some(wire::execution_result(&record, true)),
-            status_endpoint: String::new(),
-            estimated_completion_ms: 0,
+        Ok(ExecutionRequest {
+            task,
+            function_name: request.function_name.clone(),
+            entry_point,
+            input,
+            result_encoding,
+            execution_id,
+            session_id: context.session_id.clone(),
+            environment: wire::to_btree(&context.environment),
+            headers: wire::to_btree(&context.headers),
+            requested_timeout_ms: context.timeout_ms,
+            requested_max_retries: context.max_retries,
+            mode,
+            metadata: wire::to_btree(&request.invocation_metadata),
+            cold_start,
+            stream,
         })
     }
 
+    /// ASYNC: durable acceptance, answered at once, or after waiting when `wait` is set.
+    async fn invoke_async(
+        &self,
+        request: ExecutionRequest,
+        wait: bool,
+        grpc_deadline: Option<Duration>,
+    ) -> SpearResult<proto::InvokeFunctionResponse> {
+        let task = request.task.clone();
+        let submitted = self.node.manager.submit(request).await?;
+        if wait {
+            let mut budget = Duration::from_millis(self.node.config.max_wait_ms);
+            if let Some(deadline) = grpc_deadline {
+                // Answer a little before the client's deadline so it gets the state, not
+                // DEADLINE_EXCEEDED.
+                budget = budget.min(deadline.saturating_sub(Duration::from_millis(50)));
+            }
+            let mut finished = submitted.finished.clone();
+            if let Ok(Ok(record)) = tokio::time::timeout(budget, wait_finished(&mut finished)).await
+            {
+                return Ok(final_response(&record));
+            }
+            let current = self
+                .node
+                .manager
+                .store()
+                .execution(&submitted.record.execution_id)?
+                .unwrap_or(submitted.record);
+            let mut response =
+                accepted_response(&current, self.node.manager.estimate_completion_ms(&task));
+            response.success = false;
+            response.message = format!(
+                "execution {} is still {} after waiting {} ms; poll it with GetExecutionStatus",
+                current.execution_id,
+                current.status.as_str(),
+                budget.as_millis()
+            );
+            return Ok(response);
+        }
+        if submitted.record.status.is_terminal() {
+            // An idempotent repeat of an execution that already ended.
+            let mut response = final_response(&submitted.record);
+            response.success = true;
+            response.status_endpoint = status_endpoint(&submitted.record.execution_id);
+            return Ok(response);
+        }
+        Ok(accepted_response(
+            &submitted.record,
+            self.node.manager.estimate_completion_ms(&task),
+        ))
+    }
+
+    /// StreamFunction: RUNNING with the id, then stdout chunks as written, then the final
+    /// status. Dropping the stream cancels the execution.
+    async fn stream(&self, request: proto::InvokeFunctionRequest) -> SpearResult<ResponseStream> {
+        let (chunk_sender, mut chunk_receiver) = tokio::sync::mpsc::unbounded_channel();
+        let (started_sender, started_receiver) = tokio::sync::oneshot::channel();
+        let execution_request = self
+            .execution_request(
+                &request,
+                ExecutionMode::Stream,
+                Some(StreamSink {
+                    started: started_sender,
+                    chunks: chunk_sender,
+                }),
+            )
+            .await?;
+        let submitted = self.node.manager.submit(execution_request).await?;
+        let (message_sender, message_receiver) =
+            tokio::sync::mpsc::channel::<Result<proto::StreamExecutionResult, Status>>(64);
+        let execution_id = submitted.record.execution_id.clone();
+        let existing = submitted.cancellation.is_none();
+        let mut guard = CancelOnDrop(submitted.cancellation);
+        let mut finished = submitted.finished;
+        tokio::spawn(async move {
+            // A repeat of an existing execution has no live output: it gets the recorded one.
+            // Whenever the client leaves (the receiver is dropped), this task returns and the
+            // guard cancels the execution.
+            if !existing {
+                tokio::select! {
+                    _ = started_receiver => {}
+                    () = message_sender.closed() => return,
+                }
+            }
+            let running = stream_message(&execution_id, ExecutionStatus::Running, None, false, "");
+            if message_sender.send(Ok(running)).await.is_err() {
+                return;
+            }
+            loop {
+                let chunk = tokio::select! {
+                    chunk = chunk_receiver.recv() => chunk,
+                    () = message_sender.closed() => return,
+                };
+                let Some(chunk) = chunk else {
+                    break;
+                };
+                let message = stream_message(
+                    &execution_id,
+                    ExecutionStatus::Running,
+                    Some(chunk),
+                    false,
+                    "",
+                );
+                if message_sender.send(Ok(message)).await.is_err() {
+                    return;
+                }
+            }
+            let finished_record = tokio::select! {
+                record = wait_finished(&mut finished) => record,
+                () = message_sender.closed() => return,
+            };
+            let final_message = match finished_record {
+                Ok(record) => {
+                    if existing && !record.output.is_empty() {
+                        let replay = stream_message(
+                            &execution_id,
+                            ExecutionStatus::Running,
+                            Some(record.output.clone()),
+                            false,
+                            "",
+                        );
+                        let _ = message_sender.send(Ok(replay)).await;
+                    }
+                    let mut message = stream_message(
+                        &execution_id,
+                        record.status,
+                        None,
+                        true,
+                        &record.error_message,
+                    );
+                    if let Some(code) = record.error_code {
+                        message
+                            .metadata
+                            .insert("error_code".into(), code.as_str().into());
+                    }
+                    Ok(message)
+                }
+                Err(error) => Err(to_status(error)),
+            };
+            let _ = message_sender.send(final_message).await;
+            guard.disarm();
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            message_receiver,
+        )))
+    }
+}
+
+fn status_endpoint(execution_id: &str) -> String {
+    format!("/v1/executions/{execution_id}")
+}
+
+fn accepted_response(
+    record: &ExecutionRecord,
+    estimated_completion_ms: i64,
+) -> proto::InvokeFunctionResponse {
+    proto::InvokeFunctionResponse {
+        success: true,
+        message: format!("execution accepted ({})", record.status.as_str()),
+        execution_id: record.execution_id.clone(),
+        task_id: record.task_id.clone(),
+        instance_id: record.instance_id.clone(),
+        result: Some(wire::execution_result(record, false)),
+        status_endpoint: status_endpoint(&record.execution_id),
+        estimated_completion_ms,
+    }
+}
+
+fn stream_message(
+    execution_id: &str,
+    status: ExecutionStatus,
+    chunk: Option<Bytes>,
+    is_final: bool,
+    error_message: &str,
+) -> proto::StreamExecutionResult {
+    proto::StreamExecutionResult {
+        execution_id: execution_id.to_owned(),
+        status: wire::status_to_wire(status) as i32,
+        chunk_data: chunk
+            .as_ref()
+            .map(|bytes| spearlet_proto::well_known::bytes_any(bytes.to_vec())),
+        is_final,
+        error_message: error_message.to_owned(),
+        metadata: Default::default(),
+        data: chunk.map(|bytes| bytes.to_vec()).unwrap_or_default(),
+    }
+}
+
+/// The answer for an execution that has ended (or the current state of one that has not).
+fn final_response(record: &ExecutionRecord) -> proto::InvokeFunctionResponse {
+    let success = record.status == ExecutionStatus::Completed;
+    let message = if success {
+        "execution completed".to_owned()
+    } else {
+        format!(
+            "execution {}: {}",
+            record.status.as_str(),
+            record.error_message
+        )
+    };
+    proto::InvokeFunctionResponse {
+        success,
+        message,
+        execution_id: record.execution_id.clone(),
+        task_id: record.task_id.clone(),
+        instance_id: record.instance_id.clone(),
+        result: Some(wire::execution_result(record, true)),
+        status_endpoint: String::new(),
+        estimated_completion_ms: 0,
+    }
+}
+
+impl FunctionServiceHandler {
     /// Finds or registers the task an invocation names; the bool says whether this request
     /// loaded it (a cold start).
     async fn resolve_task_for_invoke(
@@ -361,7 +567,8 @@ impl FunctionServiceHandler {
             self.node
                 .manager
                 .store()
-                .delete_executions_of_task(&task_id)?
+                .delete_executions_of_task(&task_id)
+                .await?
         } else {
             0
         };
@@ -422,6 +629,39 @@ impl FunctionServiceHandler {
     }
 }
 
+/// Guest stderr lines, then one line per attempt that ended in error (attempts are otherwise
+/// invisible in stderr).
+fn log_lines_with_attempts(record: &ExecutionRecord) -> Vec<String> {
+    let mut lines = record.log_lines();
+    for entry in &record.timeline {
+        if !entry.note.is_empty() && entry.note != "accepted" {
+            lines.push(format!(
+                "[spearlet] attempt {}: {}: {}",
+                entry.attempt,
+                entry.status.as_str(),
+                entry.note
+            ));
+        }
+    }
+    lines
+}
+
+/// The client's deadline from the `grpc-timeout` header (`<digits><unit>`, unit H M S m u n).
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
 fn registration(
     requested_task_id: Option<String>,
     task_name: &str,
@@ -438,6 +678,7 @@ fn registration(
         version: artifact_spec.version.clone(),
         checksum: artifact_spec.checksum.clone(),
         metadata: wire::to_btree(&artifact_spec.metadata),
+        restored_timestamps: None,
     }
 }
 
@@ -464,7 +705,8 @@ impl FunctionService for FunctionServiceHandler {
         &self,
         request: Request<proto::InvokeFunctionRequest>,
     ) -> Result<Response<proto::InvokeFunctionResponse>, Status> {
-        self.invoke(request.into_inner())
+        let grpc_deadline = grpc_timeout(request.metadata());
+        self.invoke(request.into_inner(), grpc_deadline)
             .await
             .map(Response::new)
             .map_err(to_status)
@@ -492,7 +734,7 @@ impl FunctionService for FunctionServiceHandler {
                 found: true,
                 result: Some(wire::execution_result(&record, request.include_result)),
                 logs: if request.include_logs {
-                    record.log_lines()
+                    log_lines_with_attempts(&record)
                 } else {
                     vec![]
                 },
@@ -515,11 +757,12 @@ impl FunctionService for FunctionServiceHandler {
 
     async fn stream_function(
         &self,
-        _request: Request<proto::InvokeFunctionRequest>,
+        request: Request<proto::InvokeFunctionRequest>,
     ) -> Result<Response<Self::StreamFunctionStream>, Status> {
-        Err(to_status(SpearError::unimplemented(
-            "StreamFunction is not available on this node yet; use InvokeFunction",
-        )))
+        self.stream(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
     }
 
     async fn list_tasks(

@@ -347,8 +347,9 @@ async fn requests_are_checked_before_any_execution_exists() {
 
     let mut request = invoke("echo", b"");
     request.execution_mode = proto::ExecutionMode::Async as i32;
+    request.function_name = "no_such_export".into();
     let error = node.client.invoke_function(request).await.unwrap_err();
-    assert_eq!(error.code(), Code::Unimplemented);
+    assert_eq!(error.code(), Code::InvalidArgument);
 
     let listed = node
         .client
@@ -1011,17 +1012,6 @@ async fn create_task_registers_without_running() {
         .unwrap()
         .into_inner();
     assert!(listed.executions.is_empty());
-}
-
-#[tokio::test]
-async fn stream_function_is_not_faked() {
-    let mut node = start_node().await;
-    let error = node
-        .client
-        .stream_function(invoke("echo", b"x"))
-        .await
-        .unwrap_err();
-    assert_eq!(error.code(), Code::Unimplemented);
 }
 
 #[tokio::test]
