@@ -11,6 +11,12 @@
 //! towards throughput nor the latency histogram, which holds successful calls only, in
 //! microseconds.
 //!
+//! Modes (`--mode`): in `sync` mode a call is `EXECUTION_MODE_SYNC` and succeeds when the function
+//! completed. In `async` mode a call is `EXECUTION_MODE_ASYNC` without `wait` and succeeds when
+//! the node has durably accepted the execution (`success = true`), so throughput is acceptances
+//! per second and latency is time to acceptance. The node keeps working off the accepted
+//! executions after the run; the command says so on stderr.
+//!
 //! The baseline (`--baseline`) is an in-process tonic server with one unary method,
 //! `/bench.Echo/Echo`, that returns its `Payload` unchanged. It is written without code
 //! generation: a `tower::Service` routing the path to `tonic::server::Grpc::unary` with
@@ -39,7 +45,7 @@ use tonic::transport::Channel;
 use tonic::transport::server::TcpIncoming;
 use tonic_prost::ProstCodec;
 
-use crate::cli::BenchArguments;
+use crate::cli::{BenchArguments, BenchMode};
 use crate::client::{node_endpoint, normalize_node_address, rpc_error};
 use crate::output::{self, Table};
 
@@ -53,6 +59,10 @@ const INVOKE_FUNCTION_PATH: &str = "/spearlet.FunctionService/InvokeFunction";
 /// digits (0.1 % resolution) over its whole range.
 const HISTOGRAM_MAX_MICROSECONDS: u64 = 3_600_000_000;
 const HISTOGRAM_SIGNIFICANT_DIGITS: u8 = 3;
+
+/// How long the async-mode check call waits for its execution to end. The node answers a little
+/// before this deadline with the execution's current state rather than letting it expire.
+const ASYNC_CHECK_WAIT: Duration = Duration::from_secs(10);
 
 /// When a run stops.
 #[derive(Clone, Copy, Debug)]
@@ -286,7 +296,7 @@ where
                 report.failures += 1;
                 report
                     .first_problem
-                    .get_or_insert_with(|| "the function reported success = false".into());
+                    .get_or_insert_with(|| "the answer said success = false".into());
             }
             Err(status) => {
                 report.errors += 1;
@@ -457,6 +467,8 @@ fn echo_call(payload: &[u8]) -> UnaryCall<proto::Payload, proto::Payload> {
     }
 }
 
+/// Every call sends the same request; in async mode an accepted execution is a success, so the
+/// same `success` test serves both modes.
 fn invoke_call(
     arguments: &BenchArguments,
     payload: &[u8],
@@ -467,7 +479,8 @@ fn invoke_call(
             invocation_type: proto::InvocationType::ExistingTask as i32,
             task_id: arguments.task.clone(),
             function_name: arguments.function_name.clone().unwrap_or_default(),
-            execution_mode: proto::ExecutionMode::Sync as i32,
+            execution_mode: arguments.mode.to_wire() as i32,
+            wait: false,
             input: Some(proto::Payload {
                 content_type: "application/octet-stream".into(),
                 data: payload.to_vec(),
@@ -479,7 +492,9 @@ fn invoke_call(
 }
 
 /// One call before the run, so a wrong address or task fails with the node's own message
-/// instead of a report full of errors.
+/// instead of a report full of errors. In async mode the check call waits for its execution
+/// to end (up to [`ASYNC_CHECK_WAIT`]), so a function that fails is noticed too, not only one
+/// the node refuses.
 async fn check_task_answers(
     channels: &[Channel],
     call: &UnaryCall<proto::InvokeFunctionRequest, proto::InvokeFunctionResponse>,
@@ -488,12 +503,13 @@ async fn check_task_answers(
     grpc.ready()
         .await
         .context("the channel to the node is not ready")?;
+    let mut request = tonic::Request::new(call.request.clone());
+    if call.request.execution_mode == proto::ExecutionMode::Async as i32 {
+        request.get_mut().wait = true;
+        request.set_timeout(ASYNC_CHECK_WAIT);
+    }
     let response: tonic::Response<proto::InvokeFunctionResponse> = grpc
-        .unary(
-            tonic::Request::new(call.request.clone()),
-            call.path.clone(),
-            ProstCodec::default(),
-        )
+        .unary(request, call.path.clone(), ProstCodec::default())
         .await
         .map_err(rpc_error)?;
     if !response.get_ref().success {
@@ -512,7 +528,10 @@ pub async fn bench(
     json_output: bool,
 ) -> anyhow::Result<ExitCode> {
     let plan = LoadPlan::from_arguments(arguments)?;
-    let payload = vec![b'x'; arguments.payload_bytes];
+    let payload = match &arguments.input_text {
+        Some(text) => text.as_bytes().to_vec(),
+        None => vec![b'x'; arguments.payload_bytes],
+    };
 
     let baseline_report = if arguments.baseline {
         let server = BaselineServer::start().await?;
@@ -538,9 +557,11 @@ pub async fn bench(
         let value = json!({
             "task": arguments.task,
             "function": arguments.function_name.clone().unwrap_or_default(),
+            "mode": arguments.mode.name(),
             "concurrency": plan.concurrency,
             "connections": plan.connections,
-            "payload_bytes": arguments.payload_bytes,
+            "payload_bytes": payload.len(),
+            "input_text": arguments.input_text,
             "warmup_seconds": plan.warmup.as_secs_f64(),
             "baseline": baseline_report.as_ref().map_or(Value::Null, LoadReport::to_json),
             "spearlet": spearlet_report.to_json(),
@@ -553,10 +574,25 @@ pub async fn bench(
             render_report(
                 arguments,
                 &plan,
+                payload.len(),
                 baseline_report.as_ref(),
                 &spearlet_report,
                 ratios.as_ref()
             )
+        );
+    }
+    if arguments.mode == BenchMode::Async && spearlet_report.successes > 0 {
+        let warmup_note = if plan.warmup.is_zero() {
+            ""
+        } else {
+            " (plus those of the warm-up)"
+        };
+        eprintln!(
+            "note: async mode counts acceptances, not completions. The node accepted {} \
+             executions in the measured run{warmup_note} and keeps running them after this \
+             bench ends; follow them with `spearlet exec ls --status pending` or \
+             `spearlet stats`.",
+            spearlet_report.successes
         );
     }
     for (label, report) in [
@@ -576,6 +612,7 @@ pub async fn bench(
 fn render_report(
     arguments: &BenchArguments,
     plan: &LoadPlan,
+    payload_bytes: usize,
     baseline: Option<&LoadReport>,
     spearlet: &LoadReport,
     ratios: Option<&Ratios>,
@@ -588,13 +625,17 @@ fn render_report(
         .function_name
         .as_deref()
         .map_or(String::new(), |name| format!(" function {name}"));
+    let payload = match &arguments.input_text {
+        Some(text) => format!("input {text:?}"),
+        None => format!("{payload_bytes}-byte payloads"),
+    };
     let mut text = format!(
-        "bench: task {}{function}, {} workers over {} connection(s), {}-byte payloads, {run_length} \
-         after {}s warm-up\n\n",
+        "bench: task {}{function}, {} mode, {} workers over {} connection(s), {payload}, \
+         {run_length} after {}s warm-up\n\n",
         arguments.task,
+        arguments.mode.name(),
         plan.concurrency,
         plan.connections,
-        arguments.payload_bytes,
         plan.warmup.as_secs_f64(),
     );
     let mut table = Table::new(&[
@@ -610,10 +651,11 @@ fn render_report(
         "MAX",
     ]);
     let milliseconds = |value: f64| format!("{value:.3}ms");
+    let spearlet_label = format!("spearlet ({})", arguments.mode.name());
     let rows = baseline
         .map(|report| ("baseline (tonic echo)", report))
         .into_iter()
-        .chain([("spearlet", spearlet)]);
+        .chain([(spearlet_label.as_str(), spearlet)]);
     for (label, report) in rows {
         table.push_row(vec![
             label.to_owned(),

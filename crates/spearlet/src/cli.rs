@@ -142,6 +142,27 @@ pub struct InvokeArguments {
     /// An environment variable for the function; repeatable.
     #[arg(long = "env", value_name = "K=V", value_parser = parse_key_value)]
     pub environment: Vec<(String, String)>,
+
+    /// Submit the call as an async execution: the node answers at once and runs it durably.
+    /// Prints the execution id and the status endpoint (the whole answer with `--json`).
+    #[arg(long = "async", conflicts_with = "stream")]
+    pub asynchronous: bool,
+
+    /// With `--async`: wait until the execution ends (at most the node's `max_wait_ms`) and
+    /// print its output as a synchronous call does.
+    #[arg(long = "wait", requires = "asynchronous")]
+    pub wait_for_end: bool,
+
+    /// Retries the node may make when an async execution is interrupted by a node restart
+    /// (`context.max_retries`, capped by the node's `max_retries`).
+    #[arg(long = "max-retries", value_name = "N",
+          value_parser = clap::value_parser!(i32).range(0..))]
+    pub max_retries: Option<i32>,
+
+    /// Use StreamFunction: write the output to stdout as the function writes it. With
+    /// `--json`, print every stream message as one JSON object per line instead.
+    #[arg(long = "stream")]
+    pub stream: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -362,6 +383,42 @@ pub struct BenchArguments {
     #[arg(long = "connections", value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub connections: u32,
+
+    /// `sync`: a call counts when the function has answered. `async`: every call is an async
+    /// execution (no waiting) and counts when the node has durably accepted it, so latency is
+    /// time to acceptance; the node keeps running the accepted executions after the bench.
+    #[arg(long = "mode", value_name = "MODE", default_value = "sync")]
+    pub mode: BenchMode,
+
+    /// The input of every call, given literally (for example `--task sleep --input-text 20`);
+    /// replaces the `--payload-bytes` payload of `x` characters.
+    #[arg(long = "input-text", value_name = "STRING")]
+    pub input_text: Option<String>,
+}
+
+/// How `spearlet bench` invokes the function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchMode {
+    /// `EXECUTION_MODE_SYNC`: each call waits for the function's answer.
+    Sync,
+    /// `EXECUTION_MODE_ASYNC` without `wait`: each call waits only for the durable acceptance.
+    Async,
+}
+
+impl BenchMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchMode::Sync => "sync",
+            BenchMode::Async => "async",
+        }
+    }
+
+    pub fn to_wire(self) -> spearlet_proto::ExecutionMode {
+        match self {
+            BenchMode::Sync => spearlet_proto::ExecutionMode::Sync,
+            BenchMode::Async => spearlet_proto::ExecutionMode::Async,
+        }
+    }
 }
 
 /// `K=V` → `(K, V)`; the key must be non-empty, the value may be.

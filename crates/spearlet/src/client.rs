@@ -98,17 +98,23 @@ fn read_invoke_input(arguments: &InvokeArguments) -> anyhow::Result<Vec<u8>> {
     Ok(input)
 }
 
-pub async fn invoke(
-    client: &mut NodeClient,
-    arguments: &InvokeArguments,
-    json_output: bool,
-) -> anyhow::Result<ExitCode> {
+/// The request `spearlet invoke` sends: mode from `--async` / `--stream`, context from the
+/// remaining flags.
+fn invoke_request(arguments: &InvokeArguments) -> anyhow::Result<proto::InvokeFunctionRequest> {
     let input = read_invoke_input(arguments)?;
-    let request = proto::InvokeFunctionRequest {
+    let execution_mode = if arguments.stream {
+        proto::ExecutionMode::Stream
+    } else if arguments.asynchronous {
+        proto::ExecutionMode::Async
+    } else {
+        proto::ExecutionMode::Sync
+    };
+    Ok(proto::InvokeFunctionRequest {
         invocation_type: proto::InvocationType::ExistingTask as i32,
         task_id: arguments.task.clone(),
         function_name: arguments.function_name.clone().unwrap_or_default(),
-        execution_mode: proto::ExecutionMode::Sync as i32,
+        execution_mode: execution_mode as i32,
+        wait: arguments.wait_for_end,
         input: Some(proto::Payload {
             content_type: "application/octet-stream".into(),
             data: input,
@@ -116,20 +122,76 @@ pub async fn invoke(
         context: Some(proto::ExecutionContext {
             execution_id: arguments.execution_id.clone().unwrap_or_default(),
             timeout_ms: arguments.timeout_ms.unwrap_or(0),
+            max_retries: arguments.max_retries.unwrap_or(0),
             headers: to_hash_map(&arguments.headers),
             environment: to_hash_map(&arguments.environment),
             ..Default::default()
         }),
         ..Default::default()
-    };
+    })
+}
+
+/// `spearlet invoke`: sync by default, `--async` (optionally `--wait`), or `--stream`.
+pub async fn invoke(
+    client: &mut NodeClient,
+    arguments: &InvokeArguments,
+    json_output: bool,
+) -> anyhow::Result<ExitCode> {
+    let request = invoke_request(arguments)?;
+    if arguments.stream {
+        return invoke_streaming(client, request, json_output).await;
+    }
     let response = client
         .invoke_function(request)
         .await
         .map_err(rpc_error)?
         .into_inner();
+    if arguments.asynchronous && !arguments.wait_for_end {
+        return print_accepted_execution(&response, json_output);
+    }
+    print_finished_execution(&response, json_output)
+}
+
+/// An async acceptance: the execution id and where to follow it, or the whole answer as JSON.
+fn print_accepted_execution(
+    response: &proto::InvokeFunctionResponse,
+    json_output: bool,
+) -> anyhow::Result<ExitCode> {
+    if json_output {
+        print_json(&output::invoke_response_json(response))?;
+    } else {
+        let result = response.result.clone().unwrap_or_default();
+        let estimated_completion = if response.estimated_completion_ms > 0 {
+            format!("{}ms", response.estimated_completion_ms)
+        } else {
+            output::EMPTY_CELL.to_owned()
+        };
+        write_stdout(
+            render_key_values(&[
+                ("EXECUTION ID", response.execution_id.clone()),
+                ("STATUS", output::status_cell(result.status)),
+                ("STATUS ENDPOINT", or_dash(&response.status_endpoint)),
+                ("ESTIMATED COMPLETION", estimated_completion),
+            ])
+            .as_bytes(),
+        )?;
+    }
+    if response.success {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("error: {}", response.message);
+    Ok(ExitCode::FAILURE)
+}
+
+/// A sync answer, or an async one after `--wait`: the output on stdout (or the answer as JSON),
+/// and `error: <STATUS> <ERROR CODE>: <message>` on stderr when the function did not complete.
+fn print_finished_execution(
+    response: &proto::InvokeFunctionResponse,
+    json_output: bool,
+) -> anyhow::Result<ExitCode> {
     let result = response.result.clone().unwrap_or_default();
     if json_output {
-        print_json(&output::invoke_response_json(&response))?;
+        print_json(&output::invoke_response_json(response))?;
     } else {
         let output_bytes = match &result.output {
             Some(payload) => payload.data.clone(),
@@ -144,11 +206,69 @@ pub async fn invoke(
     if response.success {
         return Ok(ExitCode::SUCCESS);
     }
+    let still_live = [
+        proto::ExecutionStatus::Pending,
+        proto::ExecutionStatus::Running,
+    ]
+    .map(|status| status as i32)
+    .contains(&result.status);
+    if still_live {
+        // `--wait` ran out of time (the node's max_wait_ms): the message says how to follow it.
+        eprintln!("error: {}", response.message);
+    } else {
+        eprintln!(
+            "error: {} {}: {}",
+            output::execution_status_name(result.status),
+            or_dash(&result.error_code),
+            result.error_message
+        );
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+/// `--stream`: each output chunk goes to stdout the moment it arrives; the final message
+/// decides the exit code, with the same error line as a sync call.
+async fn invoke_streaming(
+    client: &mut NodeClient,
+    request: proto::InvokeFunctionRequest,
+    json_output: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut stream = client
+        .stream_function(request)
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let final_message = loop {
+        let Some(message) = stream.message().await.map_err(rpc_error)? else {
+            bail!("the stream ended before the execution's final status");
+        };
+        if json_output {
+            write_stdout(
+                output::render_json_line(&output::stream_message_json(&message)).as_bytes(),
+            )?;
+        } else {
+            let chunk = output::stream_chunk_bytes(&message);
+            if !chunk.is_empty() {
+                write_stdout(&chunk)?;
+            }
+        }
+        if message.is_final {
+            break message;
+        }
+    };
+    if final_message.status == proto::ExecutionStatus::Completed as i32 {
+        return Ok(ExitCode::SUCCESS);
+    }
     eprintln!(
         "error: {} {}: {}",
-        output::execution_status_name(result.status),
-        or_dash(&result.error_code),
-        result.error_message
+        output::execution_status_name(final_message.status),
+        or_dash(
+            final_message
+                .metadata
+                .get("error_code")
+                .map_or("", String::as_str)
+        ),
+        final_message.error_message
     );
     Ok(ExitCode::FAILURE)
 }

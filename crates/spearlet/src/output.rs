@@ -332,6 +332,32 @@ pub fn invoke_response_json(response: &proto::InvokeFunctionResponse) -> Value {
     })
 }
 
+/// A stream message's output bytes: the raw `data` field, or `chunk_data` unpacked when a node
+/// sends only that. Empty for messages without output (RUNNING, the final status).
+pub fn stream_chunk_bytes(message: &proto::StreamExecutionResult) -> Vec<u8> {
+    if !message.data.is_empty() {
+        return message.data.clone();
+    }
+    message
+        .chunk_data
+        .as_ref()
+        .and_then(proto::well_known::unpack_bytes)
+        .unwrap_or_default()
+}
+
+/// One `StreamFunction` message; `data` is the chunk, or null for messages without output.
+pub fn stream_message_json(message: &proto::StreamExecutionResult) -> Value {
+    let chunk = stream_chunk_bytes(message);
+    json!({
+        "execution_id": message.execution_id,
+        "status": execution_status_name(message.status),
+        "data": if chunk.is_empty() { Value::Null } else { bytes_json(&chunk) },
+        "is_final": message.is_final,
+        "error_message": message.error_message,
+        "metadata": map_json(&message.metadata),
+    })
+}
+
 pub fn artifact_spec_json(spec: &proto::ArtifactSpec) -> Value {
     json!({
         "artifact_id": spec.artifact_id,
@@ -478,6 +504,13 @@ pub fn stats_json(response: &proto::GetStatsResponse) -> Value {
             "executions_by_function": counts_json(&executions.executions_by_function),
         })),
     })
+}
+
+/// Compact JSON on one line followed by a newline, for streams of objects (JSON Lines).
+pub fn render_json_line(value: &Value) -> String {
+    let mut text = serde_json::to_string(value).expect("JSON values serialise");
+    text.push('\n');
+    text
 }
 
 /// Pretty JSON followed by a newline.

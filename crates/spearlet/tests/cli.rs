@@ -338,6 +338,231 @@ fn client_commands_against_a_running_node() {
 }
 
 #[test]
+fn async_and_streaming_invocations() {
+    let node = RunningNode::start();
+
+    let cases: &[(&[&str], Expect<'_>)] = &[
+        (
+            &["invoke", "sleep", "--input", "10", "--async"],
+            Expect {
+                stdout_contains: &[
+                    "EXECUTION ID:",
+                    "STATUS:",
+                    "PENDING",
+                    "STATUS ENDPOINT:",
+                    "/v1/executions/",
+                ],
+                ..SUCCEEDS
+            },
+        ),
+        (
+            &["invoke", "echo", "--input", "waited", "--async", "--wait"],
+            Expect {
+                stdout_is: Some("waited"),
+                ..SUCCEEDS
+            },
+        ),
+        (
+            &["invoke", "fail", "--async", "--wait", "--max-retries", "1"],
+            Expect {
+                exit_code: 1,
+                stderr_contains: &["error: FAILED EXIT_CODE"],
+                ..SUCCEEDS
+            },
+        ),
+        (
+            &["invoke", "ticker", "--input", "3", "--stream"],
+            Expect {
+                stdout_is: Some("tick 1\ntick 2\ntick 3\n"),
+                ..SUCCEEDS
+            },
+        ),
+        (
+            &["invoke", "fail", "--stream"],
+            Expect {
+                exit_code: 1,
+                stderr_contains: &["error: FAILED EXIT_CODE: "],
+                ..SUCCEEDS
+            },
+        ),
+        (
+            &[
+                "invoke",
+                "sleep",
+                "--input",
+                "5000",
+                "--stream",
+                "--timeout",
+                "50",
+            ],
+            Expect {
+                exit_code: 1,
+                stderr_contains: &["error: TIMEOUT TIMEOUT: "],
+                ..SUCCEEDS
+            },
+        ),
+        (
+            &["invoke", "echo", "--input", "x", "--wait"],
+            Expect {
+                exit_code: 2,
+                stderr_contains: &["--async"],
+                ..SUCCEEDS
+            },
+        ),
+        (
+            &["invoke", "echo", "--input", "x", "--async", "--stream"],
+            Expect {
+                exit_code: 2,
+                stderr_contains: &["cannot be used with"],
+                ..SUCCEEDS
+            },
+        ),
+        (
+            &["invoke", "echo", "--input", "x", "--max-retries", "-1"],
+            Expect {
+                exit_code: 2,
+                ..SUCCEEDS
+            },
+        ),
+    ];
+    for (arguments, expect) in cases {
+        check(&node, arguments, *expect);
+    }
+
+    // `--async --json` prints the whole acceptance; the execution then runs on its own.
+    let arguments = [
+        "invoke",
+        "sleep",
+        "--input",
+        "10",
+        "--async",
+        "--json",
+        "--execution-id",
+        "cli-async-1",
+        "--max-retries",
+        "2",
+    ];
+    let accepted = check(&node, &arguments, SUCCEEDS);
+    let accepted: serde_json::Value = serde_json::from_slice(&accepted.stdout).unwrap();
+    assert_eq!(accepted["success"], true, "{accepted}");
+    assert_eq!(accepted["execution_id"], "cli-async-1");
+    assert_eq!(accepted["status_endpoint"], "/v1/executions/cli-async-1");
+    assert_eq!(accepted["result"]["status"], "PENDING");
+    let mut finished = None;
+    for _ in 0..200 {
+        let status = check(&node, &["exec", "get", "cli-async-1", "--json"], SUCCEEDS);
+        let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        if status["result"]["status"] == "COMPLETED" {
+            finished = Some(status);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let finished = finished.expect("cli-async-1 did not complete within 4 s");
+    assert_eq!(finished["result"]["output"]["data"], "slept 10 ms\n");
+    assert_eq!(finished["result"]["metrics"]["attempt"], "1");
+
+    // `--stream --json` prints one JSON object per stream message, the last one final.
+    let streamed = check(
+        &node,
+        &["invoke", "ticker", "--input", "2", "--stream", "--json"],
+        SUCCEEDS,
+    );
+    let messages: Vec<serde_json::Value> = String::from_utf8(streamed.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let chunks: Vec<&str> = messages
+        .iter()
+        .filter_map(|message| message["data"]["data"].as_str())
+        .collect();
+    assert_eq!(chunks.concat(), "tick 1\ntick 2\n", "{messages:?}");
+    let last = messages.last().unwrap();
+    assert_eq!(
+        (&last["is_final"], &last["status"]),
+        (&serde_json::json!(true), &serde_json::json!("COMPLETED"))
+    );
+
+    // `--stream` writes each chunk as it arrives: the first tick is on stdout while the
+    // function is still ticking (5 ticks, 100 ms apart).
+    let mut streaming = Command::new(SPEARLET)
+        .arg("--addr")
+        .arg(&node.address)
+        .args(["invoke", "ticker", "--input", "5", "--stream"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut streamed_stdout = BufReader::new(streaming.stdout.take().unwrap());
+    let mut first_tick = String::new();
+    streamed_stdout.read_line(&mut first_tick).unwrap();
+    assert_eq!(first_tick, "tick 1\n");
+    assert!(
+        streaming.try_wait().unwrap().is_none(),
+        "the first chunk arrived only when the call had ended"
+    );
+    let mut remaining = String::new();
+    std::io::Read::read_to_string(&mut streamed_stdout, &mut remaining).unwrap();
+    assert_eq!(remaining, "tick 2\ntick 3\ntick 4\ntick 5\n");
+    assert!(streaming.wait().unwrap().success());
+}
+
+#[test]
+fn bench_in_async_mode_counts_acceptances() {
+    let node = RunningNode::start();
+    check(
+        &node,
+        &[
+            "bench",
+            "--mode",
+            "async",
+            "--task",
+            "sleep",
+            "--input-text",
+            "5",
+            "--requests",
+            "100",
+            "--concurrency",
+            "4",
+            "--warmup",
+            "0",
+            "--baseline",
+        ],
+        Expect {
+            stdout_contains: &[
+                "async mode",
+                "input \"5\"",
+                "baseline (tonic echo)",
+                "spearlet (async)",
+                "spearlet/baseline ratios",
+            ],
+            stderr_contains: &["note: async mode counts acceptances"],
+            ..SUCCEEDS
+        },
+    );
+    let bench = check(
+        &node,
+        &[
+            "bench",
+            "--mode",
+            "async",
+            "--requests",
+            "40",
+            "--warmup",
+            "0",
+            "--json",
+        ],
+        SUCCEEDS,
+    );
+    let bench: serde_json::Value = serde_json::from_slice(&bench.stdout).unwrap();
+    assert_eq!(bench["mode"], "async");
+    assert_eq!(bench["spearlet"]["requests"], 40);
+    assert_eq!(bench["spearlet"]["errors"], 0);
+}
+
+#[test]
 fn bench_with_a_baseline_reports_ratios() {
     let node = RunningNode::start();
     check(
@@ -354,8 +579,9 @@ fn bench_with_a_baseline_reports_ratios() {
         ],
         Expect {
             stdout_contains: &[
+                "sync mode",
                 "baseline (tonic echo)",
-                "spearlet",
+                "spearlet (sync)",
                 "spearlet/baseline ratios",
             ],
             ..SUCCEEDS
