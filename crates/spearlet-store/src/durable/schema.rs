@@ -38,7 +38,9 @@ const CREATE_SCHEMA: &str = "
 BEGIN;
 CREATE TABLE IF NOT EXISTS executions (
     sequence INTEGER PRIMARY KEY,
-    execution_id TEXT NOT NULL UNIQUE,
+    -- Not UNIQUE: the in-memory index maps ids to sequences and the manager never gives one id
+    -- two sequences; an index here would cost page writes in every commit.
+    execution_id TEXT NOT NULL,
     task_id TEXT NOT NULL,
     task_name TEXT NOT NULL,
     function_name TEXT NOT NULL,
@@ -125,7 +127,8 @@ pub(crate) const UPSERT_EXECUTION: &str = concat!(
 
 pub(crate) const DELETE_EXECUTIONS_OF_TASK: &str = "DELETE FROM executions WHERE task_id = ?1";
 
-const DELETE_EXECUTION_BY_SEQUENCE: &str = "DELETE FROM executions WHERE sequence = ?1";
+const DELETE_EXECUTION_SEQUENCE_RANGE: &str =
+    "DELETE FROM executions WHERE sequence BETWEEN ?1 AND ?2";
 
 /// Raises the persisted sequence high-water mark. It survives retention deleting the newest
 /// records, so a restarted node never hands out a sequence a client has already paged past.
@@ -371,12 +374,31 @@ pub(crate) fn delete_sequences(
 ) -> rusqlite::Result<()> {
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
-        let mut statement = transaction.prepare_cached(DELETE_EXECUTION_BY_SEQUENCE)?;
-        for sequence in sequences {
-            statement.execute([sequence_to_sql(*sequence)?])?;
+        // Victims are mostly runs of consecutive sequences (the oldest records): one range
+        // delete per run instead of one statement per row.
+        let mut statement = transaction.prepare_cached(DELETE_EXECUTION_SEQUENCE_RANGE)?;
+        for (first, last) in consecutive_runs(sequences) {
+            statement.execute([sequence_to_sql(first)?, sequence_to_sql(last)?])?;
         }
     }
     transaction.commit()
+}
+
+/// Splits sorted-or-not sequences into runs of consecutive numbers, as (first, last) pairs.
+/// Only numerically adjacent sequences are merged, so a range never covers a sequence that was
+/// not in the input.
+pub(crate) fn consecutive_runs(sequences: &[u64]) -> Vec<(u64, u64)> {
+    let mut sorted = sequences.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for sequence in sorted {
+        match runs.last_mut() {
+            Some((_, last)) if *last + 1 == sequence => *last = sequence,
+            _ => runs.push((sequence, sequence)),
+        }
+    }
+    runs
 }
 
 /// SQLite integers are signed; a sequence beyond `i64::MAX` cannot be stored.
@@ -587,5 +609,16 @@ mod tests {
             assert_eq!(error_code_from_name(code.as_str()), Some(code));
         }
         assert_eq!(status_from_name("UNKNOWN"), None);
+    }
+}
+
+#[cfg(test)]
+mod consecutive_run_tests {
+    use super::consecutive_runs;
+
+    #[test]
+    fn only_adjacent_sequences_merge() {
+        assert_eq!(consecutive_runs(&[]), vec![]);
+        assert_eq!(consecutive_runs(&[5, 3, 4, 9, 10, 12]), vec![(3, 5), (9, 10), (12, 12)]);
     }
 }
