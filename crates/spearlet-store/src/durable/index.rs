@@ -188,7 +188,11 @@ impl ExecutionIndex {
         let remaining = self.summaries.len() - victims.len();
         // Hysteresis: once over the limit, trim to 95% of it, so retention runs as one larger
         // delete now and then instead of a row or two after every commit.
-        let keep = if remaining > keep { keep - keep / 20 } else { keep };
+        let keep = if remaining > keep {
+            keep - keep / 20
+        } else {
+            keep
+        };
         if remaining > keep {
             let expired_count = victims.len();
             let oldest_beyond_limit: Vec<u64> = self

@@ -619,6 +619,9 @@ mod consecutive_run_tests {
     #[test]
     fn only_adjacent_sequences_merge() {
         assert_eq!(consecutive_runs(&[]), vec![]);
-        assert_eq!(consecutive_runs(&[5, 3, 4, 9, 10, 12]), vec![(3, 5), (9, 10), (12, 12)]);
+        assert_eq!(
+            consecutive_runs(&[5, 3, 4, 9, 10, 12]),
+            vec![(3, 5), (9, 10), (12, 12)]
+        );
     }
 }
