@@ -16,6 +16,8 @@
 //! - An async execution is RUNNING on disk before its guest starts, so a crash is never
 //!   mistaken for "not started": after a restart it is retried (a new, visible attempt) or ends
 //!   NODE_RESTARTED, never silently run twice.
+//! - A sync or stream execution's PENDING and RUNNING states are visible (in the store's memory)
+//!   but not written: its caller is gone after a crash, so only the terminal record is durable.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -195,10 +197,14 @@ impl TaskExecutionManager {
             Acceptance::New(record, handle) => (record, handle),
         };
         let is_async = request.mode == ExecutionMode::Async;
+        // An async acceptance must be on disk before the client hears of it. A sync or stream
+        // execution's live states only need to be visible: after a crash its caller is gone and
+        // there is nothing to resume, so only its terminal record is written (one row per call).
         let write = if is_async {
             self.store.put_execution_durable(record.clone()).await
         } else {
-            self.store.put_execution(record.clone()).await
+            self.store.put_execution_volatile(record.clone());
+            Ok(())
         };
         if let Err(error) = write {
             self.live.lock().remove(&record.execution_id);
@@ -500,7 +506,8 @@ impl TaskExecutionManager {
         let running_write = if is_async {
             self.store.put_execution_durable(record.clone()).await
         } else {
-            self.store.put_execution(record.clone()).await
+            self.store.put_execution_volatile(record.clone());
+            Ok(())
         };
         if let Err(error) = running_write {
             tracing::warn!(execution_id = %record.execution_id, "recording RUNNING failed: {error}");

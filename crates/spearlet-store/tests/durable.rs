@@ -237,6 +237,39 @@ async fn a_durable_put_is_in_the_file_when_it_returns() {
 }
 
 #[tokio::test]
+async fn a_volatile_put_is_visible_but_only_the_next_real_put_is_written() {
+    let directory = tempfile::tempdir().unwrap();
+    let (store, _) = open(config(directory.path()));
+    let running = record(4, "alpha", ExecutionStatus::Running);
+    store.put_execution_volatile(running.clone());
+    assert_eq!(
+        store.execution("exec-00000004").unwrap(),
+        Some(running.clone())
+    );
+    let listed = store
+        .list_executions(&ExecutionQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(listed.executions.len(), 1);
+    store.flush().await.unwrap();
+    let (second_store, recovered) = open(config(directory.path()));
+    assert!(recovered.unfinished_executions.is_empty(), "never written");
+    assert_eq!(second_store.execution("exec-00000004").unwrap(), None);
+    drop(second_store);
+
+    let completed = record(4, "alpha", ExecutionStatus::Completed);
+    store.put_execution(completed.clone()).await.unwrap();
+    store.flush().await.unwrap();
+    let (third_store, _) = open(config(directory.path()));
+    assert_eq!(
+        third_store.execution("exec-00000004").unwrap(),
+        Some(completed)
+    );
+}
+
+#[tokio::test]
 async fn a_flush_puts_queued_records_in_the_file() {
     let directory = tempfile::tempdir().unwrap();
     let (store, _) = open(config(directory.path()));

@@ -378,6 +378,18 @@ impl DurableStore {
         Ok(())
     }
 
+    /// Makes `record` visible to reads and listings at once without writing it to the file: for
+    /// states that need not survive a crash (a sync execution's PENDING and RUNNING: its caller
+    /// is gone after a crash anyway). A later [`DurableStore::put_execution`] of the same
+    /// execution replaces it and is written as usual.
+    pub fn put_execution_volatile(&self, record: ExecutionRecord) {
+        let summary = summary_of(&record);
+        self.shared
+            .index
+            .write()
+            .record_put(Arc::new(record), summary);
+    }
+
     async fn reserve_queue_slot(&self) -> SpearResult<mpsc::Permit<'_, WriteOperation>> {
         let Some(sender) = &self.operation_sender else {
             return Err(writer_stopped());
