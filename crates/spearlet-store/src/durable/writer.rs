@@ -25,6 +25,10 @@ use super::index::ExecutionIndex;
 use super::schema;
 
 /// Retention runs after a commit once this much time has passed since the last run...
+/// How long a batch that nobody waits on may gather more writes before it commits.
+const COALESCE_WINDOW: Duration = Duration::from_millis(5);
+/// How often the writer looks for more writes while gathering.
+const COALESCE_POLL: Duration = Duration::from_micros(500);
 const RETENTION_INTERVAL: Duration = Duration::from_secs(1);
 /// ...or once this many records were written since, whichever comes first. Between runs the
 /// store may hold this many records beyond `max_execution_records`.
@@ -214,6 +218,24 @@ impl Writer {
             thread::sleep(self.retry_backoff);
             self.retry_backoff = (self.retry_backoff * 2).min(MAXIMUM_RETRY_BACKOFF);
         }
+        self.drain_into(&mut batch);
+        // Nobody waits for this batch to be durable (no durable put, flush or delete in it): let
+        // more writes gather for a moment, so steady sync traffic costs one fsync per window
+        // instead of one per handful of records. A waiter arriving meanwhile ends the wait.
+        let deadline = Instant::now() + COALESCE_WINDOW;
+        while !self.channel_closed
+            && batch.len() < self.max_batch
+            && batch.iter().all(|operation| operation.committed.is_none())
+            && Instant::now() < deadline
+        {
+            thread::sleep(COALESCE_POLL);
+            self.drain_into(&mut batch);
+        }
+        Some(batch)
+    }
+
+    /// Moves queued operations into `batch` without waiting, up to `max_batch`.
+    fn drain_into(&mut self, batch: &mut Vec<WriteOperation>) {
         while batch.len() < self.max_batch {
             match self.receiver.try_recv() {
                 Ok(operation) => batch.push(operation),
@@ -224,7 +246,6 @@ impl Writer {
                 }
             }
         }
-        Some(batch)
     }
 
     /// Commits one batch and answers its waiters.
