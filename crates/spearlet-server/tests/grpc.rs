@@ -242,67 +242,66 @@ async fn existing_task_rules() {
 
 #[tokio::test]
 async fn bad_artifacts_get_specific_errors_and_the_node_keeps_serving() {
-    let mut node = start_node().await;
-    let mut mismatched = wasm_artifact(example("echo"), &[]);
-    mismatched.checksum = format!("sha256:{}", "0".repeat(64));
-    let error = node
-        .client
-        .invoke_function(new_task("t1", mismatched, b""))
-        .await
-        .unwrap_err();
-    assert_eq!(error.code(), Code::FailedPrecondition);
-    assert!(error.message().contains(&"0".repeat(64)));
-
-    let mut outside = wasm_artifact(b"", &[]);
-    outside.location = "file:///etc/hostname".into();
-    let error = node
-        .client
-        .invoke_function(new_task("t2", outside, b""))
-        .await
-        .unwrap_err();
-    assert_eq!(error.code(), Code::PermissionDenied);
-
-    let error = node
-        .client
-        .invoke_function(new_task(
-            "t3",
+    let zero_digest = "0".repeat(64);
+    let echo = || wasm_artifact(example("echo"), &[]);
+    let with = |change: &dyn Fn(&mut proto::ArtifactSpec)| {
+        let mut artifact = echo();
+        change(&mut artifact);
+        artifact
+    };
+    // (what is wrong, the artifact, the expected code, a text the message must contain)
+    let table: Vec<(&str, proto::ArtifactSpec, Code, &str)> = vec![
+        (
+            "checksum mismatch",
+            with(&|artifact| artifact.checksum = format!("sha256:{zero_digest}")),
+            Code::FailedPrecondition,
+            &zero_digest,
+        ),
+        (
+            "file outside the allowed roots",
+            with(&|artifact| artifact.location = "file:///etc/hostname".into()),
+            Code::PermissionDenied,
+            "allowed roots",
+        ),
+        (
+            "malformed module",
             wasm_artifact(b"\0asm\x01\0\0\0garbage", &[]),
-            b"",
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(error.code(), Code::InvalidArgument);
-
-    let mut unknown_scheme = wasm_artifact(b"", &[]);
-    unknown_scheme.location = "ftp://host/x.wasm".into();
-    let error = node
-        .client
-        .invoke_function(new_task("t4", unknown_scheme, b""))
-        .await
-        .unwrap_err();
-    assert_eq!(error.code(), Code::InvalidArgument);
-
-    let mut wrong_type = wasm_artifact(example("echo"), &[]);
-    wrong_type.artifact_type = "jar".into();
-    let error = node
-        .client
-        .invoke_function(new_task("t5", wrong_type, b""))
-        .await
-        .unwrap_err();
-    assert_eq!(error.code(), Code::InvalidArgument);
-    assert!(error.message().contains("wasm"));
-
-    let error = node
-        .client
-        .invoke_function(new_task(
-            "t6",
+            Code::InvalidArgument,
+            "WebAssembly",
+        ),
+        (
+            "unknown scheme",
+            with(&|artifact| artifact.location = "ftp://host/x.wasm".into()),
+            Code::InvalidArgument,
+            "ftp",
+        ),
+        (
+            "unsupported artifact type",
+            with(&|artifact| artifact.artifact_type = "jar".into()),
+            Code::InvalidArgument,
+            "wasm",
+        ),
+        (
+            "unknown spearlet key",
             wasm_artifact(example("echo"), &[("spearlet.timeout", "5")]),
-            b"",
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(error.code(), Code::InvalidArgument);
-    assert!(error.message().contains("spearlet.timeout"));
+            Code::InvalidArgument,
+            "spearlet.timeout",
+        ),
+    ];
+    let mut node = start_node().await;
+    for (case, artifact, code, named) in table {
+        let error = node
+            .client
+            .invoke_function(new_task("bad", artifact, b""))
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), code, "{case}: {}", error.message());
+        assert!(
+            error.message().contains(named),
+            "{case}: {}",
+            error.message()
+        );
+    }
 
     // Still serving.
     let response = node
