@@ -163,17 +163,9 @@ impl TaskExecutionManager {
         self.config.max_queue_length
     }
 
-    pub fn max_concurrent_executions(&self) -> usize {
-        self.config.max_concurrent_executions
-    }
-
     /// Executions submitted since the record sequence began.
     pub fn total_submitted(&self) -> u64 {
         self.next_sequence.load(Ordering::Relaxed) - 1
-    }
-
-    pub fn live_count(&self) -> usize {
-        self.live.lock().len()
     }
 
     /// Runs one sync execution to its end and returns its terminal record. Dropping the
@@ -214,6 +206,11 @@ impl TaskExecutionManager {
         }
         let cancellation = handle.cancellation.clone();
         let finished = handle.finished.clone();
+        request
+            .task
+            .counters
+            .execution_count
+            .fetch_add(1, Ordering::Relaxed);
         self.spawn_execution(request, record.clone(), handle, Duration::ZERO);
         Ok(Submitted {
             record,
@@ -386,11 +383,6 @@ impl TaskExecutionManager {
         handle: ExecutionHandle,
         start_delay: Duration,
     ) {
-        request
-            .task
-            .counters
-            .execution_count
-            .fetch_add(u64::from(record.attempt == 1), Ordering::Relaxed);
         request.task.counters.live.fetch_add(1, Ordering::Relaxed);
         let manager = self.clone();
         tokio::spawn(async move {
@@ -593,7 +585,9 @@ impl TaskExecutionManager {
         }
         task.counters.set_last_status(record.status);
         task.counters.live.fetch_sub(1, Ordering::Relaxed);
-        if record.status != ExecutionStatus::Pending {
+        // Only runs of the guest say how long the task takes; an execution that ended in the
+        // queue (timeout, cancellation) has no run time.
+        if record.started_at_us.is_some() {
             task.counters.record_duration(figures.run_ms);
         }
         self.live.lock().remove(&record.execution_id);
