@@ -69,8 +69,6 @@ struct FetcherInner {
     allowed_roots: AllowedRoots,
     http: reqwest::Client,
     in_flight: Mutex<HashMap<(String, Option<String>), InFlightFetch>>,
-    cache_hits: AtomicU64,
-    cache_misses: AtomicU64,
 }
 
 impl ArtifactFetcher {
@@ -90,34 +88,12 @@ impl ArtifactFetcher {
                 config,
                 http,
                 in_flight: Mutex::new(HashMap::new()),
-                cache_hits: AtomicU64::new(0),
-                cache_misses: AtomicU64::new(0),
             }),
         })
     }
 
     pub fn allowed_roots(&self) -> &AllowedRoots {
         &self.inner.allowed_roots
-    }
-
-    /// (hits, misses) of the content cache since start.
-    pub fn cache_counters(&self) -> (u64, u64) {
-        (
-            self.inner.cache_hits.load(Ordering::Relaxed),
-            self.inner.cache_misses.load(Ordering::Relaxed),
-        )
-    }
-
-    /// Number of distinct artifacts in the cache.
-    pub fn cached_artifact_count(&self) -> usize {
-        std::fs::read_dir(self.inner.config.cache_directory.join("sha256"))
-            .map(|entries| {
-                entries
-                    .filter_map(Result::ok)
-                    .filter(|entry| entry.file_name().len() == 64)
-                    .count()
-            })
-            .unwrap_or(0)
     }
 
     /// Returns the verified bytes of the artifact at `location`. With a checksum, a cached copy
@@ -129,7 +105,6 @@ impl ArtifactFetcher {
         if let Some(digest) = &expected_digest
             && let Some(cached) = self.read_cached(digest).await?
         {
-            self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(cached);
         }
         let key = (location.to_owned(), expected_digest.clone());
@@ -175,7 +150,6 @@ impl ArtifactFetcher {
         location: ArtifactLocation,
         expected_digest: Option<String>,
     ) -> SpearResult<FetchedArtifact> {
-        self.inner.cache_misses.fetch_add(1, Ordering::Relaxed);
         let bytes = match location {
             ArtifactLocation::File(path) => self.read_file(&path).await?,
             ArtifactLocation::Http(url) => self.download(&url).await?,
