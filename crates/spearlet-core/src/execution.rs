@@ -66,6 +66,9 @@ pub enum ErrorCode {
     OutputTooLarge,
     /// The node stopped while the execution was running and no attempt was left.
     NodeRestarted,
+    /// The instance that was to serve the call could not start (its `_initialize` trapped or
+    /// exited, or its worker failed to start).
+    InitFailed,
 }
 
 impl ErrorCode {
@@ -79,6 +82,7 @@ impl ErrorCode {
             ErrorCode::Cancelled => "CANCELLED",
             ErrorCode::OutputTooLarge => "OUTPUT_TOO_LARGE",
             ErrorCode::NodeRestarted => "NODE_RESTARTED",
+            ErrorCode::InitFailed => "INIT_FAILED",
         }
     }
 }

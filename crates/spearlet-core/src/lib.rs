@@ -10,11 +10,13 @@
 pub mod error;
 pub mod execution;
 pub mod ids;
+pub mod pool_settings;
 pub mod record;
 pub mod task_config;
 
 pub use error::{ErrorKind, SpearError, SpearResult};
 pub use execution::{ErrorCode, ExecutionMode, ExecutionStatus, Outcome};
+pub use pool_settings::{AutoscaleSettings, Isolation, PoolSettings, Priority, SchedulingPolicy};
 pub use record::{
     ArtifactRecord, ExecutionRecord, ResultEncoding, StoredRequest, TaskRecord, TimelineEntry,
 };

@@ -558,6 +558,7 @@ fn error_code_from_name(name: &str) -> Option<ErrorCode> {
         "CANCELLED" => Some(ErrorCode::Cancelled),
         "OUTPUT_TOO_LARGE" => Some(ErrorCode::OutputTooLarge),
         "NODE_RESTARTED" => Some(ErrorCode::NodeRestarted),
+        "INIT_FAILED" => Some(ErrorCode::InitFailed),
         _ => None,
     }
 }
@@ -604,6 +605,7 @@ mod tests {
             ErrorCode::Cancelled,
             ErrorCode::OutputTooLarge,
             ErrorCode::NodeRestarted,
+            ErrorCode::InitFailed,
         ];
         for code in codes {
             assert_eq!(error_code_from_name(code.as_str()), Some(code));
