@@ -35,6 +35,9 @@ pub enum ErrorKind {
 pub struct SpearError {
     pub kind: ErrorKind,
     pub message: String,
+    /// For refusals caused by load (RESOURCE_EXHAUSTED): when a retry is likely to succeed, in
+    /// milliseconds. Sent as `retry-after-ms` response metadata.
+    pub retry_after_ms: Option<u64>,
 }
 
 pub type SpearResult<T> = Result<T, SpearError>;
@@ -44,6 +47,7 @@ impl SpearError {
         SpearError {
             kind,
             message: message.into(),
+            retry_after_ms: None,
         }
     }
 
@@ -84,10 +88,17 @@ impl SpearError {
     }
 
     /// Prefixes the message with context, keeping the kind.
+    /// Adds a retry hint (see [`SpearError::retry_after_ms`]).
+    pub fn with_retry_after_ms(mut self, retry_after_ms: u64) -> SpearError {
+        self.retry_after_ms = Some(retry_after_ms);
+        self
+    }
+
     pub fn context(self, context: impl fmt::Display) -> SpearError {
         SpearError {
             kind: self.kind,
             message: format!("{context}: {}", self.message),
+            retry_after_ms: self.retry_after_ms,
         }
     }
 }

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::{SpearError, SpearResult};
+use crate::pool_settings::{Isolation, PoolSettings, SchedulingPolicy};
 
 /// The prefix that marks a metadata key as configuration.
 pub const CONFIG_KEY_PREFIX: &str = "spearlet.";
@@ -15,13 +16,16 @@ const ENV_KEY_PREFIX: &str = "spearlet.env.";
 const PREOPEN_KEY_PREFIX: &str = "spearlet.wasi.preopen.";
 
 /// Node-wide defaults for the task keys, from the node configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TaskConfigDefaults {
     pub timeout_ms: u64,
     pub max_timeout_ms: u64,
     pub memory_limit_mb: u32,
     pub max_output_bytes: u64,
     pub max_log_bytes: u64,
+    /// Defaults of `spearlet.isolation`, `spearlet.pool.*`, `spearlet.scheduler.policy` and
+    /// `spearlet.autoscale.*`.
+    pub pool: PoolSettings,
 }
 
 impl Default for TaskConfigDefaults {
@@ -37,12 +41,14 @@ impl Default for TaskConfigDefaults {
             max_output_bytes: 6 * 1024 * 1024,
             // 1 MiB of stderr per call.
             max_log_bytes: 1024 * 1024,
+            // Each default is justified in `pool_settings.rs`.
+            pool: PoolSettings::default(),
         }
     }
 }
 
 /// The resolved configuration of one task.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TaskConfig {
     /// Default timeout of a call that sets no `context.timeout_ms`, in milliseconds.
     pub timeout_ms: u64,
@@ -59,6 +65,8 @@ pub struct TaskConfig {
     /// Read-only directories, guest path → host path (`spearlet.wasi.preopen.<guest_dir>`).
     /// Host paths are checked against the allowed roots by the node, which owns the filesystem.
     pub preopened_directories: BTreeMap<String, String>,
+    /// Isolation, pool bounds, scheduling policy and autoscaling of the task's instances.
+    pub pool: PoolSettings,
 }
 
 impl TaskConfig {
@@ -75,6 +83,7 @@ impl TaskConfig {
             max_log_bytes: defaults.max_log_bytes,
             environment: BTreeMap::new(),
             preopened_directories: BTreeMap::new(),
+            pool: defaults.pool,
         };
         for (key, value) in metadata {
             if !key.starts_with(CONFIG_KEY_PREFIX) {
@@ -108,6 +117,49 @@ impl TaskConfig {
                     config.max_output_bytes = parse_positive(key, value)?;
                 }
                 "spearlet.max_log_bytes" => config.max_log_bytes = parse_positive(key, value)?,
+                "spearlet.isolation" => {
+                    config.pool.isolation = Isolation::parse(value.trim())
+                        .ok_or_else(|| not_one_of(key, value, &["per_call", "reuse"]))?;
+                }
+                "spearlet.pool.min_instances" => {
+                    config.pool.min_instances =
+                        narrow_to_u32(key, value, parse_unsigned(key, value)?)?;
+                }
+                "spearlet.pool.max_instances" => {
+                    config.pool.max_instances =
+                        narrow_to_u32(key, value, parse_positive(key, value)?)?;
+                }
+                "spearlet.pool.instance_capacity" => {
+                    config.pool.instance_capacity =
+                        narrow_to_u32(key, value, parse_positive(key, value)?)?;
+                }
+                "spearlet.pool.idle_timeout_ms" => {
+                    config.pool.idle_timeout_ms = parse_positive(key, value)?;
+                }
+                "spearlet.pool.max_uses" => config.pool.max_uses = parse_unsigned(key, value)?,
+                "spearlet.scheduler.policy" => {
+                    config.pool.scheduler_policy = SchedulingPolicy::parse(value.trim())
+                        .ok_or_else(|| {
+                            let policy_names = SchedulingPolicy::ALL.map(SchedulingPolicy::as_str);
+                            not_one_of(key, value, &policy_names)
+                        })?;
+                }
+                "spearlet.autoscale.target_concurrency" => {
+                    config.pool.autoscale.target_concurrency = parse_positive_number(key, value)?;
+                }
+                "spearlet.autoscale.stable_window_ms" => {
+                    config.pool.autoscale.stable_window_ms = parse_positive(key, value)?;
+                }
+                "spearlet.autoscale.panic_window_ms" => {
+                    config.pool.autoscale.panic_window_ms = parse_positive(key, value)?;
+                }
+                "spearlet.autoscale.predictive" => {
+                    config.pool.autoscale.predictive = match value.trim() {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(not_one_of(key, value, &["true", "false"])),
+                    };
+                }
                 _ => {
                     return Err(SpearError::invalid_argument(format!(
                         "artifact_spec.metadata[{key:?}] is not a known spearlet key; known keys: \
@@ -124,6 +176,7 @@ impl TaskConfig {
                 config.timeout_ms, config.max_timeout_ms
             )));
         }
+        config.pool.validate("artifact_spec.metadata")?;
         Ok(config)
     }
 
@@ -154,6 +207,17 @@ const KNOWN_KEYS: &[&str] = &[
     "spearlet.memory_limit_mb",
     "spearlet.max_output_bytes",
     "spearlet.max_log_bytes",
+    "spearlet.isolation",
+    "spearlet.pool.min_instances",
+    "spearlet.pool.max_instances",
+    "spearlet.pool.instance_capacity",
+    "spearlet.pool.idle_timeout_ms",
+    "spearlet.pool.max_uses",
+    "spearlet.scheduler.policy",
+    "spearlet.autoscale.target_concurrency",
+    "spearlet.autoscale.stable_window_ms",
+    "spearlet.autoscale.panic_window_ms",
+    "spearlet.autoscale.predictive",
     "spearlet.env.<NAME>",
     "spearlet.wasi.preopen.<guest_dir>",
 ];
@@ -168,6 +232,36 @@ fn parse_positive(key: &str, value: &str) -> SpearResult<u64> {
             "artifact_spec.metadata[{key:?}] = {value:?} is not a non-negative integer"
         ))),
     }
+}
+
+/// A non-negative integer where 0 is meaningful (`min_instances`, `max_uses`).
+fn parse_unsigned(key: &str, value: &str) -> SpearResult<u64> {
+    value.trim().parse::<u64>().map_err(|_| {
+        SpearError::invalid_argument(format!(
+            "artifact_spec.metadata[{key:?}] = {value:?} is not a non-negative integer"
+        ))
+    })
+}
+
+/// A finite number greater than 0, fractions allowed (`autoscale.target_concurrency`).
+fn parse_positive_number(key: &str, value: &str) -> SpearResult<f64> {
+    match value.trim().parse::<f64>() {
+        Ok(number) if number.is_finite() && number > 0.0 => Ok(number),
+        _ => Err(SpearError::invalid_argument(format!(
+            "artifact_spec.metadata[{key:?}] = {value:?} is not a finite number greater than 0"
+        ))),
+    }
+}
+
+fn narrow_to_u32(key: &str, value: &str, number: u64) -> SpearResult<u32> {
+    u32::try_from(number).map_err(|_| out_of_range(key, value))
+}
+
+fn not_one_of(key: &str, value: &str, accepted_values: &[&str]) -> SpearError {
+    SpearError::invalid_argument(format!(
+        "artifact_spec.metadata[{key:?}] = {value:?} is not one of {}",
+        accepted_values.join(", ")
+    ))
 }
 
 fn out_of_range(key: &str, value: &str) -> SpearError {
@@ -193,6 +287,7 @@ fn validate_environment_name(key: &str, name: &str) -> SpearResult<()> {
 mod tests {
     use super::*;
     use crate::ErrorKind;
+    use crate::pool_settings::AutoscaleSettings;
 
     fn check(pairs: &[(&str, &str)]) -> SpearResult<TaskConfig> {
         let metadata: BTreeMap<String, String> = pairs
@@ -256,6 +351,274 @@ mod tests {
             assert!(
                 error.message.contains(named),
                 "{key}={value}: {}",
+                error.message
+            );
+        }
+    }
+
+    #[test]
+    fn every_pool_key_is_read() {
+        let defaults = PoolSettings::default();
+        let table: &[(&str, &str, PoolSettings)] = &[
+            (
+                "spearlet.isolation",
+                "reuse",
+                PoolSettings {
+                    isolation: Isolation::Reuse,
+                    ..defaults
+                },
+            ),
+            (
+                "spearlet.isolation",
+                "per_call",
+                PoolSettings {
+                    isolation: Isolation::PerCall,
+                    ..defaults
+                },
+            ),
+            (
+                "spearlet.pool.min_instances",
+                "0",
+                PoolSettings {
+                    min_instances: 0,
+                    ..defaults
+                },
+            ),
+            (
+                "spearlet.pool.min_instances",
+                "3",
+                PoolSettings {
+                    min_instances: 3,
+                    ..defaults
+                },
+            ),
+            (
+                "spearlet.pool.max_instances",
+                "4",
+                PoolSettings {
+                    max_instances: 4,
+                    ..defaults
+                },
+            ),
+            (
+                "spearlet.pool.instance_capacity",
+                "8",
+                PoolSettings {
+                    instance_capacity: 8,
+                    ..defaults
+                },
+            ),
+            (
+                "spearlet.pool.idle_timeout_ms",
+                "1500",
+                PoolSettings {
+                    idle_timeout_ms: 1500,
+                    ..defaults
+                },
+            ),
+            (
+                "spearlet.pool.max_uses",
+                "0",
+                PoolSettings {
+                    max_uses: 0,
+                    ..defaults
+                },
+            ),
+            (
+                "spearlet.pool.max_uses",
+                "100",
+                PoolSettings {
+                    max_uses: 100,
+                    ..defaults
+                },
+            ),
+            (
+                "spearlet.scheduler.policy",
+                "weighted_round_robin",
+                PoolSettings {
+                    scheduler_policy: SchedulingPolicy::WeightedRoundRobin,
+                    ..defaults
+                },
+            ),
+            (
+                "spearlet.autoscale.target_concurrency",
+                "2.5",
+                PoolSettings {
+                    autoscale: AutoscaleSettings {
+                        target_concurrency: 2.5,
+                        ..defaults.autoscale
+                    },
+                    ..defaults
+                },
+            ),
+            (
+                "spearlet.autoscale.stable_window_ms",
+                "90000",
+                PoolSettings {
+                    autoscale: AutoscaleSettings {
+                        stable_window_ms: 90_000,
+                        ..defaults.autoscale
+                    },
+                    ..defaults
+                },
+            ),
+            (
+                "spearlet.autoscale.panic_window_ms",
+                "1000",
+                PoolSettings {
+                    autoscale: AutoscaleSettings {
+                        panic_window_ms: 1000,
+                        ..defaults.autoscale
+                    },
+                    ..defaults
+                },
+            ),
+            (
+                "spearlet.autoscale.predictive",
+                "false",
+                PoolSettings {
+                    autoscale: AutoscaleSettings {
+                        predictive: false,
+                        ..defaults.autoscale
+                    },
+                    ..defaults
+                },
+            ),
+        ];
+        for (key, value, expected) in table {
+            let config = check(&[(key, value)]).unwrap();
+            assert_eq!(config.pool, *expected, "{key}={value}");
+        }
+        for policy in SchedulingPolicy::ALL {
+            let config = check(&[("spearlet.scheduler.policy", policy.as_str())]).unwrap();
+            assert_eq!(config.pool.scheduler_policy, policy);
+        }
+    }
+
+    #[test]
+    fn pool_defaults_come_from_the_node() {
+        let node_defaults = TaskConfigDefaults {
+            pool: PoolSettings {
+                isolation: Isolation::Reuse,
+                max_uses: 7,
+                ..PoolSettings::default()
+            },
+            ..TaskConfigDefaults::default()
+        };
+        let metadata: BTreeMap<String, String> = BTreeMap::new();
+        let config = TaskConfig::from_metadata(&metadata, &node_defaults).unwrap();
+        assert_eq!(config.pool, node_defaults.pool);
+        assert_eq!(check(&[]).unwrap().pool, PoolSettings::default());
+    }
+
+    #[test]
+    fn bad_pool_values_are_rejected_by_name() {
+        let table: &[(&[(&str, &str)], &str)] = &[
+            (&[("spearlet.isolation", "shared")], "spearlet.isolation"),
+            (&[("spearlet.isolation", "")], "spearlet.isolation"),
+            (
+                &[("spearlet.pool.min_instances", "-1")],
+                "spearlet.pool.min_instances",
+            ),
+            (
+                &[("spearlet.pool.min_instances", "many")],
+                "spearlet.pool.min_instances",
+            ),
+            (
+                &[("spearlet.pool.min_instances", "5000000000")],
+                "spearlet.pool.min_instances",
+            ),
+            (
+                &[("spearlet.pool.max_instances", "0")],
+                "spearlet.pool.max_instances",
+            ),
+            (
+                &[("spearlet.pool.max_instances", "5000000000")],
+                "spearlet.pool.max_instances",
+            ),
+            (
+                &[("spearlet.pool.instance_capacity", "0")],
+                "spearlet.pool.instance_capacity",
+            ),
+            (
+                &[("spearlet.pool.idle_timeout_ms", "0")],
+                "spearlet.pool.idle_timeout_ms",
+            ),
+            (
+                &[("spearlet.pool.max_uses", "-3")],
+                "spearlet.pool.max_uses",
+            ),
+            (&[("spearlet.pool.max_size", "3")], "spearlet.pool.max_size"),
+            (
+                &[("spearlet.scheduler.policy", "fastest")],
+                "spearlet.scheduler.policy",
+            ),
+            (
+                &[("spearlet.scheduler.policy", "RoundRobin")],
+                "spearlet.scheduler.policy",
+            ),
+            (
+                &[("spearlet.autoscale.target_concurrency", "0")],
+                "spearlet.autoscale.target_concurrency",
+            ),
+            (
+                &[("spearlet.autoscale.target_concurrency", "-1.5")],
+                "spearlet.autoscale.target_concurrency",
+            ),
+            (
+                &[("spearlet.autoscale.target_concurrency", "inf")],
+                "spearlet.autoscale.target_concurrency",
+            ),
+            (
+                &[("spearlet.autoscale.target_concurrency", "NaN")],
+                "spearlet.autoscale.target_concurrency",
+            ),
+            (
+                &[("spearlet.autoscale.stable_window_ms", "0")],
+                "spearlet.autoscale.stable_window_ms",
+            ),
+            (
+                &[("spearlet.autoscale.panic_window_ms", "0")],
+                "spearlet.autoscale.panic_window_ms",
+            ),
+            (
+                &[("spearlet.autoscale.predictive", "yes")],
+                "spearlet.autoscale.predictive",
+            ),
+            // Cross-key rules, checked once every key is read.
+            (
+                &[
+                    ("spearlet.isolation", "reuse"),
+                    ("spearlet.pool.instance_capacity", "2"),
+                ],
+                "spearlet.pool.instance_capacity",
+            ),
+            (
+                &[
+                    ("spearlet.pool.min_instances", "5"),
+                    ("spearlet.pool.max_instances", "2"),
+                ],
+                "spearlet.pool.min_instances",
+            ),
+            (
+                &[
+                    ("spearlet.autoscale.stable_window_ms", "1000"),
+                    ("spearlet.autoscale.panic_window_ms", "2000"),
+                ],
+                "spearlet.autoscale.panic_window_ms",
+            ),
+        ];
+        for (pairs, named) in table {
+            let error = check(pairs).unwrap_err();
+            assert_eq!(error.kind, ErrorKind::InvalidArgument, "{pairs:?}");
+            assert!(
+                error.message.contains(named),
+                "{pairs:?}: {}",
+                error.message
+            );
+            assert!(
+                error.message.contains("artifact_spec.metadata"),
+                "{pairs:?}: {}",
                 error.message
             );
         }

@@ -8,8 +8,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-use spearlet_core::{SpearError, SpearResult, TaskConfigDefaults};
+use serde::{Deserialize, Deserializer};
+use spearlet_core::{
+    AutoscaleSettings, Isolation, PoolSettings, SchedulingPolicy, SpearError, SpearResult,
+    TaskConfigDefaults,
+};
 
 /// The whole node configuration. Every field has a default; see `docs/CONFIG.md`.
 #[derive(Clone, Debug, Deserialize)]
@@ -47,6 +50,8 @@ pub struct NodeConfig {
     pub shutdown_grace_ms: u64,
     /// Node-wide defaults for the `spearlet.*` task keys.
     pub task_defaults: TaskDefaultsConfig,
+    /// Node-wide timing of the instance pools' background work.
+    pub pool: PoolNodeConfig,
     pub wasm: WasmConfig,
     pub artifacts: ArtifactsConfig,
 }
@@ -69,7 +74,8 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
-/// Defaults for the task keys of `docs/FUNCTIONS.md`.
+/// Defaults for the task keys of `docs/FUNCTIONS.md`. The nesting mirrors the key names:
+/// `spearlet.pool.max_instances` is `[task_defaults.pool] max_instances`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TaskDefaultsConfig {
@@ -78,6 +84,55 @@ pub struct TaskDefaultsConfig {
     pub memory_limit_mb: u32,
     pub max_output_bytes: u64,
     pub max_log_bytes: u64,
+    /// `spearlet.isolation`: `"per_call"` or `"reuse"`.
+    #[serde(deserialize_with = "deserialize_isolation")]
+    pub isolation: Isolation,
+    /// `spearlet.pool.*`.
+    pub pool: PoolDefaultsConfig,
+    /// `spearlet.scheduler.*`.
+    pub scheduler: SchedulerDefaultsConfig,
+    /// `spearlet.autoscale.*`.
+    pub autoscale: AutoscaleDefaultsConfig,
+}
+
+/// `[task_defaults.pool]`: defaults of the `spearlet.pool.*` keys.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolDefaultsConfig {
+    /// Instances created at task load and kept warm.
+    pub min_instances: u32,
+    /// Instances a task's pool never exceeds; at least 1.
+    pub max_instances: u32,
+    /// Concurrent executions one instance serves; at least 1, exactly 1 with `reuse`.
+    pub instance_capacity: u32,
+    /// An instance idle this long is removed (down to `min_instances`), in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Calls before a `reuse` instance is recycled (0 = no limit).
+    pub max_uses: u64,
+}
+
+/// `[task_defaults.scheduler]`: default of `spearlet.scheduler.policy`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerDefaultsConfig {
+    /// `round_robin`, `least_connections`, `random`, `weighted_round_robin`,
+    /// `least_response_time` or `resource_based`.
+    #[serde(deserialize_with = "deserialize_scheduling_policy")]
+    pub policy: SchedulingPolicy,
+}
+
+/// `[task_defaults.autoscale]`: defaults of the `spearlet.autoscale.*` keys.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoscaleDefaultsConfig {
+    /// Concurrent executions one instance should carry (may be fractional); finite, > 0.
+    pub target_concurrency: f64,
+    /// Window of observed concurrency behind the stable desired count, in milliseconds.
+    pub stable_window_ms: u64,
+    /// Short window that reacts to bursts, in milliseconds; at most `stable_window_ms`.
+    pub panic_window_ms: u64,
+    /// Forecast arrivals and prewarm instances ahead of predicted demand.
+    pub predictive: bool,
 }
 
 impl Default for TaskDefaultsConfig {
@@ -89,6 +144,43 @@ impl Default for TaskDefaultsConfig {
             memory_limit_mb: defaults.memory_limit_mb,
             max_output_bytes: defaults.max_output_bytes,
             max_log_bytes: defaults.max_log_bytes,
+            isolation: defaults.pool.isolation,
+            pool: PoolDefaultsConfig::default(),
+            scheduler: SchedulerDefaultsConfig::default(),
+            autoscale: AutoscaleDefaultsConfig::default(),
+        }
+    }
+}
+
+impl Default for PoolDefaultsConfig {
+    fn default() -> PoolDefaultsConfig {
+        let defaults = PoolSettings::default();
+        PoolDefaultsConfig {
+            min_instances: defaults.min_instances,
+            max_instances: defaults.max_instances,
+            instance_capacity: defaults.instance_capacity,
+            idle_timeout_ms: defaults.idle_timeout_ms,
+            max_uses: defaults.max_uses,
+        }
+    }
+}
+
+impl Default for SchedulerDefaultsConfig {
+    fn default() -> SchedulerDefaultsConfig {
+        SchedulerDefaultsConfig {
+            policy: PoolSettings::default().scheduler_policy,
+        }
+    }
+}
+
+impl Default for AutoscaleDefaultsConfig {
+    fn default() -> AutoscaleDefaultsConfig {
+        let defaults = AutoscaleSettings::default();
+        AutoscaleDefaultsConfig {
+            target_concurrency: defaults.target_concurrency,
+            stable_window_ms: defaults.stable_window_ms,
+            panic_window_ms: defaults.panic_window_ms,
+            predictive: defaults.predictive,
         }
     }
 }
@@ -101,6 +193,80 @@ impl TaskDefaultsConfig {
             memory_limit_mb: self.memory_limit_mb,
             max_output_bytes: self.max_output_bytes,
             max_log_bytes: self.max_log_bytes,
+            pool: self.to_pool_settings(),
+        }
+    }
+
+    pub fn to_pool_settings(&self) -> PoolSettings {
+        PoolSettings {
+            isolation: self.isolation,
+            min_instances: self.pool.min_instances,
+            max_instances: self.pool.max_instances,
+            instance_capacity: self.pool.instance_capacity,
+            idle_timeout_ms: self.pool.idle_timeout_ms,
+            max_uses: self.pool.max_uses,
+            scheduler_policy: self.scheduler.policy,
+            autoscale: AutoscaleSettings {
+                target_concurrency: self.autoscale.target_concurrency,
+                stable_window_ms: self.autoscale.stable_window_ms,
+                panic_window_ms: self.autoscale.panic_window_ms,
+                predictive: self.autoscale.predictive,
+            },
+        }
+    }
+}
+
+/// Reads `task_defaults.isolation`; a bad value is an error naming the key and the choices.
+fn deserialize_isolation<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Isolation, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    Isolation::parse(&text).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "task_defaults.isolation = {text:?} is not one of per_call, reuse"
+        ))
+    })
+}
+
+/// Reads `task_defaults.scheduler.policy`; a bad value is an error naming the key and the
+/// choices.
+fn deserialize_scheduling_policy<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<SchedulingPolicy, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    SchedulingPolicy::parse(&text).ok_or_else(|| {
+        let policy_names = SchedulingPolicy::ALL.map(SchedulingPolicy::as_str);
+        serde::de::Error::custom(format!(
+            "task_defaults.scheduler.policy = {text:?} is not one of {}",
+            policy_names.join(", ")
+        ))
+    })
+}
+
+/// `[pool]`: how often the node's background pool work runs. These apply to every task.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolNodeConfig {
+    /// How often idle instances are health-checked, in milliseconds; failing ones are drained
+    /// and replaced.
+    pub health_check_interval_ms: u64,
+    /// How often the autoscaler samples concurrency and arrivals and acts, in milliseconds.
+    pub autoscale_tick_ms: u64,
+    /// A waiting call gains one priority level per this many milliseconds waited, so low
+    /// priority cannot starve.
+    pub priority_aging_ms: u64,
+}
+
+impl Default for PoolNodeConfig {
+    fn default() -> PoolNodeConfig {
+        PoolNodeConfig {
+            // 10 s: a broken instance is found well before its idle timeout (60 s) would drop it.
+            health_check_interval_ms: 10_000,
+            // 1 s: the per-second arrival series the predictor forecasts from, and fast enough
+            // that the 6 s panic window sees several samples.
+            autoscale_tick_ms: 1_000,
+            // 1 s: a low-priority call (1) overtakes fresh high-priority calls (9) within ~8 s.
+            priority_aging_ms: 1_000,
         }
     }
 }
@@ -174,6 +340,7 @@ impl Default for NodeConfig {
             max_retries: 5,
             shutdown_grace_ms: 10_000,
             task_defaults: TaskDefaultsConfig::default(),
+            pool: PoolNodeConfig::default(),
             wasm: WasmConfig::default(),
             artifacts: ArtifactsConfig::default(),
         }
@@ -235,7 +402,10 @@ impl NodeConfig {
     }
 
     fn validate(&self) -> SpearResult<()> {
-        let checks: [(&str, bool); 9] = [
+        let task_defaults = &self.task_defaults;
+        let pool_defaults = &task_defaults.pool;
+        let autoscale_defaults = &task_defaults.autoscale;
+        let checks: [(&str, bool); 19] = [
             ("max_async_pending", self.max_async_pending > 0),
             ("max_queue_length", self.max_queue_length > 0),
             ("max_request_bytes", self.max_request_bytes > 0),
@@ -256,6 +426,43 @@ impl NodeConfig {
                 self.task_defaults.memory_limit_mb > 0
                     && self.task_defaults.memory_limit_mb <= self.wasm.max_memory_limit_mb,
             ),
+            // The rules of `PoolSettings::validate`, named by their key in this file.
+            (
+                "task_defaults.pool.max_instances",
+                pool_defaults.max_instances > 0,
+            ),
+            (
+                "task_defaults.pool.min_instances",
+                pool_defaults.min_instances <= pool_defaults.max_instances,
+            ),
+            (
+                "task_defaults.pool.instance_capacity",
+                pool_defaults.instance_capacity > 0,
+            ),
+            (
+                "task_defaults.pool.idle_timeout_ms",
+                pool_defaults.idle_timeout_ms > 0,
+            ),
+            (
+                "task_defaults.autoscale.target_concurrency",
+                autoscale_defaults.target_concurrency.is_finite()
+                    && autoscale_defaults.target_concurrency > 0.0,
+            ),
+            (
+                "task_defaults.autoscale.stable_window_ms",
+                autoscale_defaults.stable_window_ms > 0,
+            ),
+            (
+                "task_defaults.autoscale.panic_window_ms",
+                autoscale_defaults.panic_window_ms > 0
+                    && autoscale_defaults.panic_window_ms <= autoscale_defaults.stable_window_ms,
+            ),
+            (
+                "pool.health_check_interval_ms",
+                self.pool.health_check_interval_ms > 0,
+            ),
+            ("pool.autoscale_tick_ms", self.pool.autoscale_tick_ms > 0),
+            ("pool.priority_aging_ms", self.pool.priority_aging_ms > 0),
         ];
         for (key, valid) in checks {
             if !valid {
@@ -264,6 +471,20 @@ impl NodeConfig {
                 )));
             }
         }
+        if task_defaults.isolation == Isolation::Reuse && pool_defaults.instance_capacity != 1 {
+            return Err(SpearError::invalid_argument(format!(
+                "config: task_defaults.pool.instance_capacity = {} must be 1 with \
+                 task_defaults.isolation = \"reuse\": a reused wasm instance runs one call at \
+                 a time",
+                pool_defaults.instance_capacity
+            )));
+        }
+        // Every rule of `PoolSettings::validate` is checked above under its name in this file;
+        // this also enforces any rule added to it later.
+        task_defaults
+            .to_pool_settings()
+            .validate("task_defaults")
+            .map_err(|error| error.context("config"))?;
         Ok(())
     }
 }
@@ -311,5 +532,147 @@ mod tests {
     fn out_of_range_values_are_named() {
         let error = NodeConfig::from_toml("[task_defaults]\nmemory_limit_mb = 999999").unwrap_err();
         assert!(error.message.contains("task_defaults.memory_limit_mb"));
+    }
+
+    #[test]
+    fn pool_sections_parse_into_task_defaults() {
+        let config = NodeConfig::from_toml(
+            r#"
+[task_defaults]
+isolation = "reuse"
+
+[task_defaults.pool]
+min_instances = 2
+max_instances = 8
+instance_capacity = 1
+idle_timeout_ms = 30000
+max_uses = 500
+
+[task_defaults.scheduler]
+policy = "least_response_time"
+
+[task_defaults.autoscale]
+target_concurrency = 0.7
+stable_window_ms = 30000
+panic_window_ms = 3000
+predictive = false
+
+[pool]
+health_check_interval_ms = 5000
+autoscale_tick_ms = 250
+priority_aging_ms = 2000
+"#,
+        )
+        .unwrap();
+        let expected_pool_settings = PoolSettings {
+            isolation: Isolation::Reuse,
+            min_instances: 2,
+            max_instances: 8,
+            instance_capacity: 1,
+            idle_timeout_ms: 30_000,
+            max_uses: 500,
+            scheduler_policy: SchedulingPolicy::LeastResponseTime,
+            autoscale: AutoscaleSettings {
+                target_concurrency: 0.7,
+                stable_window_ms: 30_000,
+                panic_window_ms: 3_000,
+                predictive: false,
+            },
+        };
+        assert_eq!(
+            config.task_defaults.to_task_config_defaults().pool,
+            expected_pool_settings
+        );
+        assert_eq!(config.pool.health_check_interval_ms, 5000);
+        assert_eq!(config.pool.autoscale_tick_ms, 250);
+        assert_eq!(config.pool.priority_aging_ms, 2000);
+    }
+
+    #[test]
+    fn pool_defaults_match_the_task_defaults() {
+        let config = NodeConfig::from_toml("").unwrap();
+        assert_eq!(
+            config.task_defaults.to_task_config_defaults(),
+            TaskConfigDefaults::default()
+        );
+        assert_eq!(config.pool.health_check_interval_ms, 10_000);
+        assert_eq!(config.pool.autoscale_tick_ms, 1_000);
+        assert_eq!(config.pool.priority_aging_ms, 1_000);
+        // A partial section keeps the defaults of the keys it leaves out.
+        let partial = NodeConfig::from_toml("[task_defaults.pool]\nmax_uses = 3").unwrap();
+        assert_eq!(partial.task_defaults.pool.max_uses, 3);
+        assert_eq!(
+            partial.task_defaults.pool.max_instances,
+            PoolSettings::default().max_instances
+        );
+    }
+
+    #[test]
+    fn bad_pool_settings_are_rejected_by_name() {
+        let table: &[(&str, &str)] = &[
+            ("[task_defaults.pool]\nmax_instance = 3", "max_instance"),
+            (
+                "[task_defaults.scheduler]\npolicy = \"fastest\"",
+                "task_defaults.scheduler.policy",
+            ),
+            ("[task_defaults.scheduler]\nweight = 2", "weight"),
+            ("[task_defaults.autoscale]\npredictiv = true", "predictiv"),
+            (
+                "[task_defaults]\nisolation = \"shared\"",
+                "task_defaults.isolation",
+            ),
+            ("[pool]\nhealth_check_ms = 5", "health_check_ms"),
+            (
+                "[task_defaults.pool]\nmax_instances = 0",
+                "task_defaults.pool.max_instances",
+            ),
+            (
+                "[task_defaults.pool]\nmin_instances = 9\nmax_instances = 4",
+                "task_defaults.pool.min_instances",
+            ),
+            (
+                "[task_defaults.pool]\ninstance_capacity = 0",
+                "task_defaults.pool.instance_capacity",
+            ),
+            (
+                "[task_defaults]\nisolation = \"reuse\"\n[task_defaults.pool]\ninstance_capacity = 2",
+                "task_defaults.pool.instance_capacity",
+            ),
+            (
+                "[task_defaults.pool]\nidle_timeout_ms = 0",
+                "task_defaults.pool.idle_timeout_ms",
+            ),
+            (
+                "[task_defaults.autoscale]\ntarget_concurrency = 0.0",
+                "task_defaults.autoscale.target_concurrency",
+            ),
+            (
+                "[task_defaults.autoscale]\ntarget_concurrency = inf",
+                "task_defaults.autoscale.target_concurrency",
+            ),
+            (
+                "[task_defaults.autoscale]\nstable_window_ms = 0\npanic_window_ms = 0",
+                "task_defaults.autoscale.stable_window_ms",
+            ),
+            (
+                "[task_defaults.autoscale]\nstable_window_ms = 1000\npanic_window_ms = 2000",
+                "task_defaults.autoscale.panic_window_ms",
+            ),
+            (
+                "[pool]\nhealth_check_interval_ms = 0",
+                "pool.health_check_interval_ms",
+            ),
+            ("[pool]\nautoscale_tick_ms = 0", "pool.autoscale_tick_ms"),
+            ("[pool]\npriority_aging_ms = 0", "pool.priority_aging_ms"),
+        ];
+        for (text, named) in table {
+            let error = NodeConfig::from_toml(text).unwrap_err();
+            assert_eq!(
+                error.kind,
+                spearlet_core::ErrorKind::InvalidArgument,
+                "{text}"
+            );
+            assert!(error.message.contains(named), "{text}: {}", error.message);
+        }
     }
 }

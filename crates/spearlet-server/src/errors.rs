@@ -25,7 +25,13 @@ pub fn to_status(error: SpearError) -> Status {
     if error.kind == ErrorKind::Internal {
         tracing::error!("internal error: {}", error.message);
     }
-    Status::new(grpc_code(error.kind), error.message)
+    let mut status = Status::new(grpc_code(error.kind), error.message);
+    if let Some(retry_after_ms) = error.retry_after_ms {
+        status
+            .metadata_mut()
+            .insert("retry-after-ms", retry_after_ms.into());
+    }
+    status
 }
 
 /// tonic reports an oversized request as OUT_OF_RANGE with its own wording; the contract says

@@ -3,7 +3,8 @@
 //!
 //! Architecture invariants:
 //! - The request path reads top-down: `service` decodes → `registry` resolves the task →
-//!   `manager` runs it on the wasm runtime → `wire` encodes. No hop calls back up.
+//!   `manager` takes an instance of the task's pool (`spearlet-pool`) and runs the call on it
+//!   (`instances`) → `wire` encodes. No hop calls back up.
 //! - `errors` is the only place that turns a `SpearError` into a wire status.
 //! - Guest failures are records with a status, never transport errors.
 //! - Configuration is assembled once (`config`) and passed down; nothing reads the environment
@@ -14,6 +15,7 @@
 pub mod clock;
 pub mod config;
 pub mod errors;
+pub mod instances;
 pub mod manager;
 pub mod node;
 pub mod observer;

@@ -1,10 +1,12 @@
 //! The TaskExecutionManager: owns every execution from submission to its terminal record.
 //!
-//! Data path of one call: [`TaskExecutionManager::submit`] checks idempotency and capacity,
-//! writes the PENDING record (durably for async executions, before the client hears "accepted")
-//! and spawns the execution; the spawned task waits for a run slot (bounded by
-//! `max_concurrent_executions`), writes RUNNING, runs the guest on the wasm runtime and writes
-//! the terminal record. Callers wait on a watch channel.
+//! Data path of one call: [`TaskExecutionManager::submit`] checks idempotency and capacity (a
+//! sync or stream call takes its place in the dispatcher's queue here, so a full queue refuses
+//! it at once), writes the PENDING record (durably for async executions, before the client hears
+//! "accepted") and spawns the execution; the spawned task waits for an instance of the task's
+//! pool (an async execution enters the queue only now), writes RUNNING, runs the guest on the
+//! instance, gives the instance back and writes the terminal record. Callers wait on a watch
+//! channel.
 //!
 //! Invariants:
 //! - Every execution that exists has a record; every live (pending or running) execution is in
@@ -29,15 +31,17 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use spearlet_core::ids::{random_id, validate_id};
 use spearlet_core::{
-    ErrorCode, ExecutionMode, ExecutionRecord, ExecutionStatus, Outcome, ResultEncoding,
+    ErrorCode, ExecutionMode, ExecutionRecord, ExecutionStatus, Outcome, Priority, ResultEncoding,
     SpearError, SpearResult, StoredRequest, TimelineEntry,
 };
+use spearlet_pool::{AcquireRequest, Dispatcher, InstanceLease, Rejection, Ticket};
 use spearlet_store::DurableStore;
-use spearlet_wasm::{EntryPoint, OutputChunkSender, WasmInvocation};
-use tokio::sync::{Semaphore, oneshot, watch};
+use spearlet_wasm::{EntryPoint, OutputChunkSender, RunReport, WasmInvocation};
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::unix_us;
+use crate::instances::InstanceRuntime;
 use crate::registry::{LoadedTask, TaskRegistry};
 
 /// One invocation as the manager needs it, decoded from the wire.
@@ -58,6 +62,10 @@ pub struct ExecutionRequest {
     pub requested_max_retries: i32,
     pub mode: ExecutionMode,
     pub metadata: BTreeMap<String, String>,
+    /// `invocation_metadata["priority"]`, parsed.
+    pub priority: Priority,
+    /// Run on a fresh instance that serves only this call.
+    pub force_new_instance: bool,
     /// Whether this request loaded the task (fetch/compile) before running.
     pub cold_start: bool,
     /// For streaming callers: where stdout chunks go, and a signal when the guest starts.
@@ -73,9 +81,6 @@ pub struct StreamSink {
 /// Settings of the manager.
 #[derive(Clone, Debug)]
 pub struct ManagerConfig {
-    pub max_concurrent_executions: usize,
-    /// Sync and stream executions allowed to wait for a run slot.
-    pub max_queue_length: usize,
     /// Async executions accepted and not yet ended.
     pub max_async_pending: usize,
     /// The most retries a call may ask for.
@@ -110,11 +115,10 @@ pub struct Submitted {
 pub struct TaskExecutionManager {
     store: Arc<DurableStore>,
     config: ManagerConfig,
-    run_slots: Arc<Semaphore>,
+    /// Pools, instances, the global run limit and the priority queue.
+    dispatcher: Dispatcher<InstanceRuntime>,
     live: Mutex<HashMap<String, LiveExecution>>,
     next_sequence: AtomicU64,
-    /// Sync and stream executions waiting for a run slot.
-    queued: AtomicUsize,
     /// Async executions accepted and not yet ended.
     async_pending: AtomicUsize,
     /// Executions running a guest.
@@ -128,15 +132,15 @@ impl TaskExecutionManager {
     pub fn new(
         store: Arc<DurableStore>,
         config: ManagerConfig,
+        dispatcher: Dispatcher<InstanceRuntime>,
         highest_sequence: u64,
     ) -> Arc<TaskExecutionManager> {
         Arc::new(TaskExecutionManager {
             store,
-            run_slots: Arc::new(Semaphore::new(config.max_concurrent_executions)),
             config,
+            dispatcher,
             live: Mutex::new(HashMap::new()),
             next_sequence: AtomicU64::new(highest_sequence + 1),
-            queued: AtomicUsize::new(0),
             async_pending: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             shutting_down: CancellationToken::new(),
@@ -147,8 +151,13 @@ impl TaskExecutionManager {
         &self.store
     }
 
+    pub fn dispatcher(&self) -> &Dispatcher<InstanceRuntime> {
+        &self.dispatcher
+    }
+
+    /// Sync and stream executions waiting for an instance.
     pub fn queued_count(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.dispatcher.queued()
     }
 
     pub fn async_pending_count(&self) -> usize {
@@ -160,7 +169,7 @@ impl TaskExecutionManager {
     }
 
     pub fn max_queue_length(&self) -> usize {
-        self.config.max_queue_length
+        self.dispatcher.config().max_queue_length
     }
 
     /// Executions submitted since the record sequence began.
@@ -184,9 +193,9 @@ impl TaskExecutionManager {
 
     /// Accepts an execution: idempotency, capacity, the PENDING record, the spawned run.
     pub async fn submit(self: &Arc<Self>, request: ExecutionRequest) -> SpearResult<Submitted> {
-        let (record, handle) = match self.accept(&request)? {
+        let (record, handle, ticket) = match self.accept(&request)? {
             Acceptance::Existing(submitted) => return Ok(submitted),
-            Acceptance::New(record, handle) => (record, handle),
+            Acceptance::New(record, handle, ticket) => (record, handle, ticket),
         };
         let is_async = request.mode == ExecutionMode::Async;
         // An async acceptance must be on disk before the client hears of it. A sync or stream
@@ -200,8 +209,9 @@ impl TaskExecutionManager {
         };
         if let Err(error) = write {
             self.live.lock().remove(&record.execution_id);
-            self.pending_counter(is_async)
-                .fetch_sub(1, Ordering::Relaxed);
+            if is_async {
+                self.async_pending.fetch_sub(1, Ordering::Relaxed);
+            }
             return Err(error);
         }
         let cancellation = handle.cancellation.clone();
@@ -211,20 +221,12 @@ impl TaskExecutionManager {
             .counters
             .execution_count
             .fetch_add(1, Ordering::Relaxed);
-        self.spawn_execution(request, record.clone(), handle, Duration::ZERO);
+        self.spawn_execution(request, record.clone(), handle, ticket, Duration::ZERO);
         Ok(Submitted {
             record,
             finished,
             cancellation: Some(cancellation),
         })
-    }
-
-    fn pending_counter(&self, is_async: bool) -> &AtomicUsize {
-        if is_async {
-            &self.async_pending
-        } else {
-            &self.queued
-        }
     }
 
     /// The synchronous half of `submit`, under the live-executions lock: an existing execution
@@ -242,26 +244,28 @@ impl TaskExecutionManager {
             return Ok(Acceptance::Existing(existing));
         }
         let is_async = request.mode == ExecutionMode::Async;
-        let (pending, limit, limit_name) = if is_async {
-            (
-                self.async_pending.load(Ordering::Relaxed),
-                self.config.max_async_pending,
-                "max_async_pending",
-            )
+        // A sync or stream call takes its place in the queue now, so a full queue refuses it
+        // before anything is recorded; an async execution waits in its own durable queue and
+        // enters the dispatcher's when it runs.
+        let ticket = if is_async {
+            let pending = self.async_pending.load(Ordering::Relaxed);
+            let limit = self.config.max_async_pending;
+            if pending >= limit {
+                return Err(SpearError::resource_exhausted(format!(
+                    "{pending} async executions are waiting and max_async_pending is {limit}; \
+                     retry later"
+                ))
+                .with_retry_after_ms(self.estimate_completion_ms(&request.task).max(10) as u64));
+            }
+            self.async_pending.fetch_add(1, Ordering::Relaxed);
+            None
         } else {
-            (
-                self.queued.load(Ordering::Relaxed),
-                self.config.max_queue_length,
-                "max_queue_length",
-            )
+            let ticket = self
+                .dispatcher
+                .enqueue(&request.task.pool, acquire_request(request, true))
+                .map_err(rejection_error)?;
+            Some(ticket)
         };
-        if pending >= limit {
-            return Err(SpearError::resource_exhausted(format!(
-                "{pending} executions are waiting and {limit_name} is {limit}; retry later"
-            )));
-        }
-        self.pending_counter(is_async)
-            .fetch_add(1, Ordering::Relaxed);
         let execution_id = request
             .execution_id
             .clone()
@@ -291,7 +295,8 @@ impl TaskExecutionManager {
             error_message: String::new(),
             metrics: BTreeMap::new(),
             attempt: 1,
-            instance_id: request.task.instance_id.clone(),
+            // Named when an instance is granted.
+            instance_id: String::new(),
             request_fingerprint: fingerprint,
             metadata: request.metadata.clone(),
             request: StoredRequest {
@@ -316,7 +321,7 @@ impl TaskExecutionManager {
             }],
         };
         let handle = self.register_live(&mut live, &record);
-        Ok(Acceptance::New(record, handle))
+        Ok(Acceptance::New(record, handle, ticket))
     }
 
     /// An existing execution with this client id: the same one (same task and input) or an
@@ -381,6 +386,7 @@ impl TaskExecutionManager {
         request: ExecutionRequest,
         record: ExecutionRecord,
         handle: ExecutionHandle,
+        ticket: Option<Ticket<InstanceRuntime>>,
         start_delay: Duration,
     ) {
         request.task.counters.live.fetch_add(1, Ordering::Relaxed);
@@ -400,7 +406,7 @@ impl TaskExecutionManager {
                 }
             }
             let result = manager
-                .run(request, record, &cancellation, &cancel_reason)
+                .run(request, record, ticket, &cancellation, &cancel_reason)
                 .await;
             match mode {
                 ExecutionMode::Async => manager.async_pending.fetch_sub(1, Ordering::Relaxed),
@@ -418,6 +424,7 @@ impl TaskExecutionManager {
         &self,
         request: ExecutionRequest,
         mut record: ExecutionRecord,
+        ticket: Option<Ticket<InstanceRuntime>>,
         cancellation: &CancellationToken,
         cancel_reason: &Mutex<Option<String>>,
     ) -> Option<ExecutionRecord> {
@@ -437,26 +444,37 @@ impl TaskExecutionManager {
                 std::future::pending::<()>().await;
             }
         };
-        let permit = tokio::select! {
-            permit = self.run_slots.clone().acquire_owned() => permit.ok(),
-            () = tokio::time::sleep_until(deadline) => None,
-            () = cancellation.cancelled() => None,
-            () = shutting_down => {
-                self.live.lock().remove(&record.execution_id);
-                task.counters.live.fetch_sub(1, Ordering::Relaxed);
-                return None;
-            }
+        let ticket = match ticket {
+            Some(ticket) => Ok(ticket),
+            // Async work enters the queue when it can run; it does not count against
+            // max_queue_length (max_async_pending bounds it) and so is never refused here.
+            None => self
+                .dispatcher
+                .enqueue(&task.pool, acquire_request(&request, false)),
         };
-        if !is_async {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-        }
+        let granted = match ticket {
+            Err(rejection) => Some(Err(Outcome::Failed {
+                code: ErrorCode::InitFailed,
+                message: rejection.to_string(),
+            })),
+            Ok(ticket) => tokio::select! {
+                lease = ticket.ready() => Some(lease.map_err(|error| Outcome::Failed {
+                    code: ErrorCode::InitFailed,
+                    message: error.message,
+                })),
+                () = tokio::time::sleep_until(deadline) => None,
+                () = cancellation.cancelled() => None,
+                () = shutting_down => {
+                    self.live.lock().remove(&record.execution_id);
+                    task.counters.live.fetch_sub(1, Ordering::Relaxed);
+                    return None;
+                }
+            },
+        };
         let queue_wait_ms = submitted.elapsed().as_secs_f64() * 1000.0;
         record
             .metrics
             .insert("queue_wait_ms".into(), format!("{queue_wait_ms:.3}"));
-        record
-            .metrics
-            .insert("cold_start".into(), request.cold_start.to_string());
         record
             .metrics
             .insert("attempt".into(), record.attempt.to_string());
@@ -466,24 +484,45 @@ impl TaskExecutionManager {
                 .insert("load_ms".into(), format!("{:.3}", task.load_ms));
         }
 
-        let Some(_permit) = permit else {
-            let outcome = if cancellation.is_cancelled() {
-                Outcome::Cancelled {
-                    reason: cancel_reason.lock().clone().unwrap_or_default(),
-                }
-            } else {
-                Outcome::TimedOut {
-                    message: format!("timed out after {timeout_ms} ms waiting in the queue"),
-                }
-            };
-            return Some(
-                self.finish(record, &task, outcome, RunFigures::default())
-                    .await,
-            );
+        let mut lease = match granted {
+            Some(Ok(lease)) => lease,
+            Some(Err(outcome)) => {
+                return Some(
+                    self.finish(record, &task, outcome, RunFigures::default())
+                        .await,
+                );
+            }
+            None => {
+                let outcome = if cancellation.is_cancelled() {
+                    Outcome::Cancelled {
+                        reason: cancel_reason.lock().clone().unwrap_or_default(),
+                    }
+                } else {
+                    Outcome::TimedOut {
+                        message: format!("timed out after {timeout_ms} ms waiting in the queue"),
+                    }
+                };
+                return Some(
+                    self.finish(record, &task, outcome, RunFigures::default())
+                        .await,
+                );
+            }
         };
+        record.instance_id = lease.instance_id().to_owned();
+        let instance_cold_start = lease.cold_start();
+        record.metrics.insert(
+            "cold_start".into(),
+            (request.cold_start || instance_cold_start.is_some()).to_string(),
+        );
+        if let Some(start) = instance_cold_start {
+            record.metrics.insert(
+                "instance_start_ms".into(),
+                format!("{:.3}", start.as_secs_f64() * 1000.0),
+            );
+        }
 
         // Counted as running from here, before the RUNNING write, so a graceful shutdown waits
-        // for an execution that has taken its slot.
+        // for an execution that has taken its instance.
         self.running.fetch_add(1, Ordering::Relaxed);
         task.counters.running.fetch_add(1, Ordering::Relaxed);
         record.status = ExecutionStatus::Running;
@@ -525,8 +564,13 @@ impl TaskExecutionManager {
             output_chunks,
         };
         let run_started = Instant::now();
-        let report = task.module.run(invocation).await;
+        let report = run_on_instance(&mut lease, invocation).await;
         let run_ms = run_started.elapsed().as_secs_f64() * 1000.0;
+        if matches!(report.outcome, Outcome::Failed { .. }) {
+            lease.record_failure();
+        }
+        // The instance goes back (or is replaced) before the record is written.
+        drop(lease);
         self.running.fetch_sub(1, Ordering::Relaxed);
         task.counters.running.fetch_sub(1, Ordering::Relaxed);
         record.metrics.insert(
@@ -608,7 +652,7 @@ impl TaskExecutionManager {
             return 0;
         };
         let ahead = self.queued_count() + self.async_pending_count() + self.running_count();
-        let rounds = ahead / self.config.max_concurrent_executions.max(1) + 1;
+        let rounds = ahead / self.dispatcher.config().max_concurrent_executions.max(1) + 1;
         (mean_ms * rounds as f64).ceil() as i64
     }
 
@@ -741,6 +785,12 @@ impl TaskExecutionManager {
                 requested_timeout_ms: record.request.requested_timeout_ms,
                 requested_max_retries: record.request.max_retries as i32,
                 mode: record.mode,
+                priority: record
+                    .metadata
+                    .get(Priority::METADATA_KEY)
+                    .and_then(|text| Priority::parse(text).ok())
+                    .unwrap_or_default(),
+                force_new_instance: false,
                 metadata: record.metadata.clone(),
                 cold_start: false,
                 stream: None,
@@ -753,7 +803,7 @@ impl TaskExecutionManager {
                 let mut live = self.live.lock();
                 self.register_live(&mut live, &record)
             };
-            self.spawn_execution(request, record, handle, start_delay);
+            self.spawn_execution(request, record, handle, None, start_delay);
         }
         summary
     }
@@ -793,7 +843,66 @@ fn retry_backoff(attempt: u32) -> Duration {
 
 enum Acceptance {
     Existing(Submitted),
-    New(ExecutionRecord, ExecutionHandle),
+    /// A new execution; sync and stream ones hold their place in the queue.
+    New(
+        ExecutionRecord,
+        ExecutionHandle,
+        Option<Ticket<InstanceRuntime>>,
+    ),
+}
+
+fn acquire_request(request: &ExecutionRequest, counts_against_queue_limit: bool) -> AcquireRequest {
+    AcquireRequest {
+        priority: request.priority,
+        force_new_instance: request.force_new_instance,
+        counts_against_queue_limit,
+    }
+}
+
+/// A refusal by the dispatcher as the client sees it: RESOURCE_EXHAUSTED with a retry hint.
+fn rejection_error(rejection: Rejection) -> SpearError {
+    let retry_after_ms = rejection.retry_after().as_millis() as u64;
+    SpearError::resource_exhausted(rejection.to_string()).with_retry_after_ms(retry_after_ms)
+}
+
+/// Runs one call on the leased instance. A reuse instance is taken out for the call and put back
+/// only if the call returned normally; otherwise the instance is discarded and replaced.
+async fn run_on_instance(
+    lease: &mut InstanceLease<InstanceRuntime>,
+    invocation: WasmInvocation,
+) -> RunReport {
+    let (report, instance_still_usable) = match lease.runtime() {
+        InstanceRuntime::WasmPerCall(module) => (module.run(invocation).await, true),
+        InstanceRuntime::WasmReuse(slot) => {
+            let taken = slot.lock().take();
+            match taken {
+                Some(mut instance) => {
+                    let call = instance.call(invocation).await;
+                    if call.instance_still_usable {
+                        *slot.lock() = Some(instance);
+                    }
+                    (call.report, call.instance_still_usable)
+                }
+                None => (
+                    RunReport {
+                        outcome: Outcome::Failed {
+                            code: ErrorCode::InitFailed,
+                            message: "the instance was lost by an earlier call".into(),
+                        },
+                        output: Bytes::new(),
+                        logs: Bytes::new(),
+                        peak_memory_bytes: 0,
+                        instantiate_duration: Duration::ZERO,
+                    },
+                    false,
+                ),
+            }
+        }
+    };
+    if !instance_still_usable {
+        lease.discard_instance();
+    }
+    report
 }
 
 struct ExecutionHandle {

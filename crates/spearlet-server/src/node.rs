@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use spearlet_artifact::{ArtifactFetcher, ArtifactFetcherConfig};
 use spearlet_core::{SpearError, SpearResult};
+use spearlet_pool::{Dispatcher, DispatcherConfig};
 use spearlet_store::{DurableStore, DurableStoreConfig};
 use spearlet_wasm::{WasmEngine, WasmEngineConfig};
 
@@ -58,10 +59,19 @@ impl Node {
             (config.execution_ttl_ms > 0).then(|| Duration::from_millis(config.execution_ttl_ms));
         let (store, recovered) = DurableStore::open(store_config)?;
         let store = Arc::new(store);
+        let dispatcher = Dispatcher::new(DispatcherConfig {
+            max_concurrent_executions: config.max_concurrent_executions,
+            max_queue_length: config.max_queue_length,
+            priority_aging: Duration::from_millis(config.pool.priority_aging_ms),
+            health_check_interval: Duration::from_millis(config.pool.health_check_interval_ms),
+            autoscale_tick: Duration::from_millis(config.pool.autoscale_tick_ms),
+        });
+        dispatcher.start_maintenance();
         let registry = TaskRegistry::new(
             fetcher,
             engine,
             store.clone(),
+            dispatcher.clone(),
             config.task_defaults.to_task_config_defaults(),
         );
         let restored_tasks = registry.restore(recovered.tasks).await;
@@ -69,11 +79,10 @@ impl Node {
         let manager = TaskExecutionManager::new(
             store,
             ManagerConfig {
-                max_concurrent_executions: config.max_concurrent_executions,
-                max_queue_length: config.max_queue_length,
                 max_async_pending: config.max_async_pending,
                 max_retries: config.max_retries,
             },
+            dispatcher,
             recovered.highest_sequence,
         );
         let recovery = manager

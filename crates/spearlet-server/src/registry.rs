@@ -19,13 +19,15 @@ use spearlet_artifact::ArtifactFetcher;
 use spearlet_core::ids::{random_id, validate_id, validate_task_name};
 use spearlet_core::task_config::configuration_keys;
 use spearlet_core::{
-    ArtifactRecord, ExecutionStatus, SpearError, SpearResult, TaskConfig, TaskConfigDefaults,
-    TaskRecord,
+    ArtifactRecord, ExecutionStatus, Isolation, SpearError, SpearResult, TaskConfig,
+    TaskConfigDefaults, TaskRecord,
 };
+use spearlet_pool::{Dispatcher, PoolHandle};
 use spearlet_store::DurableStore;
 use spearlet_wasm::{WasmEngine, WasmModule};
 
 use crate::clock::unix_ms;
+use crate::instances::{InstanceRuntime, WasmInstanceFactory};
 
 /// The artifact types this node runs.
 pub const SUPPORTED_ARTIFACT_TYPES: &[&str] = &["wasm"];
@@ -133,8 +135,8 @@ pub struct LoadedTask {
     /// The `spearlet.*` keys as registered, for comparing re-registrations.
     pub configuration_keys: BTreeMap<String, String>,
     pub module: WasmModule,
-    /// The warm instance: the linked module every call instantiates from (per-call isolation).
-    pub instance_id: String,
+    /// The task's InstancePool; dropping the task (update or removal) retires it.
+    pub pool: PoolHandle<InstanceRuntime>,
     /// Preopened directories with host paths resolved under the allowed roots.
     pub preopened_directories: Vec<(PathBuf, String)>,
     pub counters: Arc<TaskCounters>,
@@ -157,6 +159,7 @@ pub struct TaskRegistry {
     fetcher: ArtifactFetcher,
     engine: WasmEngine,
     store: Arc<DurableStore>,
+    dispatcher: Dispatcher<InstanceRuntime>,
     defaults: TaskConfigDefaults,
     modules_by_digest: Mutex<HashMap<String, WasmModule>>,
     loads_in_flight: Mutex<HashMap<String, InFlightLoad>>,
@@ -167,6 +170,7 @@ impl TaskRegistry {
         fetcher: ArtifactFetcher,
         engine: WasmEngine,
         store: Arc<DurableStore>,
+        dispatcher: Dispatcher<InstanceRuntime>,
         defaults: TaskConfigDefaults,
     ) -> TaskRegistry {
         TaskRegistry {
@@ -174,6 +178,7 @@ impl TaskRegistry {
             fetcher,
             engine,
             store,
+            dispatcher,
             defaults,
             modules_by_digest: Mutex::new(HashMap::new()),
             loads_in_flight: Mutex::new(HashMap::new()),
@@ -279,6 +284,9 @@ impl TaskRegistry {
             .fetch(&registration.location, &registration.checksum)
             .await?;
         let module = self.load_module(&artifact.digest, artifact.bytes).await?;
+        if config.pool.isolation == Isolation::Reuse {
+            module.check_reusable()?;
+        }
         let load_ms = load_started.elapsed().as_secs_f64() * 1000.0;
 
         let artifact_id = if registration.artifact_id.is_empty() {
@@ -397,8 +405,17 @@ impl TaskRegistry {
             .entry(artifact_id)
             .or_default()
             .insert(registration.version.clone(), artifact.digest.clone());
+        let pool = self.dispatcher.add_pool(
+            &task_record.task_id,
+            config.pool,
+            Arc::new(WasmInstanceFactory::new(
+                module.clone(),
+                &config,
+                preopened_directories.clone(),
+            )),
+        );
         let task = Arc::new(LoadedTask {
-            instance_id: random_id("inst", rand::random()),
+            pool,
             record: task_record,
             config,
             configuration_keys,

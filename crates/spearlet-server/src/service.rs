@@ -9,10 +9,13 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use futures::Stream;
-use spearlet_core::{ExecutionMode, ExecutionRecord, ExecutionStatus, SpearError, SpearResult};
+use spearlet_core::{
+    ExecutionMode, ExecutionRecord, ExecutionStatus, Isolation, Priority, SpearError, SpearResult,
+};
 use spearlet_proto as proto;
 use spearlet_proto::function_service_server::FunctionService;
 use spearlet_store::ExecutionQuery;
+use spearlet_wasm::EntryPoint;
 use tonic::{Request, Response, Status};
 
 use crate::errors::to_status;
@@ -72,6 +75,17 @@ impl FunctionServiceHandler {
         let (input, result_encoding) = wire::decode_input(request)?;
         let (task, cold_start) = self.resolve_task_for_invoke(request).await?;
         let entry_point = task.module.resolve_entry_point(&request.function_name)?;
+        if entry_point == EntryPoint::Start && task.config.pool.isolation == Isolation::Reuse {
+            return Err(SpearError::invalid_argument(format!(
+                "function_name {:?}: task {:?} reuses instances (spearlet.isolation = reuse), \
+                 which run named exports; a command's _start cannot run twice on one instance",
+                request.function_name, task.record.task_name
+            )));
+        }
+        let priority = match request.invocation_metadata.get(Priority::METADATA_KEY) {
+            Some(text) => Priority::parse(text)?,
+            None => Priority::default(),
+        };
         let context = request.context.clone().unwrap_or_default();
         let execution_id = (!context.execution_id.is_empty()).then(|| context.execution_id.clone());
         Ok(ExecutionRequest {
@@ -88,6 +102,8 @@ impl FunctionServiceHandler {
             requested_max_retries: context.max_retries,
             mode,
             metadata: wire::to_btree(&request.invocation_metadata),
+            priority,
+            force_new_instance: request.force_new_instance,
             cold_start,
             stream,
         })
@@ -388,7 +404,25 @@ impl FunctionServiceHandler {
             .collect();
         if include_details {
             metadata.insert("description".into(), task.record.description.clone());
-            metadata.insert("instance_id".into(), task.instance_id.clone());
+            metadata.insert(
+                "isolation".into(),
+                task.config.pool.isolation.as_str().to_owned(),
+            );
+            if let Some(pool) = self.node.manager.dispatcher().pool_snapshot(&task.pool) {
+                let instance_ids: Vec<&str> = pool
+                    .instances
+                    .iter()
+                    .map(|instance| instance.instance_id.as_str())
+                    .collect();
+                metadata.insert("instances".into(), instance_ids.len().to_string());
+                metadata.insert("instance_ids".into(), instance_ids.join(","));
+                if let Some(decision) = pool.last_decision {
+                    metadata.insert(
+                        "desired_instances".into(),
+                        decision.desired_instances.to_string(),
+                    );
+                }
+            }
             metadata.insert(
                 "artifact_digest".into(),
                 format!("sha256:{}", task.record.artifact.digest),

@@ -2,9 +2,11 @@
 //! Nothing here is cached or estimated: every figure is a count or a mean over real data.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use spearlet_core::{ExecutionStatus, SpearResult};
+use spearlet_pool::PoolSnapshot;
 use spearlet_proto as proto;
 
 use crate::clock::unix_ms;
@@ -19,10 +21,18 @@ pub fn health(node: &Node, include_details: bool) -> SpearResult<proto::GetHealt
     let manager = &node.manager;
     let queued = manager.queued_count();
     let queue_ratio = queued as f64 / manager.max_queue_length().max(1) as f64;
+    let instance_failures = manager
+        .dispatcher()
+        .snapshot()
+        .instance_failures_last_minute;
     let (status, message) = match manager.store().execution_count() {
         Err(error) => (
             "unhealthy",
             format!("the record store is unavailable: {error}"),
+        ),
+        Ok(_) if instance_failures > 0 => (
+            "degraded",
+            format!("{instance_failures} instances failed in the last minute"),
         ),
         Ok(_) if queue_ratio > DEGRADED_QUEUE_RATIO => (
             "degraded",
@@ -134,6 +144,7 @@ pub fn stats(
     let mean = |sum: f64, count: u64| if count == 0 { 0.0 } else { sum / count as f64 };
     let tasks = node.registry.all();
     let active_tasks = tasks.iter().filter(|task| is_active(task)).count();
+    let dispatcher = node.manager.dispatcher().snapshot();
 
     let service_stats = proto::ServiceStats {
         uptime_seconds: node.observer.uptime().as_secs() as i64,
@@ -150,10 +161,35 @@ pub fn stats(
             }
         },
         artifact_count: node.registry.artifact_count() as i32,
-        instance_count: tasks.len() as i32,
+        instance_count: dispatcher.instances_by_state.values().sum::<u32>() as i32,
         successful_executions: all_time.completed as i64,
         failed_executions: all_time.not_completed_terminal as i64,
         average_response_time_ms: mean(all_time.response_time_ms_sum, all_time.terminal),
+        queue_length: dispatcher.queued as i32,
+        max_queue_length: dispatcher.max_queue_length as i32,
+        async_waiting: dispatcher.waiting_uncounted as i32,
+        queue_wait: dispatcher
+            .queue_wait
+            .map(|wait| proto::QueueWaitPercentiles {
+                p50_ms: wait.p50_ms,
+                p90_ms: wait.p90_ms,
+                p99_ms: wait.p99_ms,
+                max_ms: wait.max_ms,
+            }),
+        instances_by_state: dispatcher
+            .instances_by_state
+            .iter()
+            .map(|(state, count)| (state.as_str().to_owned(), *count as i32))
+            .collect(),
+        instances_terminated: dispatcher.instances_terminated as i64,
+        instances_failed: dispatcher.instances_failed as i64,
+        cold_starts: dispatcher.cold_starts as i64,
+        warm_starts: dispatcher.warm_starts as i64,
+    };
+    let pools = if request.include_task_stats {
+        pool_stats(&tasks, &dispatcher.pools)
+    } else {
+        Vec::new()
     };
     let task_stats = request.include_task_stats.then(|| {
         let mut tasks_by_type: HashMap<String, i32> = HashMap::new();
@@ -197,5 +233,67 @@ pub fn stats(
         service_stats: Some(service_stats),
         task_stats,
         execution_stats,
+        pools,
     })
+}
+
+/// The pools of the registered tasks (pools of replaced task versions that still drain are
+/// left out).
+fn pool_stats(tasks: &[Arc<LoadedTask>], pools: &[PoolSnapshot]) -> Vec<proto::PoolStats> {
+    let names: HashMap<&str, &str> = tasks
+        .iter()
+        .map(|task| (task.record.task_id.as_str(), task.record.task_name.as_str()))
+        .collect();
+    let mut stats: Vec<proto::PoolStats> = pools
+        .iter()
+        .filter(|pool| !pool.retired)
+        .map(|pool| {
+            let decision = pool.last_decision;
+            proto::PoolStats {
+                task_id: pool.task_id.clone(),
+                task_name: names
+                    .get(pool.task_id.as_str())
+                    .map(|name| (*name).to_owned())
+                    .unwrap_or_default(),
+                isolation: pool.settings.isolation.as_str().to_owned(),
+                scheduler_policy: pool.settings.scheduler_policy.as_str().to_owned(),
+                min_instances: pool.settings.min_instances as i32,
+                max_instances: pool.settings.max_instances as i32,
+                current_instances: pool.instances.len() as i32,
+                desired_instances: decision.map_or(pool.settings.min_instances, |decision| {
+                    decision.desired_instances
+                }) as i32,
+                reactive_instances: decision.map_or(0, |decision| decision.reactive_instances)
+                    as i32,
+                predicted_instances: decision.map_or(0, |decision| decision.predicted_instances)
+                    as i32,
+                panicking: decision.is_some_and(|decision| decision.panicking),
+                forecast_arrivals_per_second: decision
+                    .map_or(0.0, |decision| decision.forecast_arrivals_per_second),
+                active_executions: pool.active as i32,
+                waiting: pool.waiting as i32,
+                cold_starts: pool.cold_starts as i64,
+                warm_starts: pool.warm_starts as i64,
+                mean_cold_start_ms: pool.mean_cold_start_ms.unwrap_or(0.0),
+                instances: pool
+                    .instances
+                    .iter()
+                    .map(|instance| proto::InstanceStats {
+                        instance_id: instance.instance_id.clone(),
+                        state: instance.state.as_str().to_owned(),
+                        active: instance.active as i32,
+                        capacity: instance.capacity as i32,
+                        served: instance.served as i64,
+                        failures: instance.failures as i64,
+                        healthy: instance.healthy,
+                        mean_response_ms: instance
+                            .mean_response_us
+                            .map_or(0.0, |micros| micros as f64 / 1000.0),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    stats.sort_by(|left, right| left.task_name.cmp(&right.task_name));
+    stats
 }

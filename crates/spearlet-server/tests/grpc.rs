@@ -32,10 +32,22 @@ async fn examples_are_registered_and_echo_round_trips_input() {
     for key in ["queue_wait_ms", "cold_start", "attempt"] {
         assert!(metrics.contains_key(key), "metrics lack {key}: {metrics:?}");
     }
-    assert_eq!(metrics["cold_start"], "false");
+    // The task was loaded at start, but its pool had no instance yet: this call started one.
+    assert_eq!(metrics["cold_start"], "true");
+    assert!(metrics.contains_key("instance_start_ms"), "{metrics:?}");
     let started = result(&response).started_at.unwrap();
     let completed = result(&response).completed_at.unwrap();
     assert!((completed.seconds, completed.nanos) >= (started.seconds, started.nanos));
+
+    let again = node
+        .client
+        .invoke_function(invoke("echo", b"again"))
+        .await
+        .unwrap()
+        .into_inner();
+    let metrics = &result(&again).metrics;
+    assert_eq!(metrics["cold_start"], "false", "{metrics:?}");
+    assert_eq!(again.instance_id, response.instance_id, "the warm instance served it");
 }
 
 #[tokio::test]

@@ -2,12 +2,20 @@
 //!
 //! Shape (after wasmtime and Spin): one [`WasmEngine`] per node, shared by every task, with the
 //! pooling allocator and epoch interruption driven by one ticker thread. Loading a task compiles
-//! and links its module once into a [`WasmModule`] (an `InstancePre`, the warm part); every call
-//! instantiates it into a fresh `Store`, so calls never see each other's state.
+//! and links its module once into a [`WasmModule`] (an `InstancePre`, the warm part). A call then
+//! runs in one of two modes, chosen per task by `spearlet.isolation`:
+//! - `per_call` ([`WasmModule::run`]): every call instantiates the module into a fresh `Store`,
+//!   so calls never see each other's state.
+//! - `reuse` ([`WasmModule::instantiate_reusable`], then [`ReusableInstance::call`]): one live
+//!   instance, initialised once with `_initialize`, serves call after call of a reactor's named
+//!   exports and keeps its state (globals, linear memory) between them. Each call still gets a
+//!   fresh WASI context (stdin, stdout, stderr, arguments, environment), and an instance whose
+//!   call ended abnormally is retired.
 //!
 //! Architecture invariants:
 //! - Guest failure (trap, non-zero exit, timeout, cancellation) is an [`spearlet_core::Outcome`]
-//!   in the [`RunReport`]; `SpearError` is only for modules the node cannot load.
+//!   in the [`RunReport`], classified the same way in both modes; `SpearError` is only for
+//!   modules the node cannot load or cannot use in the requested mode.
 //! - Host calls are async (wasmtime's async WASI) and busy guests yield at every epoch tick, so a
 //!   call future is always promptly droppable: that is how timeouts and cancellation stop it.
 //! - No global state: the engine, the linker and the compiled-module cache are owned values.
@@ -18,7 +26,11 @@ mod compiled_module_cache;
 mod engine;
 mod guest_io;
 mod module;
+mod reusable;
 
 pub use engine::{WasmEngine, WasmEngineConfig};
 pub use guest_io::OutputChunkSender;
 pub use module::{CompileSource, EntryPoint, RunReport, WasmInvocation, WasmModule};
+pub use reusable::{
+    InstanceStartFailure, ReusableCallReport, ReusableInstance, ReusableInstanceSetup,
+};

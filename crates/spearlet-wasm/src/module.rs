@@ -1,4 +1,5 @@
-//! A compiled, linked module (the warm part of a task) and one call of it.
+//! A compiled, linked module (the warm part of a task), one per-call run of it, and the pieces of
+//! a call (WASI context, store, deadline race, outcome) that reuse isolation shares.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -6,7 +7,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use spearlet_core::{ErrorCode, Outcome, SpearError, SpearResult};
 use tokio_util::sync::CancellationToken;
-use wasmtime::{Engine, ExternType, InstancePre, Linker, Module, ResourceLimiter, Store, ValType};
+use wasmtime::{
+    Engine, ExternType, Instance, InstancePre, Linker, Module, ResourceLimiter, Store, ValType,
+};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -37,15 +40,15 @@ pub enum EntryPoint {
 /// Per-store state: the WASI context and the memory limiter.
 pub(crate) struct GuestState {
     pub(crate) wasi: WasiP1Ctx,
-    limiter: GuestLimiter,
+    pub(crate) limiter: GuestLimiter,
 }
 
 /// Enforces the linear-memory cap and records the peak, so the outcome can say MEMORY_LIMIT and
 /// the record can report `memory_used_bytes`.
-struct GuestLimiter {
+pub(crate) struct GuestLimiter {
     memory_limit_bytes: usize,
-    peak_memory_bytes: usize,
-    memory_limit_hit: bool,
+    pub(crate) peak_memory_bytes: usize,
+    pub(crate) memory_limit_hit: bool,
 }
 
 /// Tables are tiny in practice; this only stops a guest from exhausting host memory with them.
@@ -208,55 +211,16 @@ impl WasmModule {
 
     /// Instantiates the module into a fresh store and runs one call to its end, its deadline or
     /// its cancellation, whichever comes first.
-    pub async fn run(&self, invocation: WasmInvocation) -> RunReport {
-        let stdout = CapturedOutput::new(
-            clamp_to_usize(invocation.max_output_bytes),
-            invocation.output_chunks,
-        );
-        let stderr = CapturedOutput::new(clamp_to_usize(invocation.max_log_bytes), None);
-        let mut builder = WasiCtxBuilder::new();
-        builder
-            .stdin(MemoryInputPipe::new(invocation.stdin))
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .args(&invocation.arguments)
-            .envs(&invocation.environment);
-        for (host_directory, guest_directory) in &invocation.preopened_directories {
-            if let Err(error) =
-                builder.preopened_dir(host_directory, guest_directory, FsPerms::ReadOnly)
-            {
-                return RunReport {
-                    outcome: Outcome::Failed {
-                        code: ErrorCode::Trap,
-                        message: format!(
-                            "cannot preopen {} as {guest_directory}: {error:#}",
-                            host_directory.display()
-                        ),
-                    },
-                    output: Bytes::new(),
-                    logs: Bytes::new(),
-                    peak_memory_bytes: 0,
-                    instantiate_duration: Duration::ZERO,
-                };
-            }
-        }
-        let state = GuestState {
-            wasi: builder.build_p1(),
-            limiter: GuestLimiter {
-                memory_limit_bytes: clamp_to_usize(invocation.memory_limit_bytes),
-                peak_memory_bytes: 0,
-                memory_limit_hit: false,
-            },
+    pub async fn run(&self, mut invocation: WasmInvocation) -> RunReport {
+        let (wasi, captures) = match build_call_wasi(GuestWasiSettings::take_from(&mut invocation))
+        {
+            Ok(built) => built,
+            Err(message) => return not_run_report(message),
         };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limiter);
-        // Yield to the async executor at every epoch tick: a busy guest then gives the
-        // surrounding `select!` a chance to notice its deadline or cancellation.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_async_yield_and_update(1);
+        let mut store = new_guest_store(&self.engine, wasi, invocation.memory_limit_bytes);
 
         let mut instantiate_duration = Duration::ZERO;
-        let call_result = {
+        let call_end = {
             let call = call_entry_point(
                 &self.instance_pre,
                 &mut store,
@@ -264,43 +228,216 @@ impl WasmModule {
                 self.has_initialize,
                 &mut instantiate_duration,
             );
-            tokio::pin!(call);
-            tokio::select! {
-                result = &mut call => CallEnd::Returned(result),
-                () = tokio::time::sleep_until(invocation.deadline) => CallEnd::DeadlinePassed,
-                () = invocation.cancellation.cancelled() => CallEnd::Cancelled,
-            }
+            race_deadline_and_cancellation(call, invocation.deadline, &invocation.cancellation)
+                .await
         };
         let limiter = &store.data().limiter;
-        let outcome = match call_result {
+        let outcome =
+            captures.outcome_of(&call_end, &invocation.entry_point, limiter.memory_limit_hit);
+        captures.into_report(
+            outcome,
+            limiter.peak_memory_bytes as u64,
+            instantiate_duration,
+        )
+    }
+
+    /// The engine the module was compiled for.
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The linked module, ready to instantiate.
+    pub(crate) fn instance_pre(&self) -> &InstancePre<GuestState> {
+        &self.instance_pre
+    }
+
+    /// Whether the module exports the reactor initializer `_initialize`.
+    pub(crate) fn has_initialize(&self) -> bool {
+        self.has_initialize
+    }
+}
+
+/// What the WASI context of one call is built from: the parts of a [`WasmInvocation`] that the
+/// guest sees as its process environment.
+pub(crate) struct GuestWasiSettings<'invocation> {
+    pub(crate) stdin: Bytes,
+    pub(crate) arguments: &'invocation [String],
+    pub(crate) environment: &'invocation [(String, String)],
+    pub(crate) preopened_directories: &'invocation [(PathBuf, String)],
+    pub(crate) max_output_bytes: u64,
+    pub(crate) max_log_bytes: u64,
+    pub(crate) output_chunks: Option<OutputChunkSender>,
+}
+
+impl GuestWasiSettings<'_> {
+    /// Borrows the invocation's environment and moves its stdin and its stdout chunk sender
+    /// out (the sender must end up owned by the WASI context alone, so that dropping the context
+    /// closes the caller's stream).
+    pub(crate) fn take_from(invocation: &mut WasmInvocation) -> GuestWasiSettings<'_> {
+        GuestWasiSettings {
+            stdin: std::mem::take(&mut invocation.stdin),
+            arguments: &invocation.arguments,
+            environment: &invocation.environment,
+            preopened_directories: &invocation.preopened_directories,
+            max_output_bytes: invocation.max_output_bytes,
+            max_log_bytes: invocation.max_log_bytes,
+            output_chunks: invocation.output_chunks.take(),
+        }
+    }
+}
+
+/// The captures behind one call's stdout (the output) and stderr (the logs).
+pub(crate) struct CallCaptures {
+    pub(crate) stdout: CapturedOutput,
+    pub(crate) stderr: CapturedOutput,
+}
+
+impl CallCaptures {
+    /// Classifies how a call ended into the outcome the record carries.
+    pub(crate) fn outcome_of(
+        &self,
+        call_end: &CallEnd<i32>,
+        entry_point: &EntryPoint,
+        memory_limit_hit: bool,
+    ) -> Outcome {
+        match call_end {
             CallEnd::DeadlinePassed => Outcome::TimedOut {
                 message: "the call did not finish before its deadline".into(),
             },
             CallEnd::Cancelled => Outcome::Cancelled {
                 reason: "cancelled".into(),
             },
-            CallEnd::Returned(Ok(status)) => status_outcome(&invocation.entry_point, status),
-            CallEnd::Returned(Err(error)) => classify_error(
-                &error,
-                limiter.memory_limit_hit,
-                (&stdout, "stdout"),
-                (&stderr, "stderr"),
-            ),
-        };
+            CallEnd::Returned(Ok(status)) => status_outcome(entry_point, *status),
+            CallEnd::Returned(Err(error)) => self.error_outcome(error, memory_limit_hit),
+        }
+    }
+
+    /// Classifies an error the guest code returned with (trap, `proc_exit`, memory limit,
+    /// output cap).
+    pub(crate) fn error_outcome(&self, error: &wasmtime::Error, memory_limit_hit: bool) -> Outcome {
+        classify_error(
+            error,
+            memory_limit_hit,
+            (&self.stdout, "stdout"),
+            (&self.stderr, "stderr"),
+        )
+    }
+
+    /// The report of a call that ran the guest, with everything it wrote.
+    pub(crate) fn into_report(
+        self,
+        outcome: Outcome,
+        peak_memory_bytes: u64,
+        instantiate_duration: Duration,
+    ) -> RunReport {
         RunReport {
             outcome,
-            output: stdout.take_contents(),
-            logs: stderr.take_contents(),
-            peak_memory_bytes: limiter.peak_memory_bytes as u64,
+            output: self.stdout.take_contents(),
+            logs: self.stderr.take_contents(),
+            peak_memory_bytes,
             instantiate_duration,
         }
     }
 }
 
-enum CallEnd {
-    Returned(wasmtime::Result<i32>),
+/// Builds the fresh WASI context of one call: in-memory stdin, capped stdout and stderr,
+/// arguments, environment and read-only preopened directories. `Err` carries the message of a
+/// directory that cannot be preopened.
+pub(crate) fn build_call_wasi(
+    settings: GuestWasiSettings<'_>,
+) -> Result<(WasiP1Ctx, CallCaptures), String> {
+    let stdout = CapturedOutput::new(
+        clamp_to_usize(settings.max_output_bytes),
+        settings.output_chunks,
+    );
+    let stderr = CapturedOutput::new(clamp_to_usize(settings.max_log_bytes), None);
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .stdin(MemoryInputPipe::new(settings.stdin))
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .args(settings.arguments)
+        .envs(settings.environment);
+    for (host_directory, guest_directory) in settings.preopened_directories {
+        if let Err(error) =
+            builder.preopened_dir(host_directory, guest_directory, FsPerms::ReadOnly)
+        {
+            return Err(format!(
+                "cannot preopen {} as {guest_directory}: {error:#}",
+                host_directory.display()
+            ));
+        }
+    }
+    Ok((builder.build_p1(), CallCaptures { stdout, stderr }))
+}
+
+/// The report of a call whose guest never ran (its WASI context could not be built, or the
+/// call was refused), failed as `TRAP` with `message`.
+pub(crate) fn not_run_report(message: String) -> RunReport {
+    RunReport {
+        outcome: Outcome::Failed {
+            code: ErrorCode::Trap,
+            message,
+        },
+        output: Bytes::new(),
+        logs: Bytes::new(),
+        peak_memory_bytes: 0,
+        instantiate_duration: Duration::ZERO,
+    }
+}
+
+/// A new store holding `wasi`, with the memory limiter installed and epoch yielding armed.
+pub(crate) fn new_guest_store(
+    engine: &Engine,
+    wasi: WasiP1Ctx,
+    memory_limit_bytes: u64,
+) -> Store<GuestState> {
+    let state = GuestState {
+        wasi,
+        limiter: GuestLimiter {
+            memory_limit_bytes: clamp_to_usize(memory_limit_bytes),
+            peak_memory_bytes: 0,
+            memory_limit_hit: false,
+        },
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.limiter);
+    arm_epoch_yield(&mut store);
+    store
+}
+
+/// Makes the guest yield to the async executor at every epoch tick: a busy guest then gives the
+/// surrounding `select!` a chance to notice its deadline or cancellation. The deadline is
+/// relative to the current epoch, so a store that runs more than one call re-arms it per call.
+pub(crate) fn arm_epoch_yield(store: &mut Store<GuestState>) {
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_async_yield_and_update(1);
+}
+
+/// How a guest call (or instantiation) ended.
+pub(crate) enum CallEnd<CallResult> {
+    /// The guest code returned, normally or with a trap or `proc_exit`.
+    Returned(wasmtime::Result<CallResult>),
+    /// The deadline passed first; the guest was stopped mid-run.
     DeadlinePassed,
+    /// The cancellation token fired first; the guest was stopped mid-run.
     Cancelled,
+}
+
+/// Runs `call` until it ends, `deadline` passes or `cancellation` fires, whichever comes first.
+/// Losing the race drops the call future, which stops the guest at its next epoch yield or
+/// host-call await.
+pub(crate) async fn race_deadline_and_cancellation<CallResult>(
+    call: impl Future<Output = wasmtime::Result<CallResult>>,
+    deadline: tokio::time::Instant,
+    cancellation: &CancellationToken,
+) -> CallEnd<CallResult> {
+    tokio::pin!(call);
+    tokio::select! {
+        result = &mut call => CallEnd::Returned(result),
+        () = tokio::time::sleep_until(deadline) => CallEnd::DeadlinePassed,
+        () = cancellation.cancelled() => CallEnd::Cancelled,
+    }
 }
 
 async fn call_entry_point(
@@ -324,18 +461,36 @@ async fn call_entry_point(
             returns_status,
         } => {
             if has_initialize {
-                let initialize = instance.get_typed_func::<(), ()>(&mut *store, "_initialize")?;
-                initialize.call_async(&mut *store, ()).await?;
+                call_initialize(instance, store).await?;
             }
-            if *returns_status {
-                let function = instance.get_typed_func::<(), i32>(&mut *store, name)?;
-                function.call_async(&mut *store, ()).await
-            } else {
-                let function = instance.get_typed_func::<(), ()>(&mut *store, name)?;
-                function.call_async(&mut *store, ()).await?;
-                Ok(0)
-            }
+            call_export(instance, store, name, *returns_status).await
         }
+    }
+}
+
+/// Runs the reactor initializer `_initialize` of an instance that has one.
+pub(crate) async fn call_initialize(
+    instance: Instance,
+    store: &mut Store<GuestState>,
+) -> wasmtime::Result<()> {
+    let initialize = instance.get_typed_func::<(), ()>(&mut *store, "_initialize")?;
+    initialize.call_async(&mut *store, ()).await
+}
+
+/// Calls a named export `() -> i32` (its result is the status) or `() -> ()` (status 0).
+pub(crate) async fn call_export(
+    instance: Instance,
+    store: &mut Store<GuestState>,
+    name: &str,
+    returns_status: bool,
+) -> wasmtime::Result<i32> {
+    if returns_status {
+        let function = instance.get_typed_func::<(), i32>(&mut *store, name)?;
+        function.call_async(&mut *store, ()).await
+    } else {
+        let function = instance.get_typed_func::<(), ()>(&mut *store, name)?;
+        function.call_async(&mut *store, ()).await?;
+        Ok(0)
     }
 }
 
