@@ -10,8 +10,9 @@
 //!
 //! Instance lifecycle: Creating → Ready ⇄ Running → Draining → Terminated, or Failed. An
 //! instance drains when its lease says it is unusable (trap, exit), after `max_uses` calls, when
-//! it was made for one call (`force_new_instance`), after three failed calls in a row, when a
-//! health check fails, or when its pool is retired (the task was updated or removed). A drained
+//! it was made for one call (`force_new_instance`), after three failed calls in a row (reuse
+//! instances only: a per-call instance starts fresh every call), when a health check fails, or
+//! when its pool is retired (the task was updated or removed). A drained
 //! instance is removed as soon as nothing runs on it.
 //!
 //! Background work (one tokio task per dispatcher, every `autoscale_tick`): feed each pool's
@@ -824,15 +825,19 @@ fn release_locked<R: Send + Sync + 'static>(
             if account.failed {
                 slot.failures += 1;
                 slot.consecutive_failures += 1;
-                if slot.consecutive_failures >= UNHEALTHY_AFTER_CONSECUTIVE_FAILURES {
+                // Only an instance that keeps state between calls can be broken by them; a
+                // per-call instance is fresh every time, so its calls' failures are the guest's.
+                if reuse && slot.consecutive_failures >= UNHEALTHY_AFTER_CONSECUTIVE_FAILURES {
                     slot.healthy = false;
                 }
             } else if account.delivered {
                 slot.consecutive_failures = 0;
             }
             let used_up = reuse && max_uses > 0 && slot.served >= max_uses;
-            let instance_failed = account.discard || account.never_started || !slot.healthy;
-            if instance_failed || used_up || slot.one_shot || retired {
+            let instance_failed = account.discard || !slot.healthy;
+            // A reservation whose call left before starting it never existed as an instance.
+            let abandoned = account.never_started && !account.discard;
+            if instance_failed || abandoned || used_up || slot.one_shot || retired {
                 slot.state = InstanceState::Draining;
             } else if slot.active == 0 {
                 slot.state = InstanceState::Ready;
@@ -844,7 +849,7 @@ fn release_locked<R: Send + Sync + 'static>(
                 if instance_failed {
                     state.instances_failed += 1;
                     state.recent_instance_failures.push_back(now);
-                } else {
+                } else if !abandoned {
                     state.instances_terminated += 1;
                 }
             }

@@ -473,3 +473,32 @@ async fn periodic_load_is_prewarmed_before_the_burst() {
         "instances before each burst: {instances_before_burst:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn failing_calls_drain_a_reuse_instance_but_not_a_per_call_one() {
+    let dispatcher = dispatcher(64, 64);
+    for (isolation, expected_starts) in [(Isolation::PerCall, 1), (Isolation::Reuse, 2)] {
+        let factory = Arc::new(CountingFactory::default());
+        let pool_settings = PoolSettings {
+            isolation,
+            max_instances: 1,
+            ..PoolSettings::default()
+        };
+        let pool = dispatcher.add_pool("task-a", pool_settings, factory.clone());
+        for _ in 0..4 {
+            let mut lease = dispatcher
+                .enqueue(&pool, call(Priority::NORMAL))
+                .unwrap()
+                .ready()
+                .await
+                .unwrap();
+            lease.record_failure();
+        }
+        assert_eq!(
+            factory.starts.load(Ordering::SeqCst),
+            expected_starts,
+            "{isolation:?}: three failures in a row make only a reuse instance unhealthy"
+        );
+    }
+    assert_eq!(dispatcher.snapshot().instances_failed, 1);
+}

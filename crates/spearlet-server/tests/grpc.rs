@@ -47,7 +47,10 @@ async fn examples_are_registered_and_echo_round_trips_input() {
         .into_inner();
     let metrics = &result(&again).metrics;
     assert_eq!(metrics["cold_start"], "false", "{metrics:?}");
-    assert_eq!(again.instance_id, response.instance_id, "the warm instance served it");
+    assert_eq!(
+        again.instance_id, response.instance_id,
+        "the warm instance served it"
+    );
 }
 
 #[tokio::test]

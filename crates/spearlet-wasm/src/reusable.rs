@@ -110,12 +110,15 @@ const _: fn() = || {
 impl WasmModule {
     /// Checks that the module can serve `spearlet.isolation = reuse`: it must export at least
     /// one function other than `_start` and `_initialize` that spearlet can call, i.e. one that
-    /// [`WasmModule::resolve_entry_point`] resolves to [`EntryPoint::Export`].
+    /// [`WasmModule::resolve_entry_point`] resolves to [`EntryPoint::Export`]. Exports whose
+    /// names start with `__` are toolchain internals and do not count: a command module built by
+    /// wasi-libc also exports `__main_void`, which is its `main` and cannot run twice either.
     pub fn check_reusable(&self) -> SpearResult<()> {
         let has_callable_export = self
             .exported_functions()
             .iter()
             .filter(|name| !matches!(name.as_str(), "_start" | "_initialize"))
+            .filter(|name| !name.starts_with("__"))
             .any(|name| {
                 matches!(
                     self.resolve_entry_point(name),
@@ -127,7 +130,8 @@ impl WasmModule {
         }
         Err(SpearError::invalid_argument(format!(
             "spearlet.isolation = reuse needs a reactor module: one exporting a function \
-             `() -> ()` or `() -> i32` besides `_start` and `_initialize`, which spearlet calls \
+             `() -> ()` or `() -> i32` besides `_start`, `_initialize` and `__`-prefixed \
+             toolchain internals, which spearlet calls \
              again and again on one instance. This module exports no such function; its \
              exported functions are [{}]. A command module's `_start` cannot run twice in one \
              instance (it runs the program to its end, exit-time cleanup included): use \

@@ -1,0 +1,490 @@
+//! Instance pools, scheduling, the priority queue and autoscaling, checked from outside: a real
+//! node on 127.0.0.1:0, the generated client, the bundled example guests.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use spearlet_proto as proto;
+use support::*;
+use tonic::Code;
+
+async fn create_task(node: &mut TestNode, name: &str, guest: &str, keys: &[(&str, &str)]) {
+    node.client
+        .create_task(proto::CreateTaskRequest {
+            task_name: name.into(),
+            task_description: String::new(),
+            artifact_spec: Some(wasm_artifact(example(guest), keys)),
+        })
+        .await
+        .unwrap();
+}
+
+async fn pool_of(node: &mut TestNode, task_name: &str) -> proto::PoolStats {
+    let stats = node
+        .client
+        .get_stats(proto::GetStatsRequest {
+            include_task_stats: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    stats
+        .pools
+        .into_iter()
+        .find(|pool| pool.task_name == task_name)
+        .unwrap_or_else(|| panic!("no pool for {task_name}"))
+}
+
+fn with_priority(
+    mut request: proto::InvokeFunctionRequest,
+    priority: &str,
+) -> proto::InvokeFunctionRequest {
+    request
+        .invocation_metadata
+        .insert("priority".into(), priority.into());
+    request
+}
+
+fn asynchronous(mut request: proto::InvokeFunctionRequest) -> proto::InvokeFunctionRequest {
+    request.execution_mode = proto::ExecutionMode::Async as i32;
+    request
+}
+
+async fn execution(node: &mut TestNode, execution_id: &str) -> proto::ExecutionResult {
+    node.client
+        .get_execution_status(proto::GetExecutionStatusRequest {
+            execution_id: execution_id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+        .unwrap()
+}
+
+#[tokio::test]
+async fn two_hundred_calls_share_at_most_four_instances() {
+    let mut node = start_node().await;
+    create_task(
+        &mut node,
+        "sleepy",
+        "sleep",
+        &[("spearlet.pool.max_instances", "4")],
+    )
+    .await;
+    let mut calls = Vec::new();
+    for _ in 0..200 {
+        let mut client = node.client.clone();
+        calls.push(tokio::spawn(async move {
+            client
+                .invoke_function(invoke("sleepy", b"10"))
+                .await
+                .unwrap()
+                .into_inner()
+        }));
+    }
+    let mut most_instances_seen = 0;
+    while !calls.iter().all(|call| call.is_finished()) {
+        let pool = pool_of(&mut node, "sleepy").await;
+        most_instances_seen = most_instances_seen.max(pool.current_instances);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut instance_ids = HashSet::new();
+    let mut waited = 0;
+    for call in calls {
+        let response = call.await.unwrap();
+        assert_eq!(status(&response), proto::ExecutionStatus::Completed);
+        instance_ids.insert(response.instance_id.clone());
+        let queue_wait_ms: f64 = result(&response).metrics["queue_wait_ms"].parse().unwrap();
+        if queue_wait_ms > 5.0 {
+            waited += 1;
+        }
+    }
+    assert!(most_instances_seen <= 4, "saw {most_instances_seen}");
+    assert!(instance_ids.len() <= 4, "{instance_ids:?}");
+    assert!(waited > 100, "only {waited} calls waited in the queue");
+    let stats = node
+        .client
+        .get_stats(proto::GetStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .service_stats
+        .unwrap();
+    let wait = stats.queue_wait.unwrap();
+    assert!(wait.max_ms > 50.0, "{wait:?}");
+    assert!(wait.p50_ms <= wait.p99_ms);
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_resource_exhausted_at_once() {
+    let mut node = start_node_with(|config| {
+        config.max_concurrent_executions = 2;
+        config.max_queue_length = 3;
+    })
+    .await;
+    let mut busy = Vec::new();
+    for _ in 0..5 {
+        let mut client = node.client.clone();
+        busy.push(tokio::spawn(async move {
+            client.invoke_function(invoke("sleep", b"3000")).await
+        }));
+    }
+    // Two run, three wait: the queue is full.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = node
+            .client
+            .get_stats(proto::GetStatsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .service_stats
+            .unwrap();
+        if stats.queue_length == 3 {
+            assert_eq!(stats.max_queue_length, 3);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the queue never filled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let asked = Instant::now();
+    let error = node
+        .client
+        .invoke_function(invoke("echo", b"one more"))
+        .await
+        .unwrap_err();
+    let answered_in = asked.elapsed();
+    assert_eq!(error.code(), Code::ResourceExhausted, "{error:?}");
+    assert!(error.message().contains("max_queue_length"), "{error:?}");
+    let retry_after_ms: u64 = error
+        .metadata()
+        .get("retry-after-ms")
+        .expect("a retry hint")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after_ms >= 10);
+    // "At once": nothing waits; a generous bound for a loaded machine.
+    assert!(answered_in < Duration::from_millis(500), "{answered_in:?}");
+    let health = node
+        .client
+        .get_health(proto::GetHealthRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status, "degraded", "{}", health.message);
+    node.server.shutdown().await;
+    for call in busy {
+        let _ = call.await;
+    }
+}
+
+#[tokio::test]
+async fn a_high_priority_call_overtakes_a_hundred_queued_low_priority_calls() {
+    let mut node = start_node().await;
+    create_task(
+        &mut node,
+        "single",
+        "sleep",
+        &[("spearlet.pool.max_instances", "1")],
+    )
+    .await;
+    // Occupies the only instance while the queue fills.
+    let mut blocker_client = node.client.clone();
+    let blocker = tokio::spawn(async move {
+        blocker_client
+            .invoke_function(invoke("single", b"700"))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut low_ids = Vec::new();
+    for _ in 0..100 {
+        let accepted = node
+            .client
+            .invoke_function(with_priority(asynchronous(invoke("single", b"1")), "low"))
+            .await
+            .unwrap()
+            .into_inner();
+        low_ids.push(accepted.execution_id);
+    }
+    let high = node
+        .client
+        .invoke_function(with_priority(asynchronous(invoke("single", b"1")), "high"))
+        .await
+        .unwrap()
+        .into_inner();
+    blocker.await.unwrap().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let high_started = loop {
+        let info = execution(&mut node, &high.execution_id).await;
+        if info.status == proto::ExecutionStatus::Completed as i32 {
+            break info.started_at.unwrap();
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut started_after_high = 0;
+    for execution_id in &low_ids {
+        let info = loop {
+            let info = execution(&mut node, execution_id).await;
+            if info.status == proto::ExecutionStatus::Completed as i32 {
+                break info;
+            }
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let started = info.started_at.unwrap();
+        if (started.seconds, started.nanos) > (high_started.seconds, high_started.nanos) {
+            started_after_high += 1;
+        }
+    }
+    assert_eq!(started_after_high, 100, "the high-priority call ran first");
+}
+
+#[tokio::test]
+async fn min_instances_are_warm_at_load_and_the_pool_shrinks_back_after_idle_timeout() {
+    let mut node = start_node_with(|config| config.pool.autoscale_tick_ms = 100).await;
+    create_task(
+        &mut node,
+        "warm",
+        "sleep",
+        &[
+            ("spearlet.pool.min_instances", "2"),
+            ("spearlet.pool.idle_timeout_ms", "300"),
+            ("spearlet.autoscale.stable_window_ms", "600"),
+            ("spearlet.autoscale.panic_window_ms", "300"),
+            ("spearlet.autoscale.predictive", "false"),
+        ],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let pool = pool_of(&mut node, "warm").await;
+    assert_eq!(pool.current_instances, 2);
+    assert!(
+        pool.instances
+            .iter()
+            .all(|instance| instance.state == "ready")
+    );
+    let first = node
+        .client
+        .invoke_function(invoke("warm", b"1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(result(&first).metrics["cold_start"], "false");
+
+    let mut calls = Vec::new();
+    for _ in 0..6 {
+        let mut client = node.client.clone();
+        calls.push(tokio::spawn(async move {
+            client
+                .invoke_function(invoke("warm", b"300"))
+                .await
+                .unwrap()
+        }));
+    }
+    for call in calls {
+        call.await.unwrap();
+    }
+    assert_eq!(pool_of(&mut node, "warm").await.current_instances, 6);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pool = pool_of(&mut node, "warm").await;
+        if pool.current_instances == 2 {
+            assert_eq!(pool.desired_instances, 2);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pool did not shrink: {pool:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_reuse_task_keeps_state_across_calls_and_per_call_does_not() {
+    let mut node = start_node().await;
+    create_task(
+        &mut node,
+        "counter-reuse",
+        "counter",
+        &[
+            ("spearlet.isolation", "reuse"),
+            ("spearlet.pool.max_instances", "1"),
+        ],
+    )
+    .await;
+    create_task(&mut node, "counter-fresh", "counter", &[]).await;
+    let mut counts = Vec::new();
+    for task in ["counter-reuse", "counter-fresh"] {
+        let mut outputs = Vec::new();
+        for _ in 0..3 {
+            let mut request = invoke(task, b"");
+            request.function_name = "increment".into();
+            let response = node
+                .client
+                .invoke_function(request)
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(status(&response), proto::ExecutionStatus::Completed);
+            outputs.push(String::from_utf8(output(&response)).unwrap());
+        }
+        counts.push(outputs);
+    }
+    assert_eq!(counts[0], ["1\n", "2\n", "3\n"]);
+    assert_eq!(counts[1], ["1\n", "1\n", "1\n"]);
+
+    // A command module cannot be reused; a reuse task cannot run _start.
+    let error = node
+        .client
+        .create_task(proto::CreateTaskRequest {
+            task_name: "echo-reuse".into(),
+            task_description: String::new(),
+            artifact_spec: Some(wasm_artifact(
+                example("echo"),
+                &[("spearlet.isolation", "reuse")],
+            )),
+        })
+        .await
+        .err()
+        .expect("a command module is refused for reuse");
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(error.message().contains("spearlet.isolation"), "{error:?}");
+    let error = node
+        .client
+        .invoke_function(invoke("counter-reuse", b""))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(error.message().contains("function_name"), "{error:?}");
+}
+
+#[tokio::test]
+async fn force_new_instance_runs_on_a_fresh_instance_and_bad_keys_are_refused() {
+    let mut node = start_node().await;
+    create_task(
+        &mut node,
+        "counter-reuse",
+        "counter",
+        &[
+            ("spearlet.isolation", "reuse"),
+            ("spearlet.pool.max_instances", "2"),
+        ],
+    )
+    .await;
+    let mut increment = invoke("counter-reuse", b"");
+    increment.function_name = "increment".into();
+    for _ in 0..2 {
+        node.client
+            .invoke_function(increment.clone())
+            .await
+            .unwrap();
+    }
+    let mut fresh = increment.clone();
+    fresh.force_new_instance = true;
+    let response = node
+        .client
+        .invoke_function(fresh)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(output(&response), b"1\n", "a fresh instance starts at 0");
+    assert_eq!(result(&response).metrics["cold_start"], "true");
+    // The warm instance kept its state and the one-shot instance is gone.
+    let response = node
+        .client
+        .invoke_function(increment.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(output(&response), b"3\n");
+    assert_eq!(
+        pool_of(&mut node, "counter-reuse").await.current_instances,
+        1
+    );
+
+    let error = node
+        .client
+        .invoke_function(with_priority(invoke("echo", b"x"), "urgent"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(error.message().contains("priority"), "{error:?}");
+    for (key, value) in [
+        ("spearlet.pool.max_size", "4"),
+        ("spearlet.scheduler.policy", "fastest"),
+        ("spearlet.pool.min_instances", "99"),
+    ] {
+        let error = node
+            .client
+            .create_task(proto::CreateTaskRequest {
+                task_name: "bad-pool".into(),
+                task_description: String::new(),
+                artifact_spec: Some(wasm_artifact(example("echo"), &[(key, value)])),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Code::InvalidArgument, "{key}");
+        assert!(error.message().contains(key), "{key}: {error:?}");
+    }
+}
+
+#[tokio::test]
+async fn periodic_load_is_prewarmed_before_the_burst_arrives() {
+    let mut node = start_node_with(|config| config.pool.autoscale_tick_ms = 100).await;
+    create_task(
+        &mut node,
+        "bursty",
+        "sleep",
+        &[
+            ("spearlet.pool.idle_timeout_ms", "100"),
+            ("spearlet.autoscale.stable_window_ms", "200"),
+            ("spearlet.autoscale.panic_window_ms", "100"),
+            ("spearlet.autoscale.predictive", "true"),
+        ],
+    )
+    .await;
+    // A burst of 4 calls of 100 ms every 800 ms. Between bursts the reactive autoscaler wants
+    // nothing and idle instances go after 100 ms; instances that exist shortly before a burst
+    // are there because the autoscaler predicted it.
+    let mut prewarmed_samples = Vec::new();
+    for burst in 0..12 {
+        let burst_started = Instant::now();
+        let mut calls = Vec::new();
+        for _ in 0..4 {
+            let mut client = node.client.clone();
+            calls.push(tokio::spawn(async move {
+                client
+                    .invoke_function(invoke("bursty", b"100"))
+                    .await
+                    .unwrap()
+            }));
+        }
+        for call in calls {
+            call.await.unwrap();
+        }
+        // Sample the quiet gap from 450 ms after the previous burst until the next one.
+        tokio::time::sleep_until((burst_started + Duration::from_millis(600)).into()).await;
+        while burst_started.elapsed() < Duration::from_millis(800) {
+            let pool = pool_of(&mut node, "bursty").await;
+            if burst >= 6 && pool.active_executions == 0 && pool.waiting == 0 {
+                prewarmed_samples.push((pool.current_instances, pool.predicted_instances));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(
+        prewarmed_samples
+            .iter()
+            .any(|&(current, predicted)| current >= 4 && predicted >= 4),
+        "no quiet moment had the burst's instances ready: {prewarmed_samples:?}"
+    );
+}
