@@ -11,6 +11,12 @@
 //! towards throughput nor the latency histogram, which holds successful calls only, in
 //! microseconds.
 //!
+//! Placement: `--priority` rides on every call as `invocation_metadata["priority"]`, and
+//! `--force-new-instance` makes every call a cold start on an instance of its own. In sync mode
+//! the node refuses such a call (an *error*, RESOURCE_EXHAUSTED) while the task's pool is at
+//! `spearlet.pool.max_instances`, so keep `--concurrency` at or below that. The report's first
+//! line names both, so a figure taken from it says whether it measured warm calls or cold starts.
+//!
 //! Modes (`--mode`): in `sync` mode a call is `EXECUTION_MODE_SYNC` and succeeds when the function
 //! completed. In `async` mode a call is `EXECUTION_MODE_ASYNC` without `wait` and succeeds when
 //! the node has durably accepted the execution (`success = true`), so throughput is acceptances
@@ -45,7 +51,7 @@ use tonic::transport::Channel;
 use tonic::transport::server::TcpIncoming;
 use tonic_prost::ProstCodec;
 
-use crate::cli::{BenchArguments, BenchMode};
+use crate::cli::{BenchArguments, BenchMode, PlacementArguments};
 use crate::client::{node_endpoint, normalize_node_address, rpc_error};
 use crate::output::{self, Table};
 
@@ -485,6 +491,8 @@ fn invoke_call(
                 content_type: "application/octet-stream".into(),
                 data: payload.to_vec(),
             }),
+            force_new_instance: arguments.placement.force_new_instance,
+            invocation_metadata: arguments.placement.invocation_metadata(),
             ..Default::default()
         },
         is_success: |response| response.success,
@@ -558,6 +566,8 @@ pub async fn bench(
             "task": arguments.task,
             "function": arguments.function_name.clone().unwrap_or_default(),
             "mode": arguments.mode.name(),
+            "priority": arguments.placement.priority,
+            "force_new_instance": arguments.placement.force_new_instance,
             "concurrency": plan.concurrency,
             "connections": plan.connections,
             "payload_bytes": payload.len(),
@@ -609,6 +619,22 @@ pub async fn bench(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `priority high, a new instance per call` or `default priority, pooled instances`: what the
+/// report's first line says about `--priority` and `--force-new-instance`, so a figure copied
+/// from it says whether it measured warm calls or cold starts.
+fn describe_placement(placement: &PlacementArguments) -> String {
+    let priority = match &placement.priority {
+        Some(priority) => format!("priority {priority}"),
+        None => "default priority".to_owned(),
+    };
+    let instances = if placement.force_new_instance {
+        "a new instance per call (--force-new-instance)"
+    } else {
+        "pooled instances"
+    };
+    format!("{priority}, {instances}")
+}
+
 fn render_report(
     arguments: &BenchArguments,
     plan: &LoadPlan,
@@ -630,10 +656,11 @@ fn render_report(
         None => format!("{payload_bytes}-byte payloads"),
     };
     let mut text = format!(
-        "bench: task {}{function}, {} mode, {} workers over {} connection(s), {payload}, \
+        "bench: task {}{function}, {} mode, {}, {} workers over {} connection(s), {payload}, \
          {run_length} after {}s warm-up\n\n",
         arguments.task,
         arguments.mode.name(),
+        describe_placement(&arguments.placement),
         plan.concurrency,
         plan.connections,
         plan.warmup.as_secs_f64(),
@@ -706,6 +733,25 @@ mod tests {
         assert_eq!(first.throughput(), 1.0);
         assert!((first.max_latency_ms() - 3.0).abs() < 0.01);
         assert_eq!(first.first_problem.as_deref(), Some("Unavailable: x"));
+    }
+
+    #[test]
+    fn the_report_names_priority_and_instance_placement() {
+        let cases = [
+            (None, false, "default priority, pooled instances"),
+            (
+                Some("high"),
+                true,
+                "priority high, a new instance per call (--force-new-instance)",
+            ),
+        ];
+        for (priority, force_new_instance, expected) in cases {
+            let placement = PlacementArguments {
+                priority: priority.map(str::to_owned),
+                force_new_instance,
+            };
+            assert_eq!(describe_placement(&placement), expected);
+        }
     }
 
     #[tokio::test]

@@ -4,10 +4,12 @@
 //! `spearlet.` prefix); `main` hands the parsed arguments to the module that runs the command,
 //! which turns them into requests or configuration.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use spearlet_core::Priority;
 use spearlet_server::LogFormat;
 
 /// Where the client commands connect when neither `--addr` nor `SPEARLET_ADDR` is given: the
@@ -163,6 +165,35 @@ pub struct InvokeArguments {
     /// `--json`, print every stream message as one JSON object per line instead.
     #[arg(long = "stream")]
     pub stream: bool,
+
+    #[command(flatten)]
+    pub placement: PlacementArguments,
+}
+
+/// Where and how soon a call runs: the flags `invoke` and `bench` share.
+#[derive(Debug, Args)]
+pub struct PlacementArguments {
+    /// How soon the call gets an instance when it has to wait for one: `high`, `normal`, `low`
+    /// or a digit 0-9 (9 first; the names are 9, 5 and 1). Sent as
+    /// `invocation_metadata["priority"]`; the node checks the value.
+    #[arg(long = "priority", value_name = "high|normal|low|0-9")]
+    pub priority: Option<String>,
+
+    /// Run on a new instance made for this call alone (a cold start) instead of a warm one.
+    /// While the task already has `spearlet.pool.max_instances`, a sync or stream call is
+    /// refused with RESOURCE_EXHAUSTED and an async one waits for room.
+    #[arg(long = "force-new-instance")]
+    pub force_new_instance: bool,
+}
+
+impl PlacementArguments {
+    /// The `invocation_metadata` these flags ask for: the priority, when given.
+    pub fn invocation_metadata(&self) -> HashMap<String, String> {
+        self.priority
+            .iter()
+            .map(|priority| (Priority::METADATA_KEY.to_owned(), priority.clone()))
+            .collect()
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -394,6 +425,11 @@ pub struct BenchArguments {
     /// replaces the `--payload-bytes` payload of `x` characters.
     #[arg(long = "input-text", value_name = "STRING")]
     pub input_text: Option<String>,
+
+    // `--priority` is sent with every call; `--force-new-instance` makes every call a cold start
+    // on an instance of its own, so the run measures cold starts rather than warm calls.
+    #[command(flatten)]
+    pub placement: PlacementArguments,
 }
 
 /// How `spearlet bench` invokes the function.
@@ -460,6 +496,34 @@ mod tests {
     fn the_command_line_definition_is_consistent() {
         use clap::CommandFactory;
         CommandLine::command().debug_assert();
+    }
+
+    #[test]
+    fn placement_flags_become_request_fields() {
+        let parsed = CommandLine::try_parse_from([
+            "spearlet",
+            "invoke",
+            "echo",
+            "--priority",
+            "urgent",
+            "--force-new-instance",
+        ])
+        .unwrap();
+        let Command::Invoke(arguments) = parsed.command else {
+            panic!("not an invoke: {parsed:?}");
+        };
+        assert!(arguments.placement.force_new_instance);
+        // The node, not the CLI, decides which priorities are valid.
+        assert_eq!(
+            arguments.placement.invocation_metadata(),
+            HashMap::from([("priority".to_owned(), "urgent".to_owned())])
+        );
+        let parsed = CommandLine::try_parse_from(["spearlet", "bench"]).unwrap();
+        let Command::Bench(arguments) = parsed.command else {
+            panic!("not a bench: {parsed:?}");
+        };
+        assert!(!arguments.placement.force_new_instance);
+        assert!(arguments.placement.invocation_metadata().is_empty());
     }
 
     #[test]

@@ -60,9 +60,27 @@ pub async fn connect(address: &str) -> anyhow::Result<NodeClient> {
     Ok(FunctionServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES))
 }
 
-/// A gRPC error as the CLI reports it: `NotFound: task_id "x" is unknown`.
+/// The response metadata key in which the node says when a refused call (RESOURCE_EXHAUSTED) is
+/// worth retrying, in milliseconds.
+const RETRY_AFTER_METADATA_KEY: &str = "retry-after-ms";
+
+/// A gRPC error as the CLI reports it: `NotFound: task_id "x" is unknown`. A status carrying
+/// `retry-after-ms` gets the hint appended, `… (retry after 120 ms)`, unless the message already
+/// says exactly that.
 pub fn rpc_error(status: tonic::Status) -> anyhow::Error {
-    anyhow!("{:?}: {}", status.code(), status.message())
+    let mut message = format!("{:?}: {}", status.code(), status.message());
+    let retry_after_ms = status
+        .metadata()
+        .get(RETRY_AFTER_METADATA_KEY)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    if let Some(retry_after_ms) = retry_after_ms {
+        let hint = format!("retry after {retry_after_ms} ms");
+        if !status.message().contains(&hint) {
+            message.push_str(&format!(" ({hint})"));
+        }
+    }
+    anyhow!(message)
 }
 
 fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
@@ -127,6 +145,8 @@ fn invoke_request(arguments: &InvokeArguments) -> anyhow::Result<proto::InvokeFu
             environment: to_hash_map(&arguments.environment),
             ..Default::default()
         }),
+        force_new_instance: arguments.placement.force_new_instance,
+        invocation_metadata: arguments.placement.invocation_metadata(),
         ..Default::default()
     })
 }
@@ -422,13 +442,28 @@ fn render_task_details(task: &proto::TaskInfo) -> String {
         ("EXPORTS", detail("exported_functions")),
         ("SETTINGS", output::render_map(&settings)),
         ("LABELS", output::render_map(&labels)),
-        ("INSTANCE", detail("instance_id")),
+        ("ISOLATION", detail("isolation")),
+        ("INSTANCES", instance_counts(&task.metadata)),
+        ("INSTANCE IDS", detail("instance_ids")),
         ("CREATED", output::format_unix_ms(task.created_at, false)),
         ("UPDATED", output::format_unix_ms(task.updated_at, false)),
         ("EXECUTIONS", task.execution_count.to_string()),
         ("RUNNING", detail("running_executions")),
         ("LAST STATUS", output::status_cell(task.last_status)),
     ])
+}
+
+/// `2 (desired 3)` from a detailed TaskInfo's `instances` and `desired_instances`; the desired
+/// count is left out when the autoscaler has not decided yet, `-` when the node sent neither.
+fn instance_counts(task_metadata: &HashMap<String, String>) -> String {
+    let current = task_metadata.get("instances").map(String::as_str);
+    let desired = task_metadata.get("desired_instances").map(String::as_str);
+    match (current, desired) {
+        (Some(current), Some(desired)) => format!("{current} (desired {desired})"),
+        (Some(current), None) => current.to_owned(),
+        (None, Some(desired)) => format!("- (desired {desired})"),
+        (None, None) => output::EMPTY_CELL.to_owned(),
+    }
 }
 
 async fn get_task(
@@ -762,7 +797,6 @@ pub async fn stats(
             ("UPTIME", output::format_seconds(service.uptime_seconds)),
             ("TASKS", service.total_tasks.to_string()),
             ("ARTIFACTS", service.artifact_count.to_string()),
-            ("INSTANCES", service.instance_count.to_string()),
             ("EXECUTIONS", service.total_executions.to_string()),
             ("SUCCEEDED", service.successful_executions.to_string()),
             ("FAILED", service.failed_executions.to_string()),
@@ -777,6 +811,41 @@ pub async fn stats(
             ("CPU", format!("{:.1}%", service.cpu_usage_percent)),
             ("MEMORY", format!("{:.1}%", service.memory_usage_percent)),
         ])));
+        text.push_str("\nQUEUE\n");
+        text.push_str(&indent(&render_key_values(&[
+            (
+                "WAITING",
+                format!(
+                    "{} (max {})",
+                    service.queue_length, service.max_queue_length
+                ),
+            ),
+            ("ASYNC WAITING", service.async_waiting.to_string()),
+            ("WAIT", render_queue_wait(service.queue_wait.as_ref())),
+        ])));
+        text.push_str("\nINSTANCES\n");
+        text.push_str(&indent(&render_key_values(&[
+            (
+                "LIVE",
+                if service.instances_by_state.is_empty() {
+                    service.instance_count.to_string()
+                } else {
+                    format!(
+                        "{} ({})",
+                        service.instance_count,
+                        render_instances_by_state(&service.instances_by_state)
+                    )
+                },
+            ),
+            ("COLD STARTS", service.cold_starts.to_string()),
+            ("WARM STARTS", service.warm_starts.to_string()),
+            ("TERMINATED", service.instances_terminated.to_string()),
+            ("FAILED", service.instances_failed.to_string()),
+        ])));
+    }
+    if !response.pools.is_empty() {
+        text.push_str("\nPOOLS\n");
+        text.push_str(&indent(&render_pool_table(&response.pools)));
     }
     if let Some(tasks) = &response.task_stats {
         text.push_str("\nTASKS\n");
@@ -834,6 +903,81 @@ pub async fn stats(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `p50 0.012ms, p90 0.030ms, p99 1.204ms, max 3.500ms`, or `-` before the first call.
+fn render_queue_wait(queue_wait: Option<&proto::QueueWaitPercentiles>) -> String {
+    let Some(queue_wait) = queue_wait else {
+        return output::EMPTY_CELL.to_owned();
+    };
+    format!(
+        "p50 {:.3}ms, p90 {:.3}ms, p99 {:.3}ms, max {:.3}ms",
+        queue_wait.p50_ms, queue_wait.p90_ms, queue_wait.p99_ms, queue_wait.max_ms
+    )
+}
+
+/// Instance lifecycle states in the order an instance goes through them.
+const INSTANCE_STATE_ORDER: [&str; 4] = ["creating", "ready", "running", "draining"];
+
+/// `ready=2,running=1`: the known states in lifecycle order, then any others by name.
+fn render_instances_by_state(instances_by_state: &HashMap<String, i32>) -> String {
+    if instances_by_state.is_empty() {
+        return output::EMPTY_CELL.to_owned();
+    }
+    let mut states: Vec<(&String, &i32)> = instances_by_state.iter().collect();
+    let lifecycle_position = |state: &str| {
+        INSTANCE_STATE_ORDER
+            .iter()
+            .position(|known| *known == state)
+            .unwrap_or(INSTANCE_STATE_ORDER.len())
+    };
+    states.sort_by(|left, right| {
+        lifecycle_position(left.0)
+            .cmp(&lifecycle_position(right.0))
+            .then(left.0.cmp(right.0))
+    });
+    states
+        .iter()
+        .map(|(state, count)| format!("{state}={count}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// One row per task pool. INSTANCES is current/desired; PREDICTED is what the forecast alone
+/// asks for.
+fn render_pool_table(pools: &[proto::PoolStats]) -> String {
+    let mut table = Table::new(&[
+        "TASK",
+        "ISOLATION",
+        "POLICY",
+        "INSTANCES",
+        "MIN-MAX",
+        "ACTIVE",
+        "WAITING",
+        "COLD",
+        "WARM",
+        "PREDICTED",
+    ]);
+    for pool in pools {
+        let task = if pool.task_name.is_empty() {
+            &pool.task_id
+        } else {
+            &pool.task_name
+        };
+        table.push_row(vec![
+            task.clone(),
+            or_dash(&pool.isolation),
+            or_dash(&pool.scheduler_policy),
+            format!("{}/{}", pool.current_instances, pool.desired_instances),
+            format!("{}-{}", pool.min_instances, pool.max_instances),
+            pool.active_executions.to_string(),
+            pool.waiting.to_string(),
+            pool.cold_starts.to_string(),
+            pool.warm_starts.to_string(),
+            pool.predicted_instances.to_string(),
+        ]);
+    }
+    table.render()
+}
+
 fn indent(text: &str) -> String {
     text.lines().map(|line| format!("  {line}\n")).collect()
 }
@@ -873,6 +1017,105 @@ mod tests {
         assert_eq!(
             artifact_location(path.to_str().unwrap(), "wasm").unwrap(),
             "data:application/wasm;base64,AGFzbQ=="
+        );
+    }
+
+    #[test]
+    fn a_retry_hint_is_added_to_the_error_once() {
+        let with_hint = |message: &str, retry_after: &str| {
+            let mut status = tonic::Status::resource_exhausted(message);
+            status
+                .metadata_mut()
+                .insert(RETRY_AFTER_METADATA_KEY, retry_after.parse().unwrap());
+            rpc_error(status).to_string()
+        };
+        let cases = [
+            (
+                with_hint("the queue is full; retry later", "120"),
+                "ResourceExhausted: the queue is full; retry later (retry after 120 ms)",
+            ),
+            (
+                with_hint("the pool is full; retry after 100 ms", "100"),
+                "ResourceExhausted: the pool is full; retry after 100 ms",
+            ),
+            (
+                with_hint("the queue is full", "soon"),
+                "ResourceExhausted: the queue is full",
+            ),
+            (
+                rpc_error(tonic::Status::not_found("task_id \"x\" is unknown")).to_string(),
+                "NotFound: task_id \"x\" is unknown",
+            ),
+        ];
+        for (reported, expected) in cases {
+            assert_eq!(reported, expected);
+        }
+    }
+
+    #[test]
+    fn instance_counts_show_current_and_desired() {
+        let metadata = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                .collect()
+        };
+        let cases = [
+            (
+                metadata(&[("instances", "2"), ("desired_instances", "3")]),
+                "2 (desired 3)",
+            ),
+            (metadata(&[("instances", "0")]), "0"),
+            (metadata(&[]), "-"),
+        ];
+        for (task_metadata, expected) in cases {
+            assert_eq!(instance_counts(&task_metadata), expected);
+        }
+    }
+
+    #[test]
+    fn instance_states_are_listed_in_lifecycle_order() {
+        let states: HashMap<String, i32> = [("running", 1), ("zombie", 4), ("ready", 2)]
+            .into_iter()
+            .map(|(state, count)| (state.to_owned(), count))
+            .collect();
+        assert_eq!(
+            render_instances_by_state(&states),
+            "ready=2,running=1,zombie=4"
+        );
+        assert_eq!(render_instances_by_state(&HashMap::new()), "-");
+    }
+
+    #[test]
+    fn pools_render_one_row_per_task() {
+        let pool = proto::PoolStats {
+            task_id: "task-1".into(),
+            task_name: "echo".into(),
+            isolation: "per_call".into(),
+            scheduler_policy: "least_connections".into(),
+            min_instances: 1,
+            max_instances: 16,
+            current_instances: 2,
+            desired_instances: 3,
+            predicted_instances: 1,
+            active_executions: 4,
+            waiting: 5,
+            cold_starts: 6,
+            warm_starts: 70,
+            ..Default::default()
+        };
+        let unnamed = proto::PoolStats {
+            task_id: "task-2".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            render_pool_table(&[pool, unnamed]),
+            "TASK     ISOLATION   POLICY              INSTANCES   MIN-MAX   ACTIVE   WAITING   \
+             COLD   WARM   PREDICTED\n\
+             echo     per_call    least_connections   2/3         1-16      4        5         \
+             6      70     1\n\
+             task-2   -           -                   0/0         0-0       0        0         \
+             0      0      0\n"
         );
     }
 

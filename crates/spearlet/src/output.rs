@@ -487,6 +487,20 @@ pub fn stats_json(response: &proto::GetStatsResponse) -> Value {
             "successful_executions": service.successful_executions,
             "failed_executions": service.failed_executions,
             "average_response_time_ms": service.average_response_time_ms,
+            "queue_length": service.queue_length,
+            "max_queue_length": service.max_queue_length,
+            "async_waiting": service.async_waiting,
+            "queue_wait": service.queue_wait.as_ref().map_or(Value::Null, |wait| json!({
+                "p50_ms": wait.p50_ms,
+                "p90_ms": wait.p90_ms,
+                "p99_ms": wait.p99_ms,
+                "max_ms": wait.max_ms,
+            })),
+            "instances_by_state": counts_json(&service.instances_by_state),
+            "instances_terminated": service.instances_terminated,
+            "instances_failed": service.instances_failed,
+            "cold_starts": service.cold_starts,
+            "warm_starts": service.warm_starts,
         })),
         "task_stats": response.task_stats.as_ref().map_or(Value::Null, |tasks| json!({
             "active_tasks": tasks.active_tasks,
@@ -503,6 +517,43 @@ pub fn stats_json(response: &proto::GetStatsResponse) -> Value {
             "success_rate_percent": executions.success_rate_percent,
             "executions_by_function": counts_json(&executions.executions_by_function),
         })),
+        "pools": response.pools.iter().map(pool_stats_json).collect::<Vec<_>>(),
+    })
+}
+
+pub fn pool_stats_json(pool: &proto::PoolStats) -> Value {
+    json!({
+        "task_id": pool.task_id,
+        "task_name": pool.task_name,
+        "isolation": pool.isolation,
+        "scheduler_policy": pool.scheduler_policy,
+        "min_instances": pool.min_instances,
+        "max_instances": pool.max_instances,
+        "current_instances": pool.current_instances,
+        "desired_instances": pool.desired_instances,
+        "reactive_instances": pool.reactive_instances,
+        "predicted_instances": pool.predicted_instances,
+        "panicking": pool.panicking,
+        "forecast_arrivals_per_second": pool.forecast_arrivals_per_second,
+        "active_executions": pool.active_executions,
+        "waiting": pool.waiting,
+        "cold_starts": pool.cold_starts,
+        "warm_starts": pool.warm_starts,
+        "mean_cold_start_ms": pool.mean_cold_start_ms,
+        "instances": pool.instances.iter().map(instance_stats_json).collect::<Vec<_>>(),
+    })
+}
+
+pub fn instance_stats_json(instance: &proto::InstanceStats) -> Value {
+    json!({
+        "instance_id": instance.instance_id,
+        "state": instance.state,
+        "active": instance.active,
+        "capacity": instance.capacity,
+        "served": instance.served,
+        "failures": instance.failures,
+        "healthy": instance.healthy,
+        "mean_response_ms": instance.mean_response_ms,
     })
 }
 

@@ -192,7 +192,14 @@ fn client_commands_against_a_running_node() {
         (
             &["task", "get", "echo", "--executions", "5"],
             Expect {
-                stdout_contains: &["NAME:", "echo", "EXECUTION ID", "COMPLETED"],
+                stdout_contains: &[
+                    "NAME:",
+                    "echo",
+                    "ISOLATION:",
+                    "INSTANCES:",
+                    "EXECUTION ID",
+                    "COMPLETED",
+                ],
                 ..SUCCEEDS
             },
         ),
@@ -236,7 +243,15 @@ fn client_commands_against_a_running_node() {
         (
             &["stats", "--hours", "1"],
             Expect {
-                stdout_contains: &["NODE", "EXECUTIONS", "SUCCESS RATE"],
+                stdout_contains: &[
+                    "NODE",
+                    "QUEUE",
+                    "INSTANCES",
+                    "COLD STARTS",
+                    "POOLS",
+                    "EXECUTIONS",
+                    "SUCCESS RATE",
+                ],
                 ..SUCCEEDS
             },
         ),
@@ -325,6 +340,95 @@ fn client_commands_against_a_running_node() {
             ..SUCCEEDS
         },
     );
+
+    // Instance pools (issue #4): `--priority` and `--force-new-instance` reach the node, which
+    // checks the priority, and `stats` shows every task's pool.
+    let pooled = check(
+        &node,
+        &[
+            "invoke",
+            "echo",
+            "--input",
+            "pooled",
+            "--priority",
+            "high",
+            "--json",
+        ],
+        SUCCEEDS,
+    );
+    let pooled: serde_json::Value = serde_json::from_slice(&pooled.stdout).unwrap();
+    assert_eq!(pooled["result"]["output"]["data"], "pooled", "{pooled}");
+    let fresh = check(
+        &node,
+        &[
+            "invoke",
+            "echo",
+            "--input",
+            "fresh",
+            "--force-new-instance",
+            "--json",
+        ],
+        SUCCEEDS,
+    );
+    let fresh: serde_json::Value = serde_json::from_slice(&fresh.stdout).unwrap();
+    assert_eq!(fresh["result"]["output"]["data"], "fresh", "{fresh}");
+    assert_ne!(
+        fresh["instance_id"], pooled["instance_id"],
+        "--force-new-instance ran on the warm instance"
+    );
+    check(
+        &node,
+        &["invoke", "echo", "--input", "x", "--priority", "urgent"],
+        Expect {
+            exit_code: 1,
+            stderr_contains: &["error: InvalidArgument", "priority", "urgent"],
+            ..SUCCEEDS
+        },
+    );
+    let stats = check(&node, &["stats"], SUCCEEDS);
+    let stats_text = String::from_utf8(stats.stdout).unwrap();
+    let pool_rows: Vec<&str> = stats_text
+        .lines()
+        .skip_while(|line| *line != "POOLS")
+        .skip(1)
+        .take_while(|line| !line.is_empty())
+        .collect();
+    assert!(
+        pool_rows[0].split_whitespace().eq([
+            "TASK",
+            "ISOLATION",
+            "POLICY",
+            "INSTANCES",
+            "MIN-MAX",
+            "ACTIVE",
+            "WAITING",
+            "COLD",
+            "WARM",
+            "PREDICTED"
+        ]),
+        "{stats_text}"
+    );
+    assert!(
+        pool_rows
+            .iter()
+            .any(|row| row.split_whitespace().next() == Some("echo")),
+        "no pool row for echo:\n{stats_text}"
+    );
+    let stats = check(&node, &["stats", "--json"], SUCCEEDS);
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    let echo_pool = stats["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|pool| pool["task_name"] == "echo")
+        .unwrap_or_else(|| panic!("no pool for echo: {stats}"));
+    assert!(
+        echo_pool["cold_starts"].as_i64().unwrap() >= 1,
+        "{echo_pool}"
+    );
+    assert!(echo_pool["instances"].is_array(), "{echo_pool}");
+    assert!(stats["service_stats"]["cold_starts"].as_i64().unwrap() >= 1);
+    assert!(stats["service_stats"]["queue_wait"]["p99_ms"].is_number());
 
     // A reactor export is called by name.
     check(
@@ -607,6 +711,30 @@ fn bench_with_a_baseline_reports_ratios() {
     assert_eq!(bench["spearlet"]["requests"], 50);
     assert_eq!(bench["spearlet"]["errors"], 0);
     assert!(bench["baseline"].is_null());
+    assert_eq!(
+        (&bench["priority"], &bench["force_new_instance"]),
+        (&serde_json::Value::Null, &serde_json::json!(false))
+    );
+    // Cold starts on demand: the report's first line says so.
+    check(
+        &node,
+        &[
+            "bench",
+            "--requests",
+            "10",
+            "--concurrency",
+            "2",
+            "--warmup",
+            "0",
+            "--priority",
+            "high",
+            "--force-new-instance",
+        ],
+        Expect {
+            stdout_contains: &["priority high, a new instance per call", "spearlet (sync)"],
+            ..SUCCEEDS
+        },
+    );
 }
 
 #[test]
