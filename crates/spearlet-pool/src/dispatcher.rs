@@ -314,11 +314,28 @@ impl<R: Send + Sync + 'static> PoolState<R> {
     }
 
     fn can_grant(&self, force_new_instance: bool) -> bool {
-        let below_max = self.instances.len() < self.settings.max_instances as usize;
         if force_new_instance {
-            return below_max;
+            return self.has_room_for_new_instance();
         }
-        below_max || self.instances.iter().any(InstanceSlot::has_free_capacity)
+        self.below_max_instances() || self.instances.iter().any(InstanceSlot::has_free_capacity)
+    }
+
+    fn below_max_instances(&self) -> bool {
+        self.instances.len() < self.settings.max_instances as usize
+    }
+
+    /// Below `max_instances`, or at it with an idle instance that can make way.
+    fn has_room_for_new_instance(&self) -> bool {
+        self.below_max_instances() || self.longest_idle_instance().is_some()
+    }
+
+    fn longest_idle_instance(&self) -> Option<usize> {
+        self.instances
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.state == InstanceState::Ready && slot.active == 0)
+            .min_by_key(|(_, slot)| slot.idle_since)
+            .map(|(index, _)| index)
     }
 
     /// Reserves a new instance (state Creating) and returns its entry.
@@ -513,6 +530,8 @@ impl<R: Send + Sync + 'static> Dispatcher<R> {
     ) -> Result<Ticket<R>, Rejection> {
         let shared = &self.shared;
         let now = Instant::now();
+        // Declared before the guard so evicted instances are dropped after the lock is let go.
+        let mut removed = Vec::new();
         let mut state = shared.state.lock();
         let state = &mut *state;
         let sequence = state.next_sequence;
@@ -529,7 +548,7 @@ impl<R: Send + Sync + 'static> Dispatcher<R> {
         // A caller that can retry hears "no" at once; async work waits for room instead.
         if request.force_new_instance
             && request.counts_against_queue_limit
-            && pool_state.instances.len() >= pool_state.settings.max_instances as usize
+            && !pool_state.has_room_for_new_instance()
         {
             return Err(Rejection::PoolAtMaxInstances {
                 max_instances: pool_state.settings.max_instances,
@@ -547,6 +566,7 @@ impl<R: Send + Sync + 'static> Dispatcher<R> {
                 request.force_new_instance,
                 now,
                 now,
+                &mut removed,
             );
             state.recent_waits.record(Duration::ZERO);
             return Ok(Ticket {
@@ -693,7 +713,9 @@ fn pool_snapshot<R: Send + Sync + 'static>(pool: &PoolState<R>, now: Instant) ->
 }
 
 /// Hands one instance of `pool_id` to a call: a free slot by policy, else a new reservation.
-/// The caller checked `can_grant` and the global limit.
+/// The caller checked `can_grant` and the global limit. A fresh instance asked for at
+/// `max_instances` takes the place of the longest-idle instance, which goes to `removed`.
+#[allow(clippy::too_many_arguments)]
 fn grant<R: Send + Sync + 'static>(
     shared: &Arc<Shared<R>>,
     state: &mut State<R>,
@@ -701,6 +723,7 @@ fn grant<R: Send + Sync + 'static>(
     force_new_instance: bool,
     enqueued_at: Instant,
     now: Instant,
+    removed: &mut Vec<Arc<InstanceEntry<R>>>,
 ) -> InstanceLease<R> {
     let pool = state
         .pools
@@ -718,6 +741,12 @@ fn grant<R: Send + Sync + 'static>(
             (entry, None)
         }
         None => {
+            if !pool.below_max_instances()
+                && let Some(index) = pool.longest_idle_instance()
+            {
+                removed.push(pool.instances.swap_remove(index).entry);
+                state.instances_terminated += 1;
+            }
             let entry = pool.reserve_instance(now, force_new_instance, 1);
             (entry, Some(pool.factory.clone()))
         }
@@ -779,6 +808,7 @@ fn dispatch<R: Send + Sync + 'static>(
             waiter.force_new_instance,
             waiter.enqueued_at,
             now,
+            &mut removed,
         );
         let queue_wait = lease.queue_wait;
         match waiter.sender.send(lease) {

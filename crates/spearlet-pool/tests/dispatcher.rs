@@ -294,6 +294,41 @@ async fn force_new_instance_serves_one_call_and_is_refused_at_max() {
     assert_eq!(dispatcher.pool_snapshot(&pool).unwrap().instances.len(), 1);
     drop(warm);
     assert_eq!(dispatcher.pool_snapshot(&pool).unwrap().instances.len(), 1);
+    // At max with idle instances, a fresh instance takes the place of the longest-idle one.
+    let second = dispatcher
+        .enqueue(&pool, call(Priority::NORMAL))
+        .unwrap()
+        .ready()
+        .await
+        .unwrap();
+    let second_runtime = *second.runtime();
+    drop(second);
+    assert_eq!(dispatcher.pool_snapshot(&pool).unwrap().instances.len(), 1);
+    let _busy = dispatcher
+        .enqueue(&pool, call(Priority::NORMAL))
+        .unwrap()
+        .ready()
+        .await
+        .unwrap();
+    let _other_busy = dispatcher
+        .enqueue(&pool, call(Priority::NORMAL))
+        .unwrap()
+        .ready()
+        .await
+        .unwrap();
+    assert!(
+        dispatcher.enqueue(&pool, force_new).is_err(),
+        "both busy: no room"
+    );
+    drop(_other_busy);
+    let fresh = dispatcher
+        .enqueue(&pool, force_new)
+        .unwrap()
+        .ready()
+        .await
+        .unwrap();
+    assert!(*fresh.runtime() > second_runtime);
+    assert_eq!(dispatcher.pool_snapshot(&pool).unwrap().instances.len(), 2);
 }
 
 #[tokio::test(start_paused = true)]
