@@ -12,8 +12,8 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use spearlet_core::{Isolation, PoolSettings, Priority};
 use spearlet_pool::{
-    AcquireRequest, Dispatcher, DispatcherConfig, InstanceFactory, InstanceStartError,
-    InstanceState, Rejection,
+    AcquireRequest, Dispatcher, DispatcherConfig, InstanceFactory, InstanceLease,
+    InstanceStartError, InstanceState, PoolHandle, Rejection,
 };
 
 /// Starts instances numbered 1, 2, 3…, taking `start_time` each; fails when told to.
@@ -79,6 +79,20 @@ fn live_instances(dispatcher: &Dispatcher<u64>) -> u32 {
         .instances_by_state
         .values()
         .sum::<u32>()
+}
+
+/// Queues a call and waits for its instance.
+async fn acquire(
+    dispatcher: &Dispatcher<u64>,
+    pool: &PoolHandle<u64>,
+    request: AcquireRequest,
+) -> InstanceLease<u64> {
+    dispatcher
+        .enqueue(pool, request)
+        .unwrap()
+        .ready()
+        .await
+        .unwrap()
 }
 
 /// Lets spawned tasks (instance starts) run.
@@ -160,12 +174,7 @@ async fn a_full_queue_refuses_at_once_with_a_retry_hint() {
 async fn high_priority_runs_before_queued_low_priority_calls() {
     let dispatcher = dispatcher(1, 1024);
     let pool = dispatcher.add_pool("task-a", settings(1), Arc::new(CountingFactory::default()));
-    let first = dispatcher
-        .enqueue(&pool, call(Priority::NORMAL))
-        .unwrap()
-        .ready()
-        .await
-        .unwrap();
+    let first = acquire(&dispatcher, &pool, call(Priority::NORMAL)).await;
     let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let mut calls = Vec::new();
     let mut submit = |label: &'static str, priority: Priority| {
@@ -265,18 +274,8 @@ async fn force_new_instance_serves_one_call_and_is_refused_at_max() {
         force_new_instance: true,
         ..call(Priority::NORMAL)
     };
-    let warm = dispatcher
-        .enqueue(&pool, call(Priority::NORMAL))
-        .unwrap()
-        .ready()
-        .await
-        .unwrap();
-    let fresh = dispatcher
-        .enqueue(&pool, force_new)
-        .unwrap()
-        .ready()
-        .await
-        .unwrap();
+    let warm = acquire(&dispatcher, &pool, call(Priority::NORMAL)).await;
+    let fresh = acquire(&dispatcher, &pool, force_new).await;
     assert_ne!(warm.runtime(), fresh.runtime());
     assert!(fresh.cold_start().is_some());
     let Err(rejection) = dispatcher.enqueue(&pool, force_new) else {
@@ -295,38 +294,18 @@ async fn force_new_instance_serves_one_call_and_is_refused_at_max() {
     drop(warm);
     assert_eq!(dispatcher.pool_snapshot(&pool).unwrap().instances.len(), 1);
     // At max with idle instances, a fresh instance takes the place of the longest-idle one.
-    let second = dispatcher
-        .enqueue(&pool, call(Priority::NORMAL))
-        .unwrap()
-        .ready()
-        .await
-        .unwrap();
+    let second = acquire(&dispatcher, &pool, call(Priority::NORMAL)).await;
     let second_runtime = *second.runtime();
     drop(second);
     assert_eq!(dispatcher.pool_snapshot(&pool).unwrap().instances.len(), 1);
-    let _busy = dispatcher
-        .enqueue(&pool, call(Priority::NORMAL))
-        .unwrap()
-        .ready()
-        .await
-        .unwrap();
-    let _other_busy = dispatcher
-        .enqueue(&pool, call(Priority::NORMAL))
-        .unwrap()
-        .ready()
-        .await
-        .unwrap();
+    let _busy = acquire(&dispatcher, &pool, call(Priority::NORMAL)).await;
+    let _other_busy = acquire(&dispatcher, &pool, call(Priority::NORMAL)).await;
     assert!(
         dispatcher.enqueue(&pool, force_new).is_err(),
         "both busy: no room"
     );
     drop(_other_busy);
-    let fresh = dispatcher
-        .enqueue(&pool, force_new)
-        .unwrap()
-        .ready()
-        .await
-        .unwrap();
+    let fresh = acquire(&dispatcher, &pool, force_new).await;
     assert!(*fresh.runtime() > second_runtime);
     assert_eq!(dispatcher.pool_snapshot(&pool).unwrap().instances.len(), 2);
 }
@@ -346,23 +325,13 @@ async fn reuse_instances_recycle_after_max_uses_and_discarded_ones_are_replaced(
     settle().await;
     let mut served_by = Vec::new();
     for _ in 0..4 {
-        let lease = dispatcher
-            .enqueue(&pool, call(Priority::NORMAL))
-            .unwrap()
-            .ready()
-            .await
-            .unwrap();
+        let lease = acquire(&dispatcher, &pool, call(Priority::NORMAL)).await;
         served_by.push(*lease.runtime());
         drop(lease);
         settle().await;
     }
     assert_eq!(served_by, vec![1, 1, 2, 2]);
-    let mut lease = dispatcher
-        .enqueue(&pool, call(Priority::NORMAL))
-        .unwrap()
-        .ready()
-        .await
-        .unwrap();
+    let mut lease = acquire(&dispatcher, &pool, call(Priority::NORMAL)).await;
     assert_eq!(*lease.runtime(), 3);
     lease.discard_instance();
     drop(lease);
@@ -395,12 +364,7 @@ async fn a_failed_start_fails_the_call_and_frees_the_slot() {
     assert_eq!(snapshot.running, 0);
     assert_eq!(live_instances(&dispatcher), 0);
     factory.fail_starts.store(false, Ordering::SeqCst);
-    let lease = dispatcher
-        .enqueue(&pool, call(Priority::NORMAL))
-        .unwrap()
-        .ready()
-        .await
-        .unwrap();
+    let lease = acquire(&dispatcher, &pool, call(Priority::NORMAL)).await;
     assert_eq!(*lease.runtime(), 2);
 }
 
@@ -431,18 +395,8 @@ async fn the_global_limit_spans_pools_and_leaving_the_queue_frees_its_place() {
     let dispatcher = dispatcher(2, 8);
     let pool_a = dispatcher.add_pool("task-a", settings(4), Arc::new(CountingFactory::default()));
     let pool_b = dispatcher.add_pool("task-b", settings(4), Arc::new(CountingFactory::default()));
-    let a = dispatcher
-        .enqueue(&pool_a, call(Priority::NORMAL))
-        .unwrap()
-        .ready()
-        .await
-        .unwrap();
-    let _b = dispatcher
-        .enqueue(&pool_b, call(Priority::NORMAL))
-        .unwrap()
-        .ready()
-        .await
-        .unwrap();
+    let a = acquire(&dispatcher, &pool_a, call(Priority::NORMAL)).await;
+    let _b = acquire(&dispatcher, &pool_b, call(Priority::NORMAL)).await;
     let waiting_a = dispatcher.enqueue(&pool_a, call(Priority::NORMAL)).unwrap();
     let waiting_b = dispatcher.enqueue(&pool_b, call(Priority::HIGH)).unwrap();
     assert!(!waiting_a.granted_at_once());
@@ -521,12 +475,7 @@ async fn failing_calls_drain_a_reuse_instance_but_not_a_per_call_one() {
         };
         let pool = dispatcher.add_pool("task-a", pool_settings, factory.clone());
         for _ in 0..4 {
-            let mut lease = dispatcher
-                .enqueue(&pool, call(Priority::NORMAL))
-                .unwrap()
-                .ready()
-                .await
-                .unwrap();
+            let mut lease = acquire(&dispatcher, &pool, call(Priority::NORMAL)).await;
             lease.record_failure();
         }
         assert_eq!(

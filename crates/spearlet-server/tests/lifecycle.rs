@@ -10,44 +10,6 @@ use spearlet_server::NodeConfig;
 use support::*;
 use tonic::Code;
 
-fn asynchronous(mut request: proto::InvokeFunctionRequest) -> proto::InvokeFunctionRequest {
-    request.execution_mode = proto::ExecutionMode::Async as i32;
-    request
-}
-
-async fn status_of(node: &mut TestNode, execution_id: &str) -> proto::GetExecutionStatusResponse {
-    node.client
-        .get_execution_status(proto::GetExecutionStatusRequest {
-            execution_id: execution_id.into(),
-            include_result: true,
-            include_logs: true,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn wait_for_status(
-    node: &mut TestNode,
-    execution_id: &str,
-    wanted: proto::ExecutionStatus,
-) -> proto::ExecutionResult {
-    let started = Instant::now();
-    loop {
-        let status = status_of(node, execution_id).await;
-        if let Some(result) = status.result
-            && result.status == wanted as i32
-        {
-            return result;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{execution_id} never reached {wanted:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test]
 async fn async_invocations_are_accepted_then_polled_to_completion() {
     let mut node = start_node().await;

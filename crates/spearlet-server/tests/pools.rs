@@ -48,24 +48,6 @@ fn with_priority(
     request
 }
 
-fn asynchronous(mut request: proto::InvokeFunctionRequest) -> proto::InvokeFunctionRequest {
-    request.execution_mode = proto::ExecutionMode::Async as i32;
-    request
-}
-
-async fn execution(node: &mut TestNode, execution_id: &str) -> proto::ExecutionResult {
-    node.client
-        .get_execution_status(proto::GetExecutionStatusRequest {
-            execution_id: execution_id.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .result
-        .unwrap()
-}
-
 #[tokio::test]
 async fn two_hundred_calls_share_at_most_four_instances() {
     let mut node = start_node().await;
@@ -76,17 +58,7 @@ async fn two_hundred_calls_share_at_most_four_instances() {
         &[("spearlet.pool.max_instances", "4")],
     )
     .await;
-    let mut calls = Vec::new();
-    for _ in 0..200 {
-        let mut client = node.client.clone();
-        calls.push(tokio::spawn(async move {
-            client
-                .invoke_function(invoke("sleepy", b"10"))
-                .await
-                .unwrap()
-                .into_inner()
-        }));
-    }
+    let calls = concurrent_calls(&node, "sleepy", b"10", 200);
     let mut most_instances_seen = 0;
     while !calls.iter().all(|call| call.is_finished()) {
         let pool = pool_of(&mut node, "sleepy").await;
@@ -96,7 +68,7 @@ async fn two_hundred_calls_share_at_most_four_instances() {
     let mut instance_ids = HashSet::new();
     let mut waited = 0;
     for call in calls {
-        let response = call.await.unwrap();
+        let response = call.await.unwrap().unwrap();
         assert_eq!(status(&response), proto::ExecutionStatus::Completed);
         instance_ids.insert(response.instance_id.clone());
         let queue_wait_ms: f64 = result(&response).metrics["queue_wait_ms"].parse().unwrap();
@@ -127,13 +99,7 @@ async fn a_full_queue_answers_resource_exhausted_at_once() {
         config.max_queue_length = 3;
     })
     .await;
-    let mut busy = Vec::new();
-    for _ in 0..5 {
-        let mut client = node.client.clone();
-        busy.push(tokio::spawn(async move {
-            client.invoke_function(invoke("sleep", b"3000")).await
-        }));
-    }
+    let busy = concurrent_calls(&node, "sleep", b"3000", 5);
     // Two run, three wait: the queue is full.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -179,7 +145,7 @@ async fn a_full_queue_answers_resource_exhausted_at_once() {
         .unwrap()
         .into_inner();
     assert_eq!(health.status, "degraded", "{}", health.message);
-    node.server.shutdown().await;
+    node.server.shutdown().await.unwrap();
     for call in busy {
         let _ = call.await;
     }
@@ -220,25 +186,18 @@ async fn a_high_priority_call_overtakes_a_hundred_queued_low_priority_calls() {
         .unwrap()
         .into_inner();
     blocker.await.unwrap().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let high_started = loop {
-        let info = execution(&mut node, &high.execution_id).await;
-        if info.status == proto::ExecutionStatus::Completed as i32 {
-            break info.started_at.unwrap();
-        }
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let high_started = wait_for_status(
+        &mut node,
+        &high.execution_id,
+        proto::ExecutionStatus::Completed,
+    )
+    .await
+    .started_at
+    .unwrap();
     let mut started_after_high = 0;
     for execution_id in &low_ids {
-        let info = loop {
-            let info = execution(&mut node, execution_id).await;
-            if info.status == proto::ExecutionStatus::Completed as i32 {
-                break info;
-            }
-            assert!(Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let info =
+            wait_for_status(&mut node, execution_id, proto::ExecutionStatus::Completed).await;
         let started = info.started_at.unwrap();
         if (started.seconds, started.nanos) > (high_started.seconds, high_started.nanos) {
             started_after_high += 1;
@@ -279,18 +238,8 @@ async fn min_instances_are_warm_at_load_and_the_pool_shrinks_back_after_idle_tim
         .into_inner();
     assert_eq!(result(&first).metrics["cold_start"], "false");
 
-    let mut calls = Vec::new();
-    for _ in 0..6 {
-        let mut client = node.client.clone();
-        calls.push(tokio::spawn(async move {
-            client
-                .invoke_function(invoke("warm", b"300"))
-                .await
-                .unwrap()
-        }));
-    }
-    for call in calls {
-        call.await.unwrap();
+    for call in concurrent_calls(&node, "warm", b"300", 6) {
+        call.await.unwrap().unwrap();
     }
     assert_eq!(pool_of(&mut node, "warm").await.current_instances, 6);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -343,7 +292,7 @@ async fn a_reuse_task_keeps_state_across_calls_and_per_call_does_not() {
     assert_eq!(counts[1], ["1\n", "1\n", "1\n"]);
 
     // A command module cannot be reused; a reuse task cannot run _start.
-    let error = node
+    let refused = node
         .client
         .create_task(proto::CreateTaskRequest {
             task_name: "echo-reuse".into(),
@@ -353,9 +302,11 @@ async fn a_reuse_task_keeps_state_across_calls_and_per_call_does_not() {
                 &[("spearlet.isolation", "reuse")],
             )),
         })
-        .await
-        .err()
-        .expect("a command module is refused for reuse");
+        .await;
+    // Not `expect_err`: the Ok value would print the whole module as a data: URL.
+    let Err(error) = refused else {
+        panic!("a command module was accepted for reuse");
+    };
     assert_eq!(error.code(), Code::InvalidArgument);
     assert!(error.message().contains("spearlet.isolation"), "{error:?}");
     let error = node
@@ -458,18 +409,8 @@ async fn periodic_load_is_prewarmed_before_the_burst_arrives() {
     let mut prewarmed_samples = Vec::new();
     for burst in 0..12 {
         let burst_started = Instant::now();
-        let mut calls = Vec::new();
-        for _ in 0..4 {
-            let mut client = node.client.clone();
-            calls.push(tokio::spawn(async move {
-                client
-                    .invoke_function(invoke("bursty", b"100"))
-                    .await
-                    .unwrap()
-            }));
-        }
-        for call in calls {
-            call.await.unwrap();
+        for call in concurrent_calls(&node, "bursty", b"100", 4) {
+            call.await.unwrap().unwrap();
         }
         // Sample the quiet gap from 450 ms after the previous burst until the next one.
         tokio::time::sleep_until((burst_started + Duration::from_millis(600)).into()).await;

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use spearlet_proto as proto;
@@ -137,4 +137,69 @@ pub fn output(response: &proto::InvokeFunctionResponse) -> Vec<u8> {
 
 pub fn status(response: &proto::InvokeFunctionResponse) -> proto::ExecutionStatus {
     proto::ExecutionStatus::try_from(result(response).status).unwrap()
+}
+
+/// The same request in ASYNC mode.
+pub fn asynchronous(mut request: proto::InvokeFunctionRequest) -> proto::InvokeFunctionRequest {
+    request.execution_mode = proto::ExecutionMode::Async as i32;
+    request
+}
+
+/// GetExecutionStatus with the result and logs.
+pub async fn status_of(
+    node: &mut TestNode,
+    execution_id: &str,
+) -> proto::GetExecutionStatusResponse {
+    node.client
+        .get_execution_status(proto::GetExecutionStatusRequest {
+            execution_id: execution_id.into(),
+            include_result: true,
+            include_logs: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// `count` concurrent sync calls of `task` with `input`, each on a clone of the node's client.
+pub fn concurrent_calls(
+    node: &TestNode,
+    task: &str,
+    input: &[u8],
+    count: usize,
+) -> Vec<tokio::task::JoinHandle<Result<proto::InvokeFunctionResponse, tonic::Status>>> {
+    (0..count)
+        .map(|_| {
+            let mut client = node.client.clone();
+            let request = invoke(task, input);
+            tokio::spawn(async move {
+                client
+                    .invoke_function(request)
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+        })
+        .collect()
+}
+
+/// Polls until the execution has `wanted` status (30 s at most).
+pub async fn wait_for_status(
+    node: &mut TestNode,
+    execution_id: &str,
+    wanted: proto::ExecutionStatus,
+) -> proto::ExecutionResult {
+    let started = Instant::now();
+    loop {
+        let status = status_of(node, execution_id).await;
+        if let Some(result) = status.result
+            && result.status == wanted as i32
+        {
+            return result;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{execution_id} never reached {wanted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
