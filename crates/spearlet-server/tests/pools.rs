@@ -21,6 +21,16 @@ async fn create_task(node: &mut TestNode, name: &str, guest: &str, keys: &[(&str
         .unwrap();
 }
 
+async fn service_stats(node: &mut TestNode) -> proto::ServiceStats {
+    node.client
+        .get_stats(proto::GetStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .service_stats
+        .unwrap()
+}
+
 async fn pool_of(node: &mut TestNode, task_name: &str) -> proto::PoolStats {
     let stats = node
         .client
@@ -79,14 +89,7 @@ async fn two_hundred_calls_share_at_most_four_instances() {
     assert!(most_instances_seen <= 4, "saw {most_instances_seen}");
     assert!(instance_ids.len() <= 4, "{instance_ids:?}");
     assert!(waited > 100, "only {waited} calls waited in the queue");
-    let stats = node
-        .client
-        .get_stats(proto::GetStatsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .service_stats
-        .unwrap();
+    let stats = service_stats(&mut node).await;
     let wait = stats.queue_wait.unwrap();
     assert!(wait.max_ms > 50.0, "{wait:?}");
     assert!(wait.p50_ms <= wait.p99_ms);
@@ -103,14 +106,7 @@ async fn a_full_queue_answers_resource_exhausted_at_once() {
     // Two run, three wait: the queue is full.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let stats = node
-            .client
-            .get_stats(proto::GetStatsRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .service_stats
-            .unwrap();
+        let stats = service_stats(&mut node).await;
         if stats.queue_length == 3 {
             assert_eq!(stats.max_queue_length, 3);
             break;
