@@ -69,6 +69,10 @@ pub enum ErrorCode {
     /// The instance that was to serve the call could not start (its `_initialize` trapped or
     /// exited, or its worker failed to start).
     InitFailed,
+    /// A warm worker process exited or crashed during the call.
+    WorkerCrashed,
+    /// The function reported an error through its runtime (the Lambda Runtime API's `/error`).
+    FunctionError,
 }
 
 impl ErrorCode {
@@ -83,6 +87,8 @@ impl ErrorCode {
             ErrorCode::OutputTooLarge => "OUTPUT_TOO_LARGE",
             ErrorCode::NodeRestarted => "NODE_RESTARTED",
             ErrorCode::InitFailed => "INIT_FAILED",
+            ErrorCode::WorkerCrashed => "WORKER_CRASHED",
+            ErrorCode::FunctionError => "FUNCTION_ERROR",
         }
     }
 }

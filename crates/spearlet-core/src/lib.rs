@@ -11,12 +11,14 @@ pub mod error;
 pub mod execution;
 pub mod ids;
 pub mod pool_settings;
+pub mod process_settings;
 pub mod record;
 pub mod task_config;
 
 pub use error::{ErrorKind, SpearError, SpearResult};
 pub use execution::{ErrorCode, ExecutionMode, ExecutionStatus, Outcome};
 pub use pool_settings::{AutoscaleSettings, Isolation, PoolSettings, Priority, SchedulingPolicy};
+pub use process_settings::{PROCESS_DEFAULT_MEMORY_LIMIT_MB, ProcessMode, ProcessSettings};
 pub use record::{
     ArtifactRecord, ExecutionRecord, ResultEncoding, StoredRequest, TaskRecord, TimelineEntry,
 };

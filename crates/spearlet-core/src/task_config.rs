@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::error::{SpearError, SpearResult};
 use crate::pool_settings::{Isolation, PoolSettings, SchedulingPolicy};
+use crate::process_settings::{ProcessMode, ProcessSettings};
 
 /// The prefix that marks a metadata key as configuration.
 pub const CONFIG_KEY_PREFIX: &str = "spearlet.";
@@ -67,6 +68,8 @@ pub struct TaskConfig {
     pub preopened_directories: BTreeMap<String, String>,
     /// Isolation, pool bounds, scheduling policy and autoscaling of the task's instances.
     pub pool: PoolSettings,
+    /// The `spearlet.process.*` keys (process tasks only; the registry rejects them elsewhere).
+    pub process: ProcessSettings,
 }
 
 impl TaskConfig {
@@ -84,6 +87,7 @@ impl TaskConfig {
             environment: BTreeMap::new(),
             preopened_directories: BTreeMap::new(),
             pool: defaults.pool,
+            process: ProcessSettings::default(),
         };
         for (key, value) in metadata {
             if !key.starts_with(CONFIG_KEY_PREFIX) {
@@ -160,6 +164,42 @@ impl TaskConfig {
                         _ => return Err(not_one_of(key, value, &["true", "false"])),
                     };
                 }
+                "spearlet.process.mode" => {
+                    config.process.mode = ProcessMode::parse(value.trim())
+                        .ok_or_else(|| not_one_of(key, value, &["exec", "lambda"]))?;
+                }
+                "spearlet.process.entrypoint" => {
+                    config.process.entrypoint = non_empty(key, value)?;
+                }
+                "spearlet.process.format" => {
+                    let format = value.trim();
+                    if !["auto", "exe", "zip", "tar.gz"].contains(&format) {
+                        return Err(not_one_of(key, value, &["auto", "exe", "zip", "tar.gz"]));
+                    }
+                    config.process.format = format.to_owned();
+                }
+                "spearlet.process.handler" => {
+                    config.process.handler = Some(non_empty(key, value)?);
+                }
+                "spearlet.process.max_pids" => {
+                    config.process.max_pids =
+                        narrow_to_u32(key, value, parse_positive(key, value)?)?;
+                }
+                "spearlet.process.address_space_mb" => {
+                    config.process.address_space_mb = parse_unsigned(key, value)?;
+                }
+                "spearlet.process.cpu_seconds" => {
+                    config.process.cpu_seconds = parse_unsigned(key, value)?;
+                }
+                "spearlet.process.max_open_files" => {
+                    config.process.max_open_files = parse_positive(key, value)?;
+                }
+                "spearlet.process.run_as" => {
+                    config.process.run_as = Some(non_empty(key, value)?);
+                }
+                "spearlet.process.init_timeout_ms" => {
+                    config.process.init_timeout_ms = parse_positive(key, value)?;
+                }
                 _ => {
                     return Err(SpearError::invalid_argument(format!(
                         "artifact_spec.metadata[{key:?}] is not a known spearlet key; known keys: \
@@ -218,9 +258,29 @@ const KNOWN_KEYS: &[&str] = &[
     "spearlet.autoscale.stable_window_ms",
     "spearlet.autoscale.panic_window_ms",
     "spearlet.autoscale.predictive",
+    "spearlet.process.mode",
+    "spearlet.process.entrypoint",
+    "spearlet.process.format",
+    "spearlet.process.handler",
+    "spearlet.process.max_pids",
+    "spearlet.process.address_space_mb",
+    "spearlet.process.cpu_seconds",
+    "spearlet.process.max_open_files",
+    "spearlet.process.run_as",
+    "spearlet.process.init_timeout_ms",
     "spearlet.env.<NAME>",
     "spearlet.wasi.preopen.<guest_dir>",
 ];
+
+fn non_empty(key: &str, value: &str) -> SpearResult<String> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(SpearError::invalid_argument(format!(
+            "artifact_spec.metadata[{key:?}] must not be empty"
+        )));
+    }
+    Ok(trimmed.to_owned())
+}
 
 fn parse_positive(key: &str, value: &str) -> SpearResult<u64> {
     match value.trim().parse::<u64>() {
@@ -647,5 +707,49 @@ mod tests {
         let keys = configuration_keys(&metadata);
         assert_eq!(keys.len(), 1);
         assert!(keys.contains_key("spearlet.timeout_ms"));
+    }
+
+    #[test]
+    fn process_keys_are_read_and_checked_by_name() {
+        let config = check(&[
+            ("spearlet.process.mode", "lambda"),
+            ("spearlet.process.entrypoint", "bin/serve"),
+            ("spearlet.process.format", "tar.gz"),
+            ("spearlet.process.handler", "index.handler"),
+            ("spearlet.process.max_pids", "8"),
+            ("spearlet.process.address_space_mb", "0"),
+            ("spearlet.process.cpu_seconds", "5"),
+            ("spearlet.process.max_open_files", "64"),
+            ("spearlet.process.run_as", "nobody"),
+            ("spearlet.process.init_timeout_ms", "2000"),
+        ])
+        .unwrap();
+        let process = &config.process;
+        assert_eq!(process.mode, ProcessMode::Lambda);
+        assert_eq!(process.entrypoint, "bin/serve");
+        assert_eq!(process.format, "tar.gz");
+        assert_eq!(process.handler.as_deref(), Some("index.handler"));
+        assert_eq!(
+            (
+                process.max_pids,
+                process.address_space_mb,
+                process.cpu_seconds
+            ),
+            (8, 0, 5)
+        );
+        assert_eq!(process.max_open_files, 64);
+        assert_eq!(process.run_as.as_deref(), Some("nobody"));
+        assert_eq!(process.init_timeout_ms, 2000);
+        for (key, value) in [
+            ("spearlet.process.mode", "fork"),
+            ("spearlet.process.format", "rar"),
+            ("spearlet.process.entrypoint", " "),
+            ("spearlet.process.max_pids", "0"),
+            ("spearlet.process.cpu", "1"),
+        ] {
+            let error = check(&[(key, value)]).unwrap_err();
+            assert_eq!(error.kind, ErrorKind::InvalidArgument);
+            assert!(error.message.contains(key), "{}", error.message);
+        }
     }
 }

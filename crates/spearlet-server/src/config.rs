@@ -52,6 +52,8 @@ pub struct NodeConfig {
     pub task_defaults: TaskDefaultsConfig,
     /// Node-wide timing of the instance pools' background work.
     pub pool: PoolNodeConfig,
+    /// Process tasks (`artifact_type` "process").
+    pub process: ProcessNodeConfig,
     pub wasm: WasmConfig,
     pub artifacts: ArtifactsConfig,
 }
@@ -271,6 +273,16 @@ impl Default for PoolNodeConfig {
     }
 }
 
+/// `[process]`: node-wide settings of process tasks.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessNodeConfig {
+    /// The user (`uid`, `uid:gid` or a name) function processes run as when a task sets no
+    /// `spearlet.process.run_as`. Unset: the node's own user. Running as root, set it: the
+    /// process-count limit (RLIMIT_NPROC) does not bind root.
+    pub run_as: Option<String>,
+}
+
 /// The WebAssembly engine.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -341,6 +353,7 @@ impl Default for NodeConfig {
             shutdown_grace_ms: 10_000,
             task_defaults: TaskDefaultsConfig::default(),
             pool: PoolNodeConfig::default(),
+            process: ProcessNodeConfig::default(),
             wasm: WasmConfig::default(),
             artifacts: ArtifactsConfig::default(),
         }

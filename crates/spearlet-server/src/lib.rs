@@ -16,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod errors;
 pub mod instances;
+pub mod lambda;
 pub mod manager;
 pub mod node;
 pub mod observer;

@@ -34,21 +34,21 @@ use spearlet_core::{
     ErrorCode, ExecutionMode, ExecutionRecord, ExecutionStatus, Outcome, Priority, ResultEncoding,
     SpearError, SpearResult, StoredRequest, TimelineEntry,
 };
-use spearlet_pool::{AcquireRequest, Dispatcher, InstanceLease, Rejection, Ticket};
+use spearlet_pool::{AcquireRequest, Dispatcher, Rejection, Ticket};
 use spearlet_store::DurableStore;
-use spearlet_wasm::{EntryPoint, OutputChunkSender, RunReport, WasmInvocation};
+use spearlet_wasm::OutputChunkSender;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::unix_us;
-use crate::instances::InstanceRuntime;
-use crate::registry::{LoadedTask, TaskRegistry};
+use crate::instances::{CallReport, CallTarget, InstanceCall, InstanceRuntime};
+use crate::registry::{LoadedTask, TaskRegistry, TaskRuntime};
 
 /// One invocation as the manager needs it, decoded from the wire.
 pub struct ExecutionRequest {
     pub task: Arc<LoadedTask>,
     pub function_name: String,
-    pub entry_point: EntryPoint,
+    pub target: CallTarget,
     pub input: Bytes,
     pub result_encoding: ResultEncoding,
     /// A client-supplied execution id (idempotency key), if any.
@@ -550,11 +550,29 @@ impl TaskExecutionManager {
         if let Some(started_signal) = started_signal {
             let _ = started_signal.send(());
         }
-        let invocation = WasmInvocation {
-            entry_point: request.entry_point.clone(),
+        let (arguments, environment) = match &task.runtime {
+            TaskRuntime::Wasm(_) => (
+                vec![task.record.task_name.clone(), record.function_name.clone()],
+                guest_environment(&task, &record),
+            ),
+            TaskRuntime::Process(process) => {
+                let mut environment = guest_environment(&task, &record);
+                environment.extend([
+                    ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
+                    (
+                        "LAMBDA_TASK_ROOT".to_owned(),
+                        process.root.display().to_string(),
+                    ),
+                ]);
+                (vec![record.function_name.clone()], environment)
+            }
+        };
+        let call = InstanceCall {
+            target: request.target.clone(),
+            execution_id: record.execution_id.clone(),
             stdin: request.input.clone(),
-            arguments: vec![task.record.task_name.clone(), record.function_name.clone()],
-            environment: guest_environment(&task, &record),
+            arguments,
+            environment,
             preopened_directories: task.preopened_directories.clone(),
             memory_limit_bytes: u64::from(task.config.memory_limit_mb) * 1024 * 1024,
             max_output_bytes: task.config.max_output_bytes,
@@ -564,9 +582,25 @@ impl TaskExecutionManager {
             output_chunks,
         };
         let run_started = Instant::now();
-        let report = run_on_instance(&mut lease, invocation).await;
+        let report = lease.runtime().run(call).await;
+        if !report.instance_still_usable {
+            lease.discard_instance();
+        }
         let run_ms = run_started.elapsed().as_secs_f64() * 1000.0;
-        if matches!(report.outcome, Outcome::Failed { .. }) {
+        let CallReport {
+            outcome,
+            output,
+            logs,
+            peak_memory_bytes,
+            start_duration,
+            metrics,
+            ..
+        } = report;
+        let outcome = outcome.unwrap_or(Outcome::Failed {
+            code: ErrorCode::InitFailed,
+            message: "the runtime reported no outcome".into(),
+        });
+        if matches!(outcome, Outcome::Failed { .. }) {
             lease.record_failure();
         }
         // The instance goes back (or is replaced) before the record is written.
@@ -575,9 +609,10 @@ impl TaskExecutionManager {
         task.counters.running.fetch_sub(1, Ordering::Relaxed);
         record.metrics.insert(
             "instantiate_us".into(),
-            report.instantiate_duration.as_micros().to_string(),
+            start_duration.as_micros().to_string(),
         );
-        let outcome = match report.outcome {
+        record.metrics.extend(metrics);
+        let outcome = match outcome {
             Outcome::Cancelled { .. } => Outcome::Cancelled {
                 reason: cancel_reason.lock().clone().unwrap_or_default(),
             },
@@ -587,10 +622,10 @@ impl TaskExecutionManager {
             other => other,
         };
         let figures = RunFigures {
-            output: report.output,
-            logs: report.logs,
+            output,
+            logs,
             run_ms,
-            memory_used_bytes: report.peak_memory_bytes as i64,
+            memory_used_bytes: peak_memory_bytes as i64,
         };
         Some(self.finish(record, &task, outcome, figures).await)
     }
@@ -735,10 +770,10 @@ impl TaskExecutionManager {
             let resumable = record.mode == ExecutionMode::Async
                 && (record.status == ExecutionStatus::Pending
                     || record.attempt <= record.request.max_retries);
-            let entry_point = task
+            let target = task
                 .as_ref()
-                .map(|task| task.module.resolve_entry_point(&record.function_name));
-            let (Some(task), Some(Ok(entry_point)), true) = (task, entry_point, resumable) else {
+                .map(|task| task.resolve_call_target(&record.function_name));
+            let (Some(task), Some(Ok(target)), true) = (task, target, resumable) else {
                 let message = match record.mode {
                     ExecutionMode::Async if record.status == ExecutionStatus::Running => format!(
                         "the node restarted during attempt {} and no retries remain",
@@ -775,7 +810,7 @@ impl TaskExecutionManager {
             let request = ExecutionRequest {
                 task: task.clone(),
                 function_name: record.function_name.clone(),
-                entry_point,
+                target,
                 input: record.request.input.clone(),
                 result_encoding: record.result_encoding,
                 execution_id: Some(record.execution_id.clone()),
@@ -863,46 +898,6 @@ fn acquire_request(request: &ExecutionRequest, counts_against_queue_limit: bool)
 fn rejection_error(rejection: Rejection) -> SpearError {
     let retry_after_ms = rejection.retry_after().as_millis() as u64;
     SpearError::resource_exhausted(rejection.to_string()).with_retry_after_ms(retry_after_ms)
-}
-
-/// Runs one call on the leased instance. A reuse instance is taken out for the call and put back
-/// only if the call returned normally; otherwise the instance is discarded and replaced.
-async fn run_on_instance(
-    lease: &mut InstanceLease<InstanceRuntime>,
-    invocation: WasmInvocation,
-) -> RunReport {
-    let (report, instance_still_usable) = match lease.runtime() {
-        InstanceRuntime::WasmPerCall(module) => (module.run(invocation).await, true),
-        InstanceRuntime::WasmReuse(slot) => {
-            let taken = slot.lock().take();
-            match taken {
-                Some(mut instance) => {
-                    let call = instance.call(invocation).await;
-                    if call.instance_still_usable {
-                        *slot.lock() = Some(instance);
-                    }
-                    (call.report, call.instance_still_usable)
-                }
-                None => (
-                    RunReport {
-                        outcome: Outcome::Failed {
-                            code: ErrorCode::InitFailed,
-                            message: "the instance was lost by an earlier call".into(),
-                        },
-                        output: Bytes::new(),
-                        logs: Bytes::new(),
-                        peak_memory_bytes: 0,
-                        instantiate_duration: Duration::ZERO,
-                    },
-                    false,
-                ),
-            }
-        }
-    };
-    if !instance_still_usable {
-        lease.discard_instance();
-    }
-    report
 }
 
 struct ExecutionHandle {

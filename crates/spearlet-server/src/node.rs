@@ -12,7 +12,7 @@ use spearlet_wasm::{WasmEngine, WasmEngineConfig};
 use crate::config::NodeConfig;
 use crate::manager::{ManagerConfig, TaskExecutionManager};
 use crate::observer::ProcessObserver;
-use crate::registry::{TaskRegistration, TaskRegistry};
+use crate::registry::{ProcessRuntimeConfig, TaskRegistration, TaskRegistry};
 
 pub struct Node {
     pub config: NodeConfig,
@@ -72,6 +72,11 @@ impl Node {
             engine,
             store.clone(),
             dispatcher.clone(),
+            ProcessRuntimeConfig {
+                unpack_directory: data_dir.join("processes"),
+                workdir_base: data_dir.join("work"),
+                default_run_as: config.process.run_as.clone(),
+            },
             config.task_defaults.to_task_config_defaults(),
         );
         let restored_tasks = registry.restore(recovered.tasks).await;

@@ -19,18 +19,39 @@ use spearlet_artifact::ArtifactFetcher;
 use spearlet_core::ids::{random_id, validate_id, validate_task_name};
 use spearlet_core::task_config::configuration_keys;
 use spearlet_core::{
-    ArtifactRecord, ExecutionStatus, Isolation, SpearError, SpearResult, TaskConfig,
-    TaskConfigDefaults, TaskRecord,
+    ArtifactRecord, ExecutionStatus, Isolation, PROCESS_DEFAULT_MEMORY_LIMIT_MB, ProcessMode,
+    SpearError, SpearResult, TaskConfig, TaskConfigDefaults, TaskRecord,
 };
-use spearlet_pool::{Dispatcher, PoolHandle};
+use spearlet_pool::{Dispatcher, InstanceFactory, PoolHandle};
+use spearlet_process::archive::{ProcessArtifactFormat, UnpackLimits, prepare_process_artifact};
+use spearlet_process::sandbox::{ProcessLimits, RunAs};
 use spearlet_store::DurableStore;
-use spearlet_wasm::{WasmEngine, WasmModule};
+use spearlet_wasm::{EntryPoint, WasmEngine, WasmModule};
 
 use crate::clock::unix_ms;
-use crate::instances::{InstanceRuntime, WasmInstanceFactory};
+use crate::instances::{
+    CallTarget, InstanceRuntime, ProcessInstanceFactory, ProcessTask, WasmInstanceFactory,
+};
 
-/// The artifact types this node runs.
-pub const SUPPORTED_ARTIFACT_TYPES: &[&str] = &["wasm"];
+/// The artifact types this node runs (`binary` and `executable` are aliases of `process`).
+pub const SUPPORTED_ARTIFACT_TYPES: &[&str] = &["wasm", "process", "binary", "executable"];
+
+/// Where process artifacts live on disk and who their processes run as by default.
+#[derive(Clone, Debug)]
+pub struct ProcessRuntimeConfig {
+    /// Unpacked artifacts, one directory per digest.
+    pub unpack_directory: PathBuf,
+    /// Per-instance working directories are created under it.
+    pub workdir_base: PathBuf,
+    /// `[process] run_as`: the user processes run as when a task sets none.
+    pub default_run_as: Option<String>,
+}
+
+/// What runs a task's calls.
+pub enum TaskRuntime {
+    Wasm(WasmModule),
+    Process(Arc<ProcessTask>),
+}
 
 /// What a client asked to register.
 #[derive(Clone, Debug, Default)]
@@ -38,6 +59,9 @@ pub struct TaskRegistration {
     /// A client-chosen id (EXISTING_TASK with `create_if_not_exists`); `None` = generate.
     pub requested_task_id: Option<String>,
     pub task_name: String,
+    /// The function name of the NEW_TASK or CreateTask that registered it (the default lambda
+    /// handler).
+    pub function_name: String,
     pub description: String,
     pub artifact_id: String,
     pub artifact_type: String,
@@ -134,7 +158,7 @@ pub struct LoadedTask {
     pub config: TaskConfig,
     /// The `spearlet.*` keys as registered, for comparing re-registrations.
     pub configuration_keys: BTreeMap<String, String>,
-    pub module: WasmModule,
+    pub runtime: TaskRuntime,
     /// The task's InstancePool; dropping the task (update or removal) retires it.
     pub pool: PoolHandle<InstanceRuntime>,
     /// Preopened directories with host paths resolved under the allowed roots.
@@ -142,6 +166,52 @@ pub struct LoadedTask {
     pub counters: Arc<TaskCounters>,
     /// Milliseconds spent fetching, verifying, compiling and linking when this version loaded.
     pub load_ms: f64,
+}
+
+impl LoadedTask {
+    /// Resolves a call's `function_name` to what it runs, or an `InvalidArgument` naming it.
+    pub fn resolve_call_target(&self, function_name: &str) -> SpearResult<CallTarget> {
+        match &self.runtime {
+            TaskRuntime::Wasm(module) => {
+                let entry_point = module.resolve_entry_point(function_name)?;
+                if entry_point == EntryPoint::Start
+                    && self.config.pool.isolation == Isolation::Reuse
+                {
+                    return Err(SpearError::invalid_argument(format!(
+                        "function_name {function_name:?}: task {:?} reuses instances \
+                         (spearlet.isolation = reuse), which run named exports; a command's \
+                         _start cannot run twice on one instance",
+                        self.record.task_name
+                    )));
+                }
+                Ok(CallTarget::Wasm(entry_point))
+            }
+            TaskRuntime::Process(process) => {
+                if process.settings.mode == ProcessMode::Lambda
+                    && !function_name.is_empty()
+                    && function_name != process.handler
+                {
+                    return Err(SpearError::invalid_argument(format!(
+                        "function_name {function_name:?}: task {:?} runs warm lambda workers for \
+                         handler {:?} (spearlet.process.handler); a worker serves one handler",
+                        self.record.task_name, process.handler
+                    )));
+                }
+                Ok(CallTarget::Process)
+            }
+        }
+    }
+
+    /// What the task can be asked to run, for listings: wasm exports or the lambda handler.
+    pub fn callable_functions(&self) -> Vec<String> {
+        match &self.runtime {
+            TaskRuntime::Wasm(module) => module.exported_functions().to_vec(),
+            TaskRuntime::Process(process) if process.settings.mode == ProcessMode::Lambda => {
+                vec![process.handler.clone()]
+            }
+            TaskRuntime::Process(_) => Vec::new(),
+        }
+    }
 }
 
 type InFlightLoad = Shared<BoxFuture<'static, SpearResult<WasmModule>>>;
@@ -160,6 +230,7 @@ pub struct TaskRegistry {
     engine: WasmEngine,
     store: Arc<DurableStore>,
     dispatcher: Dispatcher<InstanceRuntime>,
+    process_runtime: ProcessRuntimeConfig,
     defaults: TaskConfigDefaults,
     modules_by_digest: Mutex<HashMap<String, WasmModule>>,
     loads_in_flight: Mutex<HashMap<String, InFlightLoad>>,
@@ -171,6 +242,7 @@ impl TaskRegistry {
         engine: WasmEngine,
         store: Arc<DurableStore>,
         dispatcher: Dispatcher<InstanceRuntime>,
+        process_runtime: ProcessRuntimeConfig,
         defaults: TaskConfigDefaults,
     ) -> TaskRegistry {
         TaskRegistry {
@@ -179,6 +251,7 @@ impl TaskRegistry {
             engine,
             store,
             dispatcher,
+            process_runtime,
             defaults,
             modules_by_digest: Mutex::new(HashMap::new()),
             loads_in_flight: Mutex::new(HashMap::new()),
@@ -244,7 +317,13 @@ impl TaskRegistry {
 
     /// Distinct artifact contents currently loaded.
     pub fn artifact_count(&self) -> usize {
-        self.modules_by_digest.lock().len()
+        let state = self.state.read();
+        let digests: std::collections::HashSet<&str> = state
+            .tasks_by_id
+            .values()
+            .map(|task| task.record.artifact.digest.as_str())
+            .collect();
+        digests.len()
     }
 
     /// Registers, updates or reuses the task named in `registration` (the NEW_TASK rules).
@@ -259,6 +338,7 @@ impl TaskRegistry {
         }
         let artifact_type = match registration.artifact_type.as_str() {
             "" => "wasm",
+            "binary" | "executable" => "process",
             supported if SUPPORTED_ARTIFACT_TYPES.contains(&supported) => supported,
             other => {
                 return Err(SpearError::invalid_argument(format!(
@@ -267,8 +347,41 @@ impl TaskRegistry {
                 )));
             }
         };
-        let config = TaskConfig::from_metadata(&registration.metadata, &self.defaults)?;
-        if config.memory_limit_mb > self.engine.max_memory_limit_mb() {
+        let is_process = artifact_type == "process";
+        let mut metadata = registration.metadata.clone();
+        check_keys_fit_the_runtime(&metadata, is_process)?;
+        if is_process {
+            let mode = metadata
+                .get("spearlet.process.mode")
+                .map_or("exec", String::as_str);
+            if mode == "lambda" && !metadata.contains_key("spearlet.process.handler") {
+                // The handler is part of the task's configuration: recorded with it, restored
+                // with it, compared on re-registration.
+                let handler = if registration.function_name.is_empty() {
+                    registration.task_name.clone()
+                } else {
+                    registration.function_name.clone()
+                };
+                metadata.insert("spearlet.process.handler".into(), handler);
+            }
+        }
+        let mut config = TaskConfig::from_metadata(&metadata, &self.defaults)?;
+        if is_process {
+            if !metadata.contains_key("spearlet.memory_limit_mb") {
+                config.memory_limit_mb = PROCESS_DEFAULT_MEMORY_LIMIT_MB;
+            }
+            if config.process.mode == ProcessMode::Lambda {
+                if config.pool.instance_capacity != 1 {
+                    return Err(SpearError::invalid_argument(format!(
+                        "artifact_spec.metadata[\"spearlet.pool.instance_capacity\"] = {} needs \
+                         spearlet.process.mode = exec: a lambda worker serves one invocation at a \
+                         time",
+                        config.pool.instance_capacity
+                    )));
+                }
+                config.pool.isolation = Isolation::Reuse;
+            }
+        } else if config.memory_limit_mb > self.engine.max_memory_limit_mb() {
             return Err(SpearError::invalid_argument(format!(
                 "artifact_spec.metadata[\"spearlet.memory_limit_mb\"] = {} exceeds the node's \
                  wasm.max_memory_limit_mb ({})",
@@ -277,16 +390,24 @@ impl TaskRegistry {
             )));
         }
         let preopened_directories = self.resolve_preopens(&config)?;
-        let configuration_keys = configuration_keys(&registration.metadata);
+        let configuration_keys = configuration_keys(&metadata);
 
         let artifact = self
             .fetcher
             .fetch(&registration.location, &registration.checksum)
             .await?;
-        let module = self.load_module(&artifact.digest, artifact.bytes).await?;
-        if config.pool.isolation == Isolation::Reuse {
-            module.check_reusable()?;
-        }
+        let runtime = if is_process {
+            TaskRuntime::Process(Arc::new(
+                self.prepare_process(&registration, &config, &artifact.digest, artifact.bytes)
+                    .await?,
+            ))
+        } else {
+            let module = self.load_module(&artifact.digest, artifact.bytes).await?;
+            if config.pool.isolation == Isolation::Reuse {
+                module.check_reusable()?;
+            }
+            TaskRuntime::Wasm(module)
+        };
         let load_ms = load_started.elapsed().as_secs_f64() * 1000.0;
 
         let artifact_id = if registration.artifact_id.is_empty() {
@@ -300,7 +421,7 @@ impl TaskRegistry {
             location: registration.location.clone(),
             version: registration.version.clone(),
             checksum: registration.checksum.clone(),
-            metadata: registration.metadata.clone(),
+            metadata: metadata.clone(),
             digest: artifact.digest.clone(),
         };
 
@@ -405,21 +526,28 @@ impl TaskRegistry {
             .entry(artifact_id)
             .or_default()
             .insert(registration.version.clone(), artifact.digest.clone());
-        let pool = self.dispatcher.add_pool(
-            &task_record.task_id,
-            config.pool,
-            Arc::new(WasmInstanceFactory::new(
+        let factory: Arc<dyn InstanceFactory<InstanceRuntime>> = match &runtime {
+            TaskRuntime::Wasm(module) => Arc::new(WasmInstanceFactory::new(
                 module.clone(),
                 &config,
                 preopened_directories.clone(),
             )),
-        );
+            TaskRuntime::Process(process) => Arc::new(ProcessInstanceFactory {
+                task: process.clone(),
+                worker_environment: lambda_worker_environment(process, &config),
+                max_response_bytes: config.max_output_bytes,
+                max_log_bytes: config.max_log_bytes,
+            }),
+        };
+        let pool = self
+            .dispatcher
+            .add_pool(&task_record.task_id, config.pool, factory);
         let task = Arc::new(LoadedTask {
             pool,
+            runtime,
             record: task_record,
             config,
             configuration_keys,
-            module,
             preopened_directories,
             counters,
             load_ms,
@@ -451,6 +579,8 @@ impl TaskRegistry {
             let registration = TaskRegistration {
                 requested_task_id: Some(task.task_id.clone()),
                 task_name: task.task_name.clone(),
+                // The lambda handler, if any, was recorded in the metadata.
+                function_name: String::new(),
                 description: task.description.clone(),
                 artifact_id: task.artifact.artifact_id.clone(),
                 artifact_type: task.artifact.artifact_type.clone(),
@@ -518,6 +648,77 @@ impl TaskRegistry {
     }
 
     /// Compiles and links the module with this digest once, however many requests ask.
+    /// Unpacks a process artifact (once per digest) and resolves how its processes run.
+    async fn prepare_process(
+        &self,
+        registration: &TaskRegistration,
+        config: &TaskConfig,
+        digest: &str,
+        bytes: bytes::Bytes,
+    ) -> SpearResult<ProcessTask> {
+        let format_key = "artifact_spec.metadata[\"spearlet.process.format\"]";
+        let format = ProcessArtifactFormat::parse(&config.process.format).ok_or_else(|| {
+            SpearError::invalid_argument(format!(
+                "{format_key} = {:?} is not one of auto, exe, zip, tar.gz",
+                config.process.format
+            ))
+        })?;
+        let run_as = match config
+            .process
+            .run_as
+            .as_ref()
+            .or(self.process_runtime.default_run_as.as_ref())
+        {
+            Some(text) => Some(RunAs::parse(text)?),
+            None => None,
+        };
+        let unpack_directory = self.process_runtime.unpack_directory.clone();
+        let digest_owned = digest.to_owned();
+        let entrypoint = config.process.entrypoint.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            prepare_process_artifact(
+                &bytes,
+                &digest_owned,
+                format,
+                &entrypoint,
+                &unpack_directory,
+                &UnpackLimits::default(),
+            )
+        })
+        .await
+        .map_err(|error| SpearError::internal(format!("unpacking panicked: {error}")))??;
+        let handler = config
+            .process
+            .handler
+            .clone()
+            .unwrap_or_else(|| registration.task_name.clone());
+        Ok(ProcessTask {
+            root: prepared.root,
+            entrypoint: prepared.entrypoint,
+            settings: config.process.clone(),
+            limits: ProcessLimits {
+                memory_limit_mb: config.memory_limit_mb,
+                max_pids: config.process.max_pids,
+                address_space_mb: config.process.address_space_mb,
+                cpu_seconds: config.process.cpu_seconds,
+                max_open_files: config.process.max_open_files,
+                run_as,
+            },
+            handler,
+            workdir_base: self.process_runtime.workdir_base.clone(),
+            task_name: registration.task_name.clone(),
+            version: if registration.version.is_empty() {
+                "$LATEST".into()
+            } else {
+                registration.version.clone()
+            },
+            function_arn: format!(
+                "arn:aws:lambda:spearlet:000000000000:function:{}",
+                registration.task_name
+            ),
+        })
+    }
+
     async fn load_module(&self, digest: &str, bytes: bytes::Bytes) -> SpearResult<WasmModule> {
         if let Some(module) = self.modules_by_digest.lock().get(digest) {
             return Ok(module.clone());
@@ -585,6 +786,63 @@ pub fn compare_versions(left: &str, right: &str) -> std::cmp::Ordering {
         (Some(left_parts), Some(right_parts)) => left_parts.cmp(&right_parts),
         _ => left.cmp(right),
     }
+}
+
+/// Process keys on a wasm task, or wasm-only keys on a process task, are mistakes: refuse them by
+/// name rather than ignore them.
+fn check_keys_fit_the_runtime(
+    metadata: &BTreeMap<String, String>,
+    is_process: bool,
+) -> SpearResult<()> {
+    for key in metadata.keys() {
+        let process_key = key.starts_with("spearlet.process.");
+        let wasm_only_key =
+            key == "spearlet.isolation" || key.starts_with("spearlet.wasi.preopen.");
+        if process_key && !is_process {
+            return Err(SpearError::invalid_argument(format!(
+                "artifact_spec.metadata[{key:?}] applies only to artifact_type process"
+            )));
+        }
+        if wasm_only_key && is_process {
+            return Err(SpearError::invalid_argument(format!(
+                "artifact_spec.metadata[{key:?}] applies only to wasm tasks; a process task \
+                 chooses per-call processes or warm workers with spearlet.process.mode"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The environment of a lambda worker: the task's declared variables plus what the Runtime API
+/// clients expect (`AWS_LAMBDA_RUNTIME_API` is added when the worker starts).
+fn lambda_worker_environment(process: &ProcessTask, config: &TaskConfig) -> Vec<(String, String)> {
+    let mut environment: BTreeMap<String, String> = config.environment.clone();
+    let root = process.root.display().to_string();
+    for (name, value) in [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin".to_owned()),
+        ("LANG", "C.UTF-8".to_owned()),
+        ("TZ", ":UTC".to_owned()),
+        ("LAMBDA_TASK_ROOT", root.clone()),
+        ("LAMBDA_RUNTIME_DIR", root),
+        ("_HANDLER", process.handler.clone()),
+        ("AWS_LAMBDA_FUNCTION_NAME", process.task_name.clone()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", process.version.clone()),
+        (
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+            config.memory_limit_mb.to_string(),
+        ),
+        (
+            "AWS_LAMBDA_LOG_GROUP_NAME",
+            format!("/spearlet/{}", process.task_name),
+        ),
+        ("AWS_LAMBDA_LOG_STREAM_NAME", process.task_name.clone()),
+        ("AWS_REGION", "spearlet".to_owned()),
+        ("AWS_DEFAULT_REGION", "spearlet".to_owned()),
+        ("AWS_EXECUTION_ENV", "spearlet".to_owned()),
+    ] {
+        environment.insert(name.to_owned(), value);
+    }
+    environment.into_iter().collect()
 }
 
 #[cfg(test)]

@@ -10,12 +10,11 @@ use bytes::Bytes;
 
 use futures::Stream;
 use spearlet_core::{
-    ExecutionMode, ExecutionRecord, ExecutionStatus, Isolation, Priority, SpearError, SpearResult,
+    ExecutionMode, ExecutionRecord, ExecutionStatus, Priority, SpearError, SpearResult,
 };
 use spearlet_proto as proto;
 use spearlet_proto::function_service_server::FunctionService;
 use spearlet_store::ExecutionQuery;
-use spearlet_wasm::EntryPoint;
 use tonic::{Request, Response, Status};
 
 use crate::errors::to_status;
@@ -74,14 +73,7 @@ impl FunctionServiceHandler {
     ) -> SpearResult<ExecutionRequest> {
         let (input, result_encoding) = wire::decode_input(request)?;
         let (task, cold_start) = self.resolve_task_for_invoke(request).await?;
-        let entry_point = task.module.resolve_entry_point(&request.function_name)?;
-        if entry_point == EntryPoint::Start && task.config.pool.isolation == Isolation::Reuse {
-            return Err(SpearError::invalid_argument(format!(
-                "function_name {:?}: task {:?} reuses instances (spearlet.isolation = reuse), \
-                 which run named exports; a command's _start cannot run twice on one instance",
-                request.function_name, task.record.task_name
-            )));
-        }
+        let target = task.resolve_call_target(&request.function_name)?;
         let priority = match request.invocation_metadata.get(Priority::METADATA_KEY) {
             Some(text) => Priority::parse(text)?,
             None => Priority::default(),
@@ -91,7 +83,7 @@ impl FunctionServiceHandler {
         Ok(ExecutionRequest {
             task,
             function_name: request.function_name.clone(),
-            entry_point,
+            target,
             input,
             result_encoding,
             execution_id,
@@ -349,6 +341,7 @@ impl FunctionServiceHandler {
                     .register(registration(
                         None,
                         &request.task_name,
+                        &request.function_name,
                         &request.task_description,
                         artifact_spec,
                     ))
@@ -377,6 +370,7 @@ impl FunctionServiceHandler {
                             .register(registration(
                                 Some(request.task_id.clone()),
                                 task_name,
+                                &request.function_name,
                                 &request.task_description,
                                 artifact_spec,
                             ))
@@ -429,7 +423,7 @@ impl FunctionServiceHandler {
             );
             metadata.insert(
                 "exported_functions".into(),
-                task.module.exported_functions().join(","),
+                task.callable_functions().join(","),
             );
             metadata.insert(
                 "running_executions".into(),
@@ -699,12 +693,14 @@ fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
 fn registration(
     requested_task_id: Option<String>,
     task_name: &str,
+    function_name: &str,
     description: &str,
     artifact_spec: &proto::ArtifactSpec,
 ) -> TaskRegistration {
     TaskRegistration {
         requested_task_id,
         task_name: task_name.to_owned(),
+        function_name: function_name.to_owned(),
         description: description.to_owned(),
         artifact_id: artifact_spec.artifact_id.clone(),
         artifact_type: artifact_spec.artifact_type.clone(),
@@ -877,6 +873,7 @@ impl FunctionService for FunctionServiceHandler {
             .register(registration(
                 None,
                 &request.task_name,
+                &request.function_name,
                 &request.task_description,
                 artifact_spec,
             ))

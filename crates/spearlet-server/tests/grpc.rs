@@ -1003,6 +1003,7 @@ async fn create_task_registers_without_running() {
     let info = node
         .client
         .create_task(proto::CreateTaskRequest {
+            function_name: String::new(),
             task_name: "registered".into(),
             task_description: "only registered".into(),
             artifact_spec: Some(wasm_artifact(example("echo"), &[("team", "a")])),

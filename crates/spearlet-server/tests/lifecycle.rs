@@ -330,6 +330,7 @@ async fn records_and_tasks_survive_a_clean_restart() {
     let mut client = connect(server.grpc_addr).await;
     let created = client
         .create_task(proto::CreateTaskRequest {
+            function_name: String::new(),
             task_name: "kept".into(),
             task_description: "survives".into(),
             artifact_spec: Some(wasm_artifact(

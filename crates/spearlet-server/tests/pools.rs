@@ -13,6 +13,7 @@ use tonic::Code;
 async fn create_task(node: &mut TestNode, name: &str, guest: &str, keys: &[(&str, &str)]) {
     node.client
         .create_task(proto::CreateTaskRequest {
+            function_name: String::new(),
             task_name: name.into(),
             task_description: String::new(),
             artifact_spec: Some(wasm_artifact(example(guest), keys)),
@@ -291,6 +292,7 @@ async fn a_reuse_task_keeps_state_across_calls_and_per_call_does_not() {
     let refused = node
         .client
         .create_task(proto::CreateTaskRequest {
+            function_name: String::new(),
             task_name: "echo-reuse".into(),
             task_description: String::new(),
             artifact_spec: Some(wasm_artifact(
@@ -373,6 +375,7 @@ async fn force_new_instance_runs_on_a_fresh_instance_and_bad_keys_are_refused() 
         let error = node
             .client
             .create_task(proto::CreateTaskRequest {
+                function_name: String::new(),
                 task_name: "bad-pool".into(),
                 task_description: String::new(),
                 artifact_spec: Some(wasm_artifact(example("echo"), &[(key, value)])),

@@ -340,6 +340,7 @@ async fn create_task(
         .cloned()
         .collect();
     let request = proto::CreateTaskRequest {
+        function_name: String::new(),
         task_name: arguments.task_name.clone(),
         task_description: arguments.description.clone().unwrap_or_default(),
         artifact_spec: Some(proto::ArtifactSpec {

@@ -559,6 +559,8 @@ fn error_code_from_name(name: &str) -> Option<ErrorCode> {
         "OUTPUT_TOO_LARGE" => Some(ErrorCode::OutputTooLarge),
         "NODE_RESTARTED" => Some(ErrorCode::NodeRestarted),
         "INIT_FAILED" => Some(ErrorCode::InitFailed),
+        "WORKER_CRASHED" => Some(ErrorCode::WorkerCrashed),
+        "FUNCTION_ERROR" => Some(ErrorCode::FunctionError),
         _ => None,
     }
 }
@@ -606,6 +608,8 @@ mod tests {
             ErrorCode::OutputTooLarge,
             ErrorCode::NodeRestarted,
             ErrorCode::InitFailed,
+            ErrorCode::WorkerCrashed,
+            ErrorCode::FunctionError,
         ];
         for code in codes {
             assert_eq!(error_code_from_name(code.as_str()), Some(code));
