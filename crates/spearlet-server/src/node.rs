@@ -59,6 +59,12 @@ impl Node {
             (config.execution_ttl_ms > 0).then(|| Duration::from_millis(config.execution_ttl_ms));
         let (store, recovered) = DurableStore::open(store_config)?;
         let store = Arc::new(store);
+        let enforcement = spearlet_process::sandbox::detect_enforcement();
+        tracing::info!(
+            cgroups = enforcement.cgroups,
+            "process limits: {}",
+            enforcement.description
+        );
         let dispatcher = Dispatcher::new(DispatcherConfig {
             max_concurrent_executions: config.max_concurrent_executions,
             max_queue_length: config.max_queue_length,

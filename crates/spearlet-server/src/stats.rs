@@ -66,7 +66,11 @@ pub fn health(node: &Node, include_details: bool) -> SpearResult<proto::GetHealt
 fn system_info(node: &Node) -> HashMap<String, String> {
     [
         ("version", env!("CARGO_PKG_VERSION").to_owned()),
-        ("runtimes", "wasm".to_owned()),
+        ("runtimes", "wasm,process".to_owned()),
+        (
+            "process_limits",
+            spearlet_process::sandbox::detect_enforcement().description,
+        ),
         ("wasm_engine", "wasmtime 48".to_owned()),
         ("cpu_count", node.observer.cpu_count().to_string()),
         ("os", std::env::consts::OS.to_owned()),

@@ -221,9 +221,13 @@ pub struct TaskCreateArguments {
     #[arg(long = "artifact", value_name = "PATH|URL")]
     pub artifact: String,
 
-    /// The artifact type.
+    /// The artifact type: `wasm`, or `process` for a native program.
     #[arg(long = "type", value_name = "TYPE", default_value = "wasm")]
     pub artifact_type: String,
+
+    /// The handler a lambda-mode process task serves (default: the task name).
+    #[arg(long = "function", value_name = "NAME")]
+    pub function_name: Option<String>,
 
     /// Artifact version; a different artifact under an existing name needs a higher version.
     #[arg(long = "version", value_name = "V")]

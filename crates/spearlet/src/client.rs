@@ -340,7 +340,7 @@ async fn create_task(
         .cloned()
         .collect();
     let request = proto::CreateTaskRequest {
-        function_name: String::new(),
+        function_name: arguments.function_name.clone().unwrap_or_default(),
         task_name: arguments.task_name.clone(),
         task_description: arguments.description.clone().unwrap_or_default(),
         artifact_spec: Some(proto::ArtifactSpec {
