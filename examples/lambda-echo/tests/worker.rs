@@ -120,6 +120,31 @@ async fn errors_crashes_timeouts_and_init_failures_are_outcomes() {
     assert_ne!(after["pid"], before);
     assert_eq!(after["invocations"], 1);
 
+    // Killed from outside mid-call (kill -9): the same.
+    let victim = after["pid"].as_u64().unwrap();
+    let mut client = node.client.clone();
+    let pending = tokio::spawn(async move {
+        client
+            .invoke_function(invoke("echo-lambda", br#"{"sleep_ms": 1000}"#))
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let killed_call = pending.await.unwrap();
+    assert_eq!(
+        result(&killed_call).error_code,
+        "WORKER_CRASHED",
+        "{killed_call:?}"
+    );
+    let after = answer(&call(&mut node, "echo-lambda", "{}").await);
+    assert_ne!(after["pid"].as_u64().unwrap(), victim);
+
     // Past its deadline the call ends TIMEOUT and the stuck worker is replaced.
     let started = Instant::now();
     let slow = call(&mut node, "echo-lambda", r#"{"sleep_ms": 60000}"#).await;
