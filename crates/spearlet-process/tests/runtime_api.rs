@@ -26,14 +26,21 @@ use spearlet_process::runtime_api::{
     LambdaInvocation, LambdaOutcome, RuntimeApiServer, WorkerInitError,
 };
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 const GENEROUS_MAX_RESPONSE_BYTES: u64 = 6 * 1024 * 1024;
 const NEXT_PATH: &str = "/2018-06-01/runtime/invocation/next";
 const INIT_ERROR_PATH: &str = "/2018-06-01/runtime/init/error";
+const REQUEST_ID_HEADER: &str = "lambda-runtime-aws-request-id";
+const ERROR_TYPE_HEADER: &str = "lambda-runtime-function-error-type";
+const STREAMING_RESPONSE_MODE: (&str, &str) =
+    ("lambda-runtime-function-response-mode", "streaming");
+const CHUNKED_TRANSFER: (&str, &str) = ("transfer-encoding", "chunked");
 const TEST_DEADLINE: Duration = Duration::from_secs(20);
 const PAUSE_LONG_ENOUGH_TO_NOTICE: Duration = Duration::from_millis(100);
 
 type WorkerRequestBody = BoxBody<Bytes, Infallible>;
+type FrameSender = mpsc::UnboundedSender<Frame<Bytes>>;
 
 /// What the server answered one worker request with.
 #[derive(Debug)]
@@ -58,6 +65,17 @@ impl ServerReply {
     }
 }
 
+#[track_caller]
+fn assert_status(reply: &ServerReply, expected_status: StatusCode) {
+    assert_eq!(reply.status, expected_status, "{reply:?}");
+}
+
+/// Checks which invocation a `/next` reply handed out.
+#[track_caller]
+fn assert_request_id(next: &ServerReply, expected_request_id: &str) {
+    assert_eq!(next.header(REQUEST_ID_HEADER), expected_request_id);
+}
+
 /// One keep-alive HTTP/1.1 connection from the worker to its Runtime API, as a client library
 /// keeps it.
 struct WorkerConnection {
@@ -79,6 +97,14 @@ impl WorkerConnection {
         }
     }
 
+    /// A request to `path` on this connection, without sending it yet.
+    fn request(&self, method: Method, path: &str) -> hyper::http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.address.to_string())
+    }
+
     async fn send(
         &mut self,
         method: Method,
@@ -86,10 +112,7 @@ impl WorkerConnection {
         headers: &[(&str, &str)],
         body: WorkerRequestBody,
     ) -> ServerReply {
-        let mut request_builder = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", self.address.to_string());
+        let mut request_builder = self.request(method, path);
         for (name, value) in headers {
             request_builder = request_builder.header(*name, *value);
         }
@@ -108,6 +131,13 @@ impl WorkerConnection {
         self.send(Method::GET, NEXT_PATH, &[], empty_body()).await
     }
 
+    /// Long-polls `/next` (within the deadline) and checks it handed out `expected_request_id`.
+    async fn next_invocation(&mut self, expected_request_id: &str) -> ServerReply {
+        let next = within_deadline(self.poll_next()).await;
+        assert_request_id(&next, expected_request_id);
+        next
+    }
+
     async fn post(
         &mut self,
         path: &str,
@@ -117,6 +147,61 @@ impl WorkerConnection {
         self.send(Method::POST, path, headers, Full::new(body.into()).boxed())
             .await
     }
+
+    /// Submits an invocation of `request_id` (with an empty JSON event) to `server` and takes it
+    /// from `/next` on this connection.
+    async fn take_invocation(
+        &mut self,
+        server: &Arc<RuntimeApiServer>,
+        request_id: &str,
+    ) -> JoinHandle<LambdaOutcome> {
+        self.take_prepared_invocation(server, invocation(request_id, "{}"))
+            .await
+    }
+
+    /// Submits `invocation` to `server` and takes it from `/next` on this connection.
+    async fn take_prepared_invocation(
+        &mut self,
+        server: &Arc<RuntimeApiServer>,
+        invocation: LambdaInvocation,
+    ) -> JoinHandle<LambdaOutcome> {
+        let request_id = invocation.request_id.clone();
+        let pending_invocation = spawn_invoke(server, invocation);
+        self.next_invocation(&request_id).await;
+        pending_invocation
+    }
+
+    /// Answers `request_id` with `body`; the server must accept the answer and the pending
+    /// invocation must end with exactly that body.
+    async fn answer_and_expect(
+        &mut self,
+        pending_invocation: JoinHandle<LambdaOutcome>,
+        request_id: &str,
+        body: impl Into<Bytes>,
+    ) {
+        let body = body.into();
+        let reply = self.post_response(request_id, body.clone()).await;
+        assert_status(&reply, StatusCode::ACCEPTED);
+        expect_response(pending_invocation, body).await;
+    }
+
+    /// One whole invocation of `request_id` on this connection: submitted, taken, answered with
+    /// `body`, accepted, and ended with exactly that body.
+    async fn round_trip(
+        &mut self,
+        server: &Arc<RuntimeApiServer>,
+        request_id: &str,
+        body: impl Into<Bytes>,
+    ) {
+        let pending_invocation = self.take_invocation(server, request_id).await;
+        self.answer_and_expect(pending_invocation, request_id, body)
+            .await;
+    }
+
+    /// Answers `request_id` with a buffered `/response` and no extra headers.
+    async fn post_response(&mut self, request_id: &str, body: impl Into<Bytes>) -> ServerReply {
+        self.post(&response_path(request_id), &[], body).await
+    }
 }
 
 /// A new connection per request, for tests where connection reuse does not matter.
@@ -124,34 +209,70 @@ async fn poll_next(address: SocketAddr) -> ServerReply {
     WorkerConnection::open(address).await.poll_next().await
 }
 
-async fn post(
-    address: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: impl Into<Bytes>,
-) -> ServerReply {
+/// Parks a `/next` long-poll on a new connection in its own task.
+fn spawn_poll_next(address: SocketAddr) -> JoinHandle<ServerReply> {
+    tokio::spawn(poll_next(address))
+}
+
+async fn next_invocation(address: SocketAddr, expected_request_id: &str) -> ServerReply {
     WorkerConnection::open(address)
         .await
-        .post(path, headers, body)
+        .next_invocation(expected_request_id)
         .await
 }
 
-/// Posts a chunked body whose frames (data, then optionally trailers) the test feeds one by one.
-async fn post_frames(
+/// [`WorkerConnection::answer_and_expect`] on a new connection.
+async fn answer_and_expect(
     address: SocketAddr,
-    path: String,
-    headers: Vec<(&'static str, &'static str)>,
-    frame_receiver: mpsc::UnboundedReceiver<Frame<Bytes>>,
-) -> ServerReply {
-    let frames = futures::stream::unfold(frame_receiver, |mut frame_receiver| async move {
-        let frame = frame_receiver.recv().await?;
-        Some((Ok::<_, Infallible>(frame), frame_receiver))
-    });
-    let body = StreamBody::new(frames).boxed();
+    pending_invocation: JoinHandle<LambdaOutcome>,
+    request_id: &str,
+    body: impl Into<Bytes>,
+) {
     WorkerConnection::open(address)
         .await
-        .send(Method::POST, &path, &headers, body)
+        .answer_and_expect(pending_invocation, request_id, body)
+        .await;
+}
+
+async fn post_init_error(address: SocketAddr, error_type: &str, body: &str) -> ServerReply {
+    WorkerConnection::open(address)
         .await
+        .post(
+            INIT_ERROR_PATH,
+            &[(ERROR_TYPE_HEADER, error_type)],
+            body.to_owned(),
+        )
+        .await
+}
+
+/// Starts a streamed `/response` for `request_id` (response mode `streaming`, plus
+/// `extra_headers`) on a new connection. The test feeds the chunked body frame by frame (data,
+/// then optionally trailers) through the returned sender; dropping the sender ends the body.
+fn spawn_streamed_response(
+    address: SocketAddr,
+    request_id: &str,
+    extra_headers: &'static [(&'static str, &'static str)],
+) -> (FrameSender, JoinHandle<ServerReply>) {
+    let (frame_sender, frame_receiver) = mpsc::unbounded_channel();
+    let path = response_path(request_id);
+    let streaming_post = tokio::spawn(async move {
+        let frames = futures::stream::unfold(frame_receiver, |mut frame_receiver| async move {
+            let frame = frame_receiver.recv().await?;
+            Some((Ok::<_, Infallible>(frame), frame_receiver))
+        });
+        let body = StreamBody::new(frames).boxed();
+        let mut headers = vec![STREAMING_RESPONSE_MODE];
+        headers.extend_from_slice(extra_headers);
+        WorkerConnection::open(address)
+            .await
+            .send(Method::POST, &path, &headers, body)
+            .await
+    });
+    (frame_sender, streaming_post)
+}
+
+fn send_data(frame_sender: &FrameSender, data: impl Into<Bytes>) {
+    frame_sender.send(Frame::data(data.into())).unwrap();
 }
 
 fn empty_body() -> WorkerRequestBody {
@@ -177,23 +298,71 @@ fn invocation(request_id: &str, payload: &str) -> LambdaInvocation {
     }
 }
 
+/// An invocation whose caller takes the output as it streams, with the receiving end.
+fn streaming_invocation(request_id: &str) -> (LambdaInvocation, mpsc::UnboundedReceiver<Bytes>) {
+    let (output_chunk_sender, output_chunk_receiver) = mpsc::unbounded_channel();
+    let mut streaming_invocation = invocation(request_id, "{}");
+    streaming_invocation.output_chunks = Some(output_chunk_sender);
+    (streaming_invocation, output_chunk_receiver)
+}
+
 async fn within_deadline<F: std::future::Future>(future: F) -> F::Output {
     tokio::time::timeout(TEST_DEADLINE, future)
         .await
         .expect("the Runtime API did not answer in time")
 }
 
+/// Waits (within the deadline) for a spawned task to end, and takes what it returned.
+async fn joined<T>(task: JoinHandle<T>) -> T {
+    within_deadline(task).await.unwrap()
+}
+
+async fn expect_response(pending_invocation: JoinHandle<LambdaOutcome>, body: impl Into<Bytes>) {
+    assert_eq!(
+        joined(pending_invocation).await,
+        LambdaOutcome::Response { body: body.into() }
+    );
+}
+
+/// The error type of `what`'s outcome, which must be a function error.
+#[track_caller]
+fn function_error_type(what: &str, outcome: LambdaOutcome) -> String {
+    let LambdaOutcome::FunctionError { error_type, .. } = outcome else {
+        panic!("{what} did not end as a function error but as {outcome:?}");
+    };
+    error_type
+}
+
 async fn start_server(max_response_bytes: u64) -> Arc<RuntimeApiServer> {
     Arc::new(RuntimeApiServer::start(max_response_bytes).await.unwrap())
+}
+
+/// A server with a generous response limit and one worker connection to it.
+async fn start_server_and_worker() -> (Arc<RuntimeApiServer>, WorkerConnection) {
+    let server = start_server(GENEROUS_MAX_RESPONSE_BYTES).await;
+    let connection = WorkerConnection::open(server.address()).await;
+    (server, connection)
 }
 
 /// Runs `invoke` in its own task, so the test can play the worker meanwhile.
 fn spawn_invoke(
     server: &Arc<RuntimeApiServer>,
     invocation: LambdaInvocation,
-) -> tokio::task::JoinHandle<LambdaOutcome> {
+) -> JoinHandle<LambdaOutcome> {
     let server = server.clone();
     tokio::spawn(async move { server.invoke(invocation).await })
+}
+
+/// A server with one invocation already handed out to the worker (on a connection of its own),
+/// so the test can go straight to answering it.
+async fn start_server_with_invocation_handed_out(
+    invocation: LambdaInvocation,
+) -> (Arc<RuntimeApiServer>, JoinHandle<LambdaOutcome>) {
+    let (server, mut connection) = start_server_and_worker().await;
+    let pending_invocation = connection
+        .take_prepared_invocation(&server, invocation)
+        .await;
+    (server, pending_invocation)
 }
 
 /// The tests sit in a module named after the server, so `cargo test runtime_api` selects them.
@@ -210,8 +379,7 @@ mod runtime_api {
             tokio::time::timeout(PAUSE_LONG_ENOUGH_TO_NOTICE, server.wait_until_ready()).await;
         assert!(not_ready_yet.is_err(), "ready before the worker polled");
 
-        let address = server.address();
-        let parked_poll = tokio::spawn(async move { poll_next(address).await });
+        let parked_poll = spawn_poll_next(server.address());
         assert_eq!(within_deadline(server.wait_until_ready()).await, Ok(()));
         assert_eq!(
             within_deadline(server.wait_until_ready()).await,
@@ -235,17 +403,16 @@ mod runtime_api {
         let pending_invocation = spawn_invoke(&server, invocation("before-init-error", "{}"));
         tokio::time::sleep(PAUSE_LONG_ENOUGH_TO_NOTICE).await;
 
-        let reply = post(
+        let reply = post_init_error(
             server.address(),
-            INIT_ERROR_PATH,
-            &[("lambda-runtime-function-error-type", "Runtime.InitError")],
+            "Runtime.InitError",
             r#"{"errorMessage":"Unable to import module 'handler'","errorType":"Runtime.ImportModuleError","stackTrace":[]}"#,
         )
         .await;
-        assert_eq!(reply.status, StatusCode::ACCEPTED);
+        assert_status(&reply, StatusCode::ACCEPTED);
 
         assert_eq!(
-            within_deadline(pending_readiness_wait).await.unwrap(),
+            joined(pending_readiness_wait).await,
             Err(expected_init_error.clone())
         );
         assert_eq!(
@@ -253,7 +420,7 @@ mod runtime_api {
             Err(expected_init_error.clone())
         );
         assert_eq!(
-            within_deadline(pending_invocation).await.unwrap(),
+            joined(pending_invocation).await,
             LambdaOutcome::InitError(expected_init_error.clone())
         );
         assert_eq!(
@@ -261,20 +428,14 @@ mod runtime_api {
             LambdaOutcome::InitError(expected_init_error)
         );
         let late_poll = within_deadline(poll_next(server.address())).await;
-        assert_eq!(late_poll.status, StatusCode::FORBIDDEN);
+        assert_status(&late_poll, StatusCode::FORBIDDEN);
     }
 
     #[tokio::test]
     async fn init_error_without_a_json_body_takes_its_type_from_the_header() {
         let server = start_server(GENEROUS_MAX_RESPONSE_BYTES).await;
-        let reply = post(
-            server.address(),
-            INIT_ERROR_PATH,
-            &[("lambda-runtime-function-error-type", "Runtime.ExitError")],
-            "exit status 3",
-        )
-        .await;
-        assert_eq!(reply.status, StatusCode::ACCEPTED);
+        let reply = post_init_error(server.address(), "Runtime.ExitError", "exit status 3").await;
+        assert_status(&reply, StatusCode::ACCEPTED);
         let expected_init_error = WorkerInitError {
             error_type: "Runtime.ExitError".to_owned(),
             error_message: "exit status 3".to_owned(),
@@ -296,7 +457,7 @@ mod runtime_api {
             let mut connection = WorkerConnection::open(address).await;
             for _ in 0..INVOCATION_COUNT {
                 let next = connection.poll_next().await;
-                assert_eq!(next.status, StatusCode::OK);
+                assert_status(&next, StatusCode::OK);
                 assert_eq!(next.header("content-type"), "application/json");
                 assert!(next.headers.get("lambda-runtime-client-context").is_none());
                 assert!(
@@ -304,7 +465,7 @@ mod runtime_api {
                         .get("lambda-runtime-cognito-identity")
                         .is_none()
                 );
-                let request_id = next.header("lambda-runtime-aws-request-id").to_owned();
+                let request_id = next.header(REQUEST_ID_HEADER).to_owned();
                 let echoed = serde_json::json!({
                     "event": serde_json::from_slice::<serde_json::Value>(&next.body).unwrap(),
                     "deadline": next.header("lambda-runtime-deadline-ms"),
@@ -312,9 +473,9 @@ mod runtime_api {
                     "trace": next.header("lambda-runtime-trace-id"),
                 });
                 let reply = connection
-                    .post(&response_path(&request_id), &[], echoed.to_string())
+                    .post_response(&request_id, echoed.to_string())
                     .await;
-                assert_eq!(reply.status, StatusCode::ACCEPTED);
+                assert_status(&reply, StatusCode::ACCEPTED);
                 assert_eq!(reply.json_field("status"), "OK");
             }
         });
@@ -340,7 +501,7 @@ mod runtime_api {
                 })
             );
         }
-        within_deadline(worker).await.unwrap();
+        joined(worker).await;
     }
 
     #[tokio::test]
@@ -355,27 +516,14 @@ mod runtime_api {
         }
         let mut connection = WorkerConnection::open(server.address()).await;
         for expected_request_id in request_ids {
-            let next = within_deadline(connection.poll_next()).await;
-            assert_eq!(
-                next.header("lambda-runtime-aws-request-id"),
-                expected_request_id
-            );
+            connection.next_invocation(expected_request_id).await;
             let reply = connection
-                .post(
-                    &response_path(expected_request_id),
-                    &[],
-                    expected_request_id,
-                )
+                .post_response(expected_request_id, expected_request_id)
                 .await;
-            assert_eq!(reply.status, StatusCode::ACCEPTED);
+            assert_status(&reply, StatusCode::ACCEPTED);
         }
         for (request_id, invocation) in request_ids.into_iter().zip(invocations) {
-            assert_eq!(
-                within_deadline(invocation).await.unwrap(),
-                LambdaOutcome::Response {
-                    body: Bytes::from(request_id)
-                }
-            );
+            expect_response(invocation, request_id).await;
         }
     }
 
@@ -383,7 +531,7 @@ mod runtime_api {
     async fn long_poll_waits_until_an_invocation_arrives() {
         let server = start_server(GENEROUS_MAX_RESPONSE_BYTES).await;
         let address = server.address();
-        let parked_poll = tokio::spawn(async move { poll_next(address).await });
+        let parked_poll = spawn_poll_next(address);
         tokio::time::sleep(PAUSE_LONG_ENOUGH_TO_NOTICE).await;
         assert!(
             !parked_poll.is_finished(),
@@ -392,18 +540,12 @@ mod runtime_api {
 
         let pending_invocation =
             spawn_invoke(&server, invocation("late-arrival", r#"{"hello":"world"}"#));
-        let next = within_deadline(parked_poll).await.unwrap();
-        assert_eq!(next.status, StatusCode::OK);
-        assert_eq!(next.header("lambda-runtime-aws-request-id"), "late-arrival");
+        let next = joined(parked_poll).await;
+        assert_status(&next, StatusCode::OK);
+        assert_request_id(&next, "late-arrival");
         assert_eq!(next.body, Bytes::from_static(br#"{"hello":"world"}"#));
 
-        post(address, &response_path("late-arrival"), &[], "done").await;
-        assert_eq!(
-            within_deadline(pending_invocation).await.unwrap(),
-            LambdaOutcome::Response {
-                body: Bytes::from_static(b"done")
-            }
-        );
+        answer_and_expect(address, pending_invocation, "late-arrival", "done").await;
     }
 
     /// Naive runtimes match header names exactly as real Lambda spells them, so check the bytes.
@@ -451,140 +593,120 @@ mod runtime_api {
             "empty trace id sent"
         );
 
-        post(server.address(), &response_path("spelled-out"), &[], "ok").await;
-        within_deadline(pending_invocation).await.unwrap();
+        answer_and_expect(server.address(), pending_invocation, "spelled-out", "ok").await;
     }
 
-    /// One case of "the worker answers with X, the invocation ends as Y".
+    /// One case of "the worker answers with X, the server accepts it, the invocation ends as Y".
     struct AnswerCase {
         name: &'static str,
         answer_path: fn(&str) -> String,
         headers: &'static [(&'static str, &'static str)],
         body: &'static str,
-        expected_status: StatusCode,
         expected_outcome: LambdaOutcome,
+    }
+
+    impl AnswerCase {
+        /// A `/response` whose body the invocation ends with.
+        fn response(
+            name: &'static str,
+            headers: &'static [(&'static str, &'static str)],
+            body: &'static str,
+        ) -> AnswerCase {
+            AnswerCase {
+                name,
+                answer_path: response_path,
+                headers,
+                body,
+                expected_outcome: LambdaOutcome::Response {
+                    body: Bytes::from_static(body.as_bytes()),
+                },
+            }
+        }
+
+        /// An `/error` that ends the invocation as a function error carrying the posted body.
+        fn error(
+            name: &'static str,
+            headers: &'static [(&'static str, &'static str)],
+            body: &'static str,
+            (error_type, error_message): (&str, &str),
+        ) -> AnswerCase {
+            AnswerCase {
+                name,
+                answer_path: error_path,
+                headers,
+                body,
+                expected_outcome: LambdaOutcome::FunctionError {
+                    error_type: error_type.to_owned(),
+                    error_message: error_message.to_owned(),
+                    body: Bytes::from_static(body.as_bytes()),
+                },
+            }
+        }
     }
 
     #[tokio::test]
     async fn worker_answers_end_invocations_as_expected() {
         let cases = [
-            AnswerCase {
-                name: "buffered response",
-                answer_path: response_path,
-                headers: &[("content-type", "application/json")],
-                body: r#"{"ok":true}"#,
-                expected_status: StatusCode::ACCEPTED,
-                expected_outcome: LambdaOutcome::Response {
-                    body: Bytes::from_static(br#"{"ok":true}"#),
-                },
-            },
-            AnswerCase {
-                name: "empty response",
-                answer_path: response_path,
-                headers: &[],
-                body: "",
-                expected_status: StatusCode::ACCEPTED,
-                expected_outcome: LambdaOutcome::Response { body: Bytes::new() },
-            },
-            AnswerCase {
-                name: "error document as awslambdaric sends it",
-                answer_path: error_path,
-                headers: &[("lambda-runtime-function-error-type", "ValueError")],
-                body: r#"{"errorMessage":"bad input","errorType":"ValueError","stackTrace":["  File \"handler.py\", line 3"]}"#,
-                expected_status: StatusCode::ACCEPTED,
-                expected_outcome: LambdaOutcome::FunctionError {
-                    error_type: "ValueError".to_owned(),
-                    error_message: "bad input".to_owned(),
-                    body: Bytes::from_static(
-                        br#"{"errorMessage":"bad input","errorType":"ValueError","stackTrace":["  File \"handler.py\", line 3"]}"#,
-                    ),
-                },
-            },
-            AnswerCase {
-                name: "error document as lambda_runtime sends it (the header only says unhandled)",
-                answer_path: error_path,
-                headers: &[("lambda-runtime-function-error-type", "unhandled")],
-                body: r#"{"errorType":"&str","errorMessage":"no name given"}"#,
-                expected_status: StatusCode::ACCEPTED,
-                expected_outcome: LambdaOutcome::FunctionError {
-                    error_type: "&str".to_owned(),
-                    error_message: "no name given".to_owned(),
-                    body: Bytes::from_static(br#"{"errorType":"&str","errorMessage":"no name given"}"#),
-                },
-            },
-            AnswerCase {
-                name: "error that is not a JSON document",
-                answer_path: error_path,
-                headers: &[("lambda-runtime-function-error-type", "Custom.Error")],
-                body: "plain text failure",
-                expected_status: StatusCode::ACCEPTED,
-                expected_outcome: LambdaOutcome::FunctionError {
-                    error_type: "Custom.Error".to_owned(),
-                    error_message: "plain text failure".to_owned(),
-                    body: Bytes::from_static(b"plain text failure"),
-                },
-            },
-            AnswerCase {
-                name: "error with neither type header nor JSON",
-                answer_path: error_path,
-                headers: &[],
-                body: "",
-                expected_status: StatusCode::ACCEPTED,
-                expected_outcome: LambdaOutcome::FunctionError {
-                    error_type: "Unhandled".to_owned(),
-                    error_message: String::new(),
-                    body: Bytes::new(),
-                },
-            },
+            AnswerCase::response(
+                "buffered response",
+                &[("content-type", "application/json")],
+                r#"{"ok":true}"#,
+            ),
+            AnswerCase::response("empty response", &[], ""),
+            AnswerCase::error(
+                "error document as awslambdaric sends it",
+                &[(ERROR_TYPE_HEADER, "ValueError")],
+                r#"{"errorMessage":"bad input","errorType":"ValueError","stackTrace":["  File \"handler.py\", line 3"]}"#,
+                ("ValueError", "bad input"),
+            ),
+            AnswerCase::error(
+                "error document as lambda_runtime sends it (the header only says unhandled)",
+                &[(ERROR_TYPE_HEADER, "unhandled")],
+                r#"{"errorType":"&str","errorMessage":"no name given"}"#,
+                ("&str", "no name given"),
+            ),
+            AnswerCase::error(
+                "error that is not a JSON document",
+                &[(ERROR_TYPE_HEADER, "Custom.Error")],
+                "plain text failure",
+                ("Custom.Error", "plain text failure"),
+            ),
+            AnswerCase::error(
+                "error with neither type header nor JSON",
+                &[],
+                "",
+                ("Unhandled", ""),
+            ),
         ];
-        let server = start_server(GENEROUS_MAX_RESPONSE_BYTES).await;
-        let mut connection = WorkerConnection::open(server.address()).await;
+        let (server, mut connection) = start_server_and_worker().await;
         for (case_number, case) in cases.into_iter().enumerate() {
             let request_id = format!("answer-case-{case_number}");
             let pending_invocation = spawn_invoke(&server, invocation(&request_id, "{}"));
             let next = within_deadline(connection.poll_next()).await;
-            assert_eq!(
-                next.header("lambda-runtime-aws-request-id"),
-                request_id,
-                "{}",
-                case.name
-            );
+            assert_eq!(next.header(REQUEST_ID_HEADER), request_id, "{}", case.name);
             let reply = connection
                 .post(&(case.answer_path)(&request_id), case.headers, case.body)
                 .await;
             assert_eq!(
-                reply.status, case.expected_status,
+                reply.status,
+                StatusCode::ACCEPTED,
                 "{}: {reply:?}",
                 case.name
             );
-            let outcome = within_deadline(pending_invocation).await.unwrap();
+            let outcome = joined(pending_invocation).await;
             assert_eq!(outcome, case.expected_outcome, "{}", case.name);
         }
     }
 
     #[tokio::test]
     async fn streamed_response_chunks_reach_the_caller_before_the_end() {
-        let server = start_server(GENEROUS_MAX_RESPONSE_BYTES).await;
-        let (output_chunk_sender, mut output_chunk_receiver) = mpsc::unbounded_channel();
-        let mut streaming_invocation = invocation("streamed", "{}");
-        streaming_invocation.output_chunks = Some(output_chunk_sender);
-        let pending_invocation = spawn_invoke(&server, streaming_invocation);
-
-        let next = within_deadline(poll_next(server.address())).await;
-        assert_eq!(next.header("lambda-runtime-aws-request-id"), "streamed");
-        let (frame_sender, frame_receiver) = mpsc::unbounded_channel();
-        let streaming_post = tokio::spawn(post_frames(
-            server.address(),
-            response_path("streamed"),
-            vec![
-                ("lambda-runtime-function-response-mode", "streaming"),
-                ("transfer-encoding", "chunked"),
-            ],
-            frame_receiver,
-        ));
+        let (streaming, mut output_chunk_receiver) = streaming_invocation("streamed");
+        let (server, pending_invocation) = start_server_with_invocation_handed_out(streaming).await;
+        let (frame_sender, streaming_post) =
+            spawn_streamed_response(server.address(), "streamed", &[CHUNKED_TRANSFER]);
         for chunk in ["first,", "second,", "third"] {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            frame_sender.send(Frame::data(Bytes::from(chunk))).unwrap();
+            send_data(&frame_sender, chunk);
             let forwarded_chunk = within_deadline(output_chunk_receiver.recv()).await.unwrap();
             assert_eq!(forwarded_chunk, Bytes::from(chunk));
             assert!(
@@ -594,16 +716,8 @@ mod runtime_api {
         }
         drop(frame_sender);
 
-        assert_eq!(
-            within_deadline(streaming_post).await.unwrap().status,
-            StatusCode::ACCEPTED
-        );
-        assert_eq!(
-            within_deadline(pending_invocation).await.unwrap(),
-            LambdaOutcome::Response {
-                body: Bytes::from_static(b"first,second,third")
-            }
-        );
+        assert_status(&joined(streaming_post).await, StatusCode::ACCEPTED);
+        expect_response(pending_invocation, "first,second,third").await;
         assert_eq!(
             output_chunk_receiver.recv().await,
             None,
@@ -613,25 +727,15 @@ mod runtime_api {
 
     #[tokio::test]
     async fn buffered_response_reaches_a_streaming_caller_as_one_chunk() {
-        let server = start_server(GENEROUS_MAX_RESPONSE_BYTES).await;
-        let (output_chunk_sender, mut output_chunk_receiver) = mpsc::unbounded_channel();
-        let mut streaming_invocation = invocation("buffered-for-streamer", "{}");
-        streaming_invocation.output_chunks = Some(output_chunk_sender);
-        let pending_invocation = spawn_invoke(&server, streaming_invocation);
-        within_deadline(poll_next(server.address())).await;
-        post(
+        let (streaming, mut output_chunk_receiver) = streaming_invocation("buffered-for-streamer");
+        let (server, pending_invocation) = start_server_with_invocation_handed_out(streaming).await;
+        answer_and_expect(
             server.address(),
-            &response_path("buffered-for-streamer"),
-            &[],
+            pending_invocation,
+            "buffered-for-streamer",
             "whole body",
         )
         .await;
-        assert_eq!(
-            within_deadline(pending_invocation).await.unwrap(),
-            LambdaOutcome::Response {
-                body: Bytes::from_static(b"whole body")
-            }
-        );
         assert_eq!(
             output_chunk_receiver.recv().await,
             Some(Bytes::from_static(b"whole body"))
@@ -641,20 +745,13 @@ mod runtime_api {
 
     #[tokio::test]
     async fn streamed_response_error_trailers_end_the_invocation_as_a_function_error() {
-        let server = start_server(GENEROUS_MAX_RESPONSE_BYTES).await;
-        let (output_chunk_sender, mut output_chunk_receiver) = mpsc::unbounded_channel();
-        let mut streaming_invocation = invocation("stream-fails", "{}");
-        streaming_invocation.output_chunks = Some(output_chunk_sender);
-        let pending_invocation = spawn_invoke(&server, streaming_invocation);
-        within_deadline(poll_next(server.address())).await;
+        let (streaming, mut output_chunk_receiver) = streaming_invocation("stream-fails");
+        let (server, pending_invocation) = start_server_with_invocation_handed_out(streaming).await;
 
         let error_document =
             r#"{"errorMessage":"upstream went away","errorType":"Runtime.StreamError"}"#;
         let mut trailers = HeaderMap::new();
-        trailers.insert(
-            "lambda-runtime-function-error-type",
-            "Runtime.StreamError".parse().unwrap(),
-        );
+        trailers.insert(ERROR_TYPE_HEADER, "Runtime.StreamError".parse().unwrap());
         trailers.insert(
             "lambda-runtime-function-error-body",
             base64::engine::general_purpose::STANDARD
@@ -662,27 +759,21 @@ mod runtime_api {
                 .parse()
                 .unwrap(),
         );
-        let (frame_sender, frame_receiver) = mpsc::unbounded_channel();
-        frame_sender
-            .send(Frame::data(Bytes::from_static(b"partial output")))
-            .unwrap();
-        frame_sender.send(Frame::trailers(trailers)).unwrap();
-        drop(frame_sender);
-        let reply = within_deadline(post_frames(
+        let (frame_sender, streaming_post) = spawn_streamed_response(
             server.address(),
-            response_path("stream-fails"),
-            vec![
-                ("lambda-runtime-function-response-mode", "streaming"),
-                ("transfer-encoding", "chunked"),
+            "stream-fails",
+            &[
+                CHUNKED_TRANSFER,
                 ("trailer", "Lambda-Runtime-Function-Error-Type"),
                 ("trailer", "Lambda-Runtime-Function-Error-Body"),
             ],
-            frame_receiver,
-        ))
-        .await;
-        assert_eq!(reply.status, StatusCode::ACCEPTED);
+        );
+        send_data(&frame_sender, "partial output");
+        frame_sender.send(Frame::trailers(trailers)).unwrap();
+        drop(frame_sender);
+        assert_status(&joined(streaming_post).await, StatusCode::ACCEPTED);
         assert_eq!(
-            within_deadline(pending_invocation).await.unwrap(),
+            joined(pending_invocation).await,
             LambdaOutcome::FunctionError {
                 error_type: "Runtime.StreamError".to_owned(),
                 error_message: "upstream went away".to_owned(),
@@ -699,35 +790,22 @@ mod runtime_api {
     /// trailer lines, with a base64 plain-text message.
     #[tokio::test]
     async fn lambda_runtime_in_body_error_trailer_is_recognised() {
-        let server = start_server(GENEROUS_MAX_RESPONSE_BYTES).await;
-        let pending_invocation = spawn_invoke(&server, invocation("in-body-trailer", "{}"));
-        within_deadline(poll_next(server.address())).await;
+        let (server, pending_invocation) =
+            start_server_with_invocation_handed_out(invocation("in-body-trailer", "{}")).await;
 
         let in_body_trailer = format!(
             "Lambda-Runtime-Function-Error-Type: Runtime.StreamError\r\nLambda-Runtime-Function-Error-Body: {}\r\n",
             base64::engine::general_purpose::STANDARD.encode("stream broke")
         );
-        let (frame_sender, frame_receiver) = mpsc::unbounded_channel();
-        let streaming_post = tokio::spawn(post_frames(
-            server.address(),
-            response_path("in-body-trailer"),
-            vec![("lambda-runtime-function-response-mode", "streaming")],
-            frame_receiver,
-        ));
-        frame_sender
-            .send(Frame::data(Bytes::from_static(b"some output")))
-            .unwrap();
+        let (frame_sender, streaming_post) =
+            spawn_streamed_response(server.address(), "in-body-trailer", &[]);
+        send_data(&frame_sender, "some output");
         tokio::time::sleep(Duration::from_millis(30)).await;
-        frame_sender
-            .send(Frame::data(Bytes::from(in_body_trailer)))
-            .unwrap();
+        send_data(&frame_sender, in_body_trailer);
         drop(frame_sender);
+        assert_status(&joined(streaming_post).await, StatusCode::ACCEPTED);
         assert_eq!(
-            within_deadline(streaming_post).await.unwrap().status,
-            StatusCode::ACCEPTED
-        );
-        assert_eq!(
-            within_deadline(pending_invocation).await.unwrap(),
+            joined(pending_invocation).await,
             LambdaOutcome::FunctionError {
                 error_type: "Runtime.StreamError".to_owned(),
                 error_message: "stream broke".to_owned(),
@@ -738,12 +816,12 @@ mod runtime_api {
 
     #[tokio::test]
     async fn unknown_request_id_and_unknown_path_are_refused() {
-        let server = start_server(GENEROUS_MAX_RESPONSE_BYTES).await;
-        let pending_invocation = spawn_invoke(&server, invocation("the-real-one", "{}"));
-        within_deadline(poll_next(server.address())).await;
+        let (server, pending_invocation) =
+            start_server_with_invocation_handed_out(invocation("the-real-one", "{}")).await;
+        let mut connection = WorkerConnection::open(server.address()).await;
 
         for path in [response_path("no-such-id"), error_path("no-such-id")] {
-            let reply = post(server.address(), &path, &[], "{}").await;
+            let reply = connection.post(&path, &[], "{}").await;
             assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");
             assert_eq!(reply.json_field("errorType"), "InvalidRequestID", "{path}");
             assert!(!reply.json_field("errorMessage").is_empty());
@@ -772,32 +850,18 @@ mod runtime_api {
             "a refused answer ended the invocation"
         );
 
-        post(
-            server.address(),
-            &response_path("the-real-one"),
-            &[],
-            "real",
-        )
-        .await;
-        assert_eq!(
-            within_deadline(pending_invocation).await.unwrap(),
-            LambdaOutcome::Response {
-                body: Bytes::from_static(b"real")
-            }
-        );
+        connection
+            .answer_and_expect(pending_invocation, "the-real-one", "real")
+            .await;
     }
 
     #[tokio::test]
     async fn answering_twice_is_refused() {
-        let server = start_server(GENEROUS_MAX_RESPONSE_BYTES).await;
-        let pending_invocation = spawn_invoke(&server, invocation("answered-twice", "{}"));
-        let mut connection = WorkerConnection::open(server.address()).await;
-        within_deadline(connection.poll_next()).await;
+        let (server, mut connection) = start_server_and_worker().await;
+        let pending_invocation = connection.take_invocation(&server, "answered-twice").await;
 
-        let first = connection
-            .post(&response_path("answered-twice"), &[], "first")
-            .await;
-        assert_eq!(first.status, StatusCode::ACCEPTED);
+        let first = connection.post_response("answered-twice", "first").await;
+        assert_status(&first, StatusCode::ACCEPTED);
         for second_path in [
             response_path("answered-twice"),
             error_path("answered-twice"),
@@ -805,12 +869,7 @@ mod runtime_api {
             let second = connection.post(&second_path, &[], "second").await;
             assert_eq!(second.status, StatusCode::BAD_REQUEST, "{second_path}");
         }
-        assert_eq!(
-            within_deadline(pending_invocation).await.unwrap(),
-            LambdaOutcome::Response {
-                body: Bytes::from_static(b"first")
-            }
-        );
+        expect_response(pending_invocation, "first").await;
     }
 
     #[tokio::test]
@@ -823,22 +882,9 @@ mod runtime_api {
         let mut connection = WorkerConnection::open(server.address()).await;
 
         // At the limit is fine.
-        let pending_invocation = spawn_invoke(&server, invocation("at-limit", "{}"));
-        within_deadline(connection.poll_next()).await;
-        let reply = connection
-            .post(
-                &response_path("at-limit"),
-                &[],
-                exactly_at_the_limit.clone(),
-            )
+        connection
+            .round_trip(&server, "at-limit", exactly_at_the_limit)
             .await;
-        assert_eq!(reply.status, StatusCode::ACCEPTED);
-        assert_eq!(
-            within_deadline(pending_invocation).await.unwrap(),
-            LambdaOutcome::Response {
-                body: Bytes::from(exactly_at_the_limit)
-            }
-        );
 
         for (request_id, path_for, body) in [
             (
@@ -849,13 +895,12 @@ mod runtime_api {
             ("far-over", response_path, far_over_the_limit.clone()),
             ("error-far-over", error_path, far_over_the_limit.clone()),
         ] {
-            let pending_invocation = spawn_invoke(&server, invocation(request_id, "{}"));
-            within_deadline(connection.poll_next()).await;
+            let pending_invocation = connection.take_invocation(&server, request_id).await;
             let reply = connection.post(&path_for(request_id), &[], body).await;
             assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE, "{request_id}");
             assert_eq!(reply.json_field("errorType"), "RequestEntityTooLarge");
             assert_eq!(
-                within_deadline(pending_invocation).await.unwrap(),
+                joined(pending_invocation).await,
                 LambdaOutcome::ResponseTooLarge { limit: LIMIT },
                 "{request_id}"
             );
@@ -863,45 +908,26 @@ mod runtime_api {
 
         // A streamed response over the limit ends as soon as it crosses it.
         let pending_invocation = spawn_invoke(&server, invocation("stream-over", "{}"));
-        within_deadline(poll_next(server.address())).await;
-        let (frame_sender, frame_receiver) = mpsc::unbounded_channel();
-        let streaming_post = tokio::spawn(post_frames(
-            server.address(),
-            response_path("stream-over"),
-            vec![("lambda-runtime-function-response-mode", "streaming")],
-            frame_receiver,
-        ));
-        frame_sender
-            .send(Frame::data(Bytes::from(far_over_the_limit)))
-            .unwrap();
+        next_invocation(server.address(), "stream-over").await;
+        let (frame_sender, streaming_post) =
+            spawn_streamed_response(server.address(), "stream-over", &[]);
+        send_data(&frame_sender, far_over_the_limit);
         assert_eq!(
-            within_deadline(pending_invocation).await.unwrap(),
+            joined(pending_invocation).await,
             LambdaOutcome::ResponseTooLarge { limit: LIMIT }
         );
         drop(frame_sender);
-        assert_eq!(
-            within_deadline(streaming_post).await.unwrap().status,
-            StatusCode::PAYLOAD_TOO_LARGE
-        );
+        assert_status(&joined(streaming_post).await, StatusCode::PAYLOAD_TOO_LARGE);
 
         // The worker is still usable afterwards.
-        let pending_invocation = spawn_invoke(&server, invocation("after-oversized", "{}"));
-        within_deadline(connection.poll_next()).await;
         connection
-            .post(&response_path("after-oversized"), &[], "small")
+            .round_trip(&server, "after-oversized", "small")
             .await;
-        assert_eq!(
-            within_deadline(pending_invocation).await.unwrap(),
-            LambdaOutcome::Response {
-                body: Bytes::from_static(b"small")
-            }
-        );
     }
 
     #[tokio::test]
     async fn abandoned_invocation_is_refused_late_and_the_next_one_works() {
-        let server = start_server(GENEROUS_MAX_RESPONSE_BYTES).await;
-        let mut connection = WorkerConnection::open(server.address()).await;
+        let (server, mut connection) = start_server_and_worker().await;
 
         // Abandoned while in flight: the caller gives up before the worker answers.
         let address = server.address();
@@ -915,17 +941,14 @@ mod runtime_api {
         let mut abandoned_invoke = Box::pin(server.invoke(invocation("abandoned-in-flight", "{}")));
         let (mut slow_connection, next) = tokio::select! {
             outcome = &mut abandoned_invoke => panic!("ended without an answer: {outcome:?}"),
-            polled = within_deadline(worker_poll) => polled.unwrap(),
+            polled = joined(worker_poll) => polled,
         };
         drop(abandoned_invoke);
-        assert_eq!(
-            next.header("lambda-runtime-aws-request-id"),
-            "abandoned-in-flight"
-        );
+        assert_request_id(&next, "abandoned-in-flight");
         let late_reply = slow_connection
-            .post(&response_path("abandoned-in-flight"), &[], "too late")
+            .post_response("abandoned-in-flight", "too late")
             .await;
-        assert_eq!(late_reply.status, StatusCode::BAD_REQUEST);
+        assert_status(&late_reply, StatusCode::BAD_REQUEST);
 
         // Abandoned while queued: never handed out at all.
         let gave_up = tokio::time::timeout(
@@ -935,81 +958,46 @@ mod runtime_api {
         .await;
         assert!(gave_up.is_err());
 
-        let pending_invocation = spawn_invoke(&server, invocation("after-abandon", "{}"));
-        let next = within_deadline(connection.poll_next()).await;
-        assert_eq!(
-            next.header("lambda-runtime-aws-request-id"),
-            "after-abandon"
-        );
-        let reply = connection
-            .post(&response_path("after-abandon"), &[], "fine")
+        connection
+            .round_trip(&server, "after-abandon", "fine")
             .await;
-        assert_eq!(reply.status, StatusCode::ACCEPTED);
-        assert_eq!(
-            within_deadline(pending_invocation).await.unwrap(),
-            LambdaOutcome::Response {
-                body: Bytes::from_static(b"fine")
-            }
-        );
     }
 
     #[tokio::test]
     async fn polling_again_without_answering_ends_the_previous_invocation_as_no_response() {
-        let server = start_server(GENEROUS_MAX_RESPONSE_BYTES).await;
-        let mut connection = WorkerConnection::open(server.address()).await;
-        let forgotten_invocation = spawn_invoke(&server, invocation("forgotten", "{}"));
-        within_deadline(connection.poll_next()).await;
+        let (server, mut connection) = start_server_and_worker().await;
+        let forgotten_invocation = connection.take_invocation(&server, "forgotten").await;
 
-        let next_invocation = spawn_invoke(&server, invocation("next-one", "{}"));
-        let next = within_deadline(connection.poll_next()).await;
-        assert_eq!(next.header("lambda-runtime-aws-request-id"), "next-one");
-        let LambdaOutcome::FunctionError { error_type, .. } =
-            within_deadline(forgotten_invocation).await.unwrap()
-        else {
-            panic!("the forgotten invocation did not end as a function error");
-        };
-        assert_eq!(error_type, "Runtime.NoResponse");
-
-        let late_reply = connection
-            .post(&response_path("forgotten"), &[], "late")
-            .await;
-        assert_eq!(late_reply.status, StatusCode::BAD_REQUEST);
-        connection.post(&response_path("next-one"), &[], "ok").await;
+        let next_invocation = connection.take_invocation(&server, "next-one").await;
         assert_eq!(
-            within_deadline(next_invocation).await.unwrap(),
-            LambdaOutcome::Response {
-                body: Bytes::from_static(b"ok")
-            }
+            function_error_type(
+                "the forgotten invocation",
+                joined(forgotten_invocation).await
+            ),
+            "Runtime.NoResponse"
         );
+
+        let late_reply = connection.post_response("forgotten", "late").await;
+        assert_status(&late_reply, StatusCode::BAD_REQUEST);
+        connection
+            .answer_and_expect(next_invocation, "next-one", "ok")
+            .await;
     }
 
     #[tokio::test]
     async fn only_the_newest_parked_poll_receives_the_invocation() {
         let server = start_server(GENEROUS_MAX_RESPONSE_BYTES).await;
         let address = server.address();
-        let older_poll = tokio::spawn(async move { poll_next(address).await });
+        let older_poll = spawn_poll_next(address);
         tokio::time::sleep(PAUSE_LONG_ENOUGH_TO_NOTICE).await;
-        let newer_poll = tokio::spawn(async move { poll_next(address).await });
+        let newer_poll = spawn_poll_next(address);
         tokio::time::sleep(PAUSE_LONG_ENOUGH_TO_NOTICE).await;
 
         let pending_invocation = spawn_invoke(&server, invocation("for-the-newest", "{}"));
-        let newer_reply = within_deadline(newer_poll).await.unwrap();
-        assert_eq!(
-            newer_reply.header("lambda-runtime-aws-request-id"),
-            "for-the-newest"
-        );
-        assert_eq!(
-            within_deadline(older_poll).await.unwrap().status,
-            StatusCode::CONFLICT
-        );
+        assert_request_id(&joined(newer_poll).await, "for-the-newest");
+        assert_status(&joined(older_poll).await, StatusCode::CONFLICT);
 
-        post(address, &response_path("for-the-newest"), &[], "answer").await;
-        assert_eq!(
-            within_deadline(pending_invocation).await.unwrap(),
-            LambdaOutcome::Response {
-                body: Bytes::from_static(b"answer")
-            }
-        );
+        answer_and_expect(address, pending_invocation, "for-the-newest", "answer").await;
     }
 
     #[tokio::test]
@@ -1022,20 +1010,19 @@ mod runtime_api {
             ("empty request id", invocation("", "{}")),
             ("newline in trace id", bad_trace_id),
         ] {
-            let LambdaOutcome::FunctionError { error_type, .. } =
-                within_deadline(server.invoke(bad_invocation)).await
-            else {
-                panic!("{case_name}: not refused");
-            };
-            assert_eq!(error_type, "Runtime.InvalidInvocation", "{case_name}");
+            let outcome = within_deadline(server.invoke(bad_invocation)).await;
+            assert_eq!(
+                function_error_type(case_name, outcome),
+                "Runtime.InvalidInvocation",
+                "{case_name}"
+            );
         }
     }
 
     #[tokio::test]
     async fn connection_closed_mid_answer_ends_the_invocation_as_interrupted() {
-        let server = start_server(GENEROUS_MAX_RESPONSE_BYTES).await;
-        let pending_invocation = spawn_invoke(&server, invocation("cut-off", "{}"));
-        within_deadline(poll_next(server.address())).await;
+        let (server, pending_invocation) =
+            start_server_with_invocation_handed_out(invocation("cut-off", "{}")).await;
 
         // Announce 100 bytes, send 5, hang up: what a worker that crashes mid-write looks like.
         let mut stream = tokio::net::TcpStream::connect(server.address())
@@ -1053,12 +1040,10 @@ mod runtime_api {
         assert!(!pending_invocation.is_finished());
         drop(stream);
 
-        let LambdaOutcome::FunctionError { error_type, .. } =
-            within_deadline(pending_invocation).await.unwrap()
-        else {
-            panic!("the cut-off invocation did not end as a function error");
-        };
-        assert_eq!(error_type, "Runtime.ResponseInterrupted");
+        assert_eq!(
+            function_error_type("the cut-off invocation", joined(pending_invocation).await),
+            "Runtime.ResponseInterrupted"
+        );
     }
 
     #[tokio::test]
@@ -1069,9 +1054,8 @@ mod runtime_api {
         let address = server.address();
         let parked_poll = tokio::spawn(async move {
             let mut connection = WorkerConnection::open(address).await;
-            let request = Request::builder()
-                .uri(NEXT_PATH)
-                .header("host", address.to_string())
+            let request = connection
+                .request(Method::GET, NEXT_PATH)
                 .body(empty_body())
                 .unwrap();
             connection
@@ -1083,7 +1067,7 @@ mod runtime_api {
         tokio::time::sleep(PAUSE_LONG_ENOUGH_TO_NOTICE).await;
         drop(server);
 
-        let parked_poll_result = within_deadline(parked_poll).await.unwrap();
+        let parked_poll_result = joined(parked_poll).await;
         assert!(
             parked_poll_result.is_err(),
             "a parked poll outlived the server"
