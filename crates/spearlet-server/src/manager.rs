@@ -422,7 +422,7 @@ impl TaskExecutionManager {
     /// and the (async) execution was left for the next start.
     async fn run(
         &self,
-        request: ExecutionRequest,
+        mut request: ExecutionRequest,
         mut record: ExecutionRecord,
         ticket: Option<Ticket<InstanceRuntime>>,
         cancellation: &CancellationToken,
@@ -437,197 +437,238 @@ impl TaskExecutionManager {
         let deadline =
             tokio::time::Instant::from_std(submitted) + Duration::from_millis(timeout_ms);
 
-        let shutting_down = async {
-            if is_async {
-                self.shutting_down.cancelled().await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
-        let ticket = match ticket {
-            Some(ticket) => Ok(ticket),
-            // Async work enters the queue when it can run; it does not count against
-            // max_queue_length (max_async_pending bounds it) and so is never refused here.
-            None => self
-                .dispatcher
-                .enqueue(&task.pool, acquire_request(&request, false)),
-        };
-        let granted = match ticket {
-            Err(rejection) => Some(Err(Outcome::Failed {
-                code: ErrorCode::InitFailed,
-                message: rejection.to_string(),
-            })),
-            Ok(ticket) => tokio::select! {
-                lease = ticket.ready() => Some(lease.map_err(|error| Outcome::Failed {
+        let streaming = request.stream.is_some();
+        let mut pending_ticket = ticket;
+        // One pass per attempt: a call whose worker crashed runs again while attempts remain.
+        loop {
+            let ticket = match pending_ticket.take() {
+                Some(ticket) => Ok(ticket),
+                // Async work enters the queue when it can run; it does not count against
+                // max_queue_length (max_async_pending bounds it) and so is never refused here.
+                None => self
+                    .dispatcher
+                    .enqueue(&task.pool, acquire_request(&request, false)),
+            };
+            let granted = match ticket {
+                Err(rejection) => Some(Err(Outcome::Failed {
                     code: ErrorCode::InitFailed,
-                    message: error.message,
+                    message: rejection.to_string(),
                 })),
-                () = tokio::time::sleep_until(deadline) => None,
-                () = cancellation.cancelled() => None,
-                () = shutting_down => {
-                    self.live.lock().remove(&record.execution_id);
-                    task.counters.live.fetch_sub(1, Ordering::Relaxed);
-                    return None;
-                }
-            },
-        };
-        let queue_wait_ms = submitted.elapsed().as_secs_f64() * 1000.0;
-        record
-            .metrics
-            .insert("queue_wait_ms".into(), format!("{queue_wait_ms:.3}"));
-        record
-            .metrics
-            .insert("attempt".into(), record.attempt.to_string());
-        if request.cold_start {
+                Ok(ticket) => tokio::select! {
+                    lease = ticket.ready() => Some(lease.map_err(|error| Outcome::Failed {
+                        code: ErrorCode::InitFailed,
+                        message: error.message,
+                    })),
+                    () = tokio::time::sleep_until(deadline) => None,
+                    () = cancellation.cancelled() => None,
+                    () = self.wait_for_shutdown(is_async) => {
+                        self.live.lock().remove(&record.execution_id);
+                        task.counters.live.fetch_sub(1, Ordering::Relaxed);
+                        return None;
+                    }
+                },
+            };
+            let queue_wait_ms = submitted.elapsed().as_secs_f64() * 1000.0;
             record
                 .metrics
-                .insert("load_ms".into(), format!("{:.3}", task.load_ms));
-        }
+                .insert("queue_wait_ms".into(), format!("{queue_wait_ms:.3}"));
+            record
+                .metrics
+                .insert("attempt".into(), record.attempt.to_string());
+            if request.cold_start {
+                record
+                    .metrics
+                    .insert("load_ms".into(), format!("{:.3}", task.load_ms));
+            }
 
-        let mut lease = match granted {
-            Some(Ok(lease)) => lease,
-            Some(Err(outcome)) => {
-                return Some(
-                    self.finish(record, &task, outcome, RunFigures::default())
-                        .await,
-                );
-            }
-            None => {
-                let outcome = if cancellation.is_cancelled() {
-                    Outcome::Cancelled {
-                        reason: cancel_reason.lock().clone().unwrap_or_default(),
-                    }
-                } else {
-                    Outcome::TimedOut {
-                        message: format!("timed out after {timeout_ms} ms waiting in the queue"),
-                    }
-                };
-                return Some(
-                    self.finish(record, &task, outcome, RunFigures::default())
-                        .await,
-                );
-            }
-        };
-        record.instance_id = lease.instance_id().to_owned();
-        let instance_cold_start = lease.cold_start();
-        record.metrics.insert(
-            "cold_start".into(),
-            (request.cold_start || instance_cold_start.is_some()).to_string(),
-        );
-        if let Some(start) = instance_cold_start {
+            let mut lease = match granted {
+                Some(Ok(lease)) => lease,
+                Some(Err(outcome)) => {
+                    return Some(
+                        self.finish(record, &task, outcome, RunFigures::default())
+                            .await,
+                    );
+                }
+                None => {
+                    let outcome = if cancellation.is_cancelled() {
+                        Outcome::Cancelled {
+                            reason: cancel_reason.lock().clone().unwrap_or_default(),
+                        }
+                    } else {
+                        Outcome::TimedOut {
+                            message: format!(
+                                "timed out after {timeout_ms} ms waiting in the queue"
+                            ),
+                        }
+                    };
+                    return Some(
+                        self.finish(record, &task, outcome, RunFigures::default())
+                            .await,
+                    );
+                }
+            };
+            record.instance_id = lease.instance_id().to_owned();
+            let instance_cold_start = lease.cold_start();
             record.metrics.insert(
-                "instance_start_ms".into(),
-                format!("{:.3}", start.as_secs_f64() * 1000.0),
+                "cold_start".into(),
+                (request.cold_start || instance_cold_start.is_some()).to_string(),
             );
-        }
-
-        // Counted as running from here, before the RUNNING write, so a graceful shutdown waits
-        // for an execution that has taken its instance.
-        self.running.fetch_add(1, Ordering::Relaxed);
-        task.counters.running.fetch_add(1, Ordering::Relaxed);
-        record.status = ExecutionStatus::Running;
-        let started_us = unix_us();
-        record.started_at_us = Some(started_us);
-        record.timeline.push(TimelineEntry {
-            at_us: started_us,
-            status: ExecutionStatus::Running,
-            attempt: record.attempt,
-            note: String::new(),
-        });
-        let running_write = if is_async {
-            self.store.put_execution_durable(record.clone()).await
-        } else {
-            self.store.put_execution_volatile(record.clone());
-            Ok(())
-        };
-        if let Err(error) = running_write {
-            tracing::warn!(execution_id = %record.execution_id, "recording RUNNING failed: {error}");
-        }
-        let (output_chunks, started_signal) = match request.stream {
-            Some(sink) => (Some(sink.chunks), Some(sink.started)),
-            None => (None, None),
-        };
-        if let Some(started_signal) = started_signal {
-            let _ = started_signal.send(());
-        }
-        let (arguments, environment) = match &task.runtime {
-            TaskRuntime::Wasm(_) => (
-                vec![task.record.task_name.clone(), record.function_name.clone()],
-                guest_environment(&task, &record),
-            ),
-            TaskRuntime::Process(process) => {
-                let mut environment = guest_environment(&task, &record);
-                environment.extend([
-                    ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
-                    (
-                        "LAMBDA_TASK_ROOT".to_owned(),
-                        process.root.display().to_string(),
-                    ),
-                ]);
-                (vec![record.function_name.clone()], environment)
+            if let Some(start) = instance_cold_start {
+                record.metrics.insert(
+                    "instance_start_ms".into(),
+                    format!("{:.3}", start.as_secs_f64() * 1000.0),
+                );
             }
-        };
-        let call = InstanceCall {
-            target: request.target.clone(),
-            execution_id: record.execution_id.clone(),
-            stdin: request.input.clone(),
-            arguments,
-            environment,
-            preopened_directories: task.preopened_directories.clone(),
-            memory_limit_bytes: u64::from(task.config.memory_limit_mb) * 1024 * 1024,
-            max_output_bytes: task.config.max_output_bytes,
-            max_log_bytes: task.config.max_log_bytes,
-            deadline,
-            cancellation: cancellation.clone(),
-            output_chunks,
-        };
-        let run_started = Instant::now();
-        let report = lease.runtime().run(call).await;
-        if !report.instance_still_usable {
-            lease.discard_instance();
+
+            // Counted as running from here, before the RUNNING write, so a graceful shutdown waits
+            // for an execution that has taken its instance.
+            self.running.fetch_add(1, Ordering::Relaxed);
+            task.counters.running.fetch_add(1, Ordering::Relaxed);
+            record.status = ExecutionStatus::Running;
+            let started_us = unix_us();
+            record.started_at_us = Some(started_us);
+            record.timeline.push(TimelineEntry {
+                at_us: started_us,
+                status: ExecutionStatus::Running,
+                attempt: record.attempt,
+                note: String::new(),
+            });
+            let running_write = if is_async {
+                self.store.put_execution_durable(record.clone()).await
+            } else {
+                self.store.put_execution_volatile(record.clone());
+                Ok(())
+            };
+            if let Err(error) = running_write {
+                tracing::warn!(execution_id = %record.execution_id, "recording RUNNING failed: {error}");
+            }
+            let (output_chunks, started_signal) = match request.stream.take() {
+                Some(sink) => (Some(sink.chunks), Some(sink.started)),
+                None => (None, None),
+            };
+            if let Some(started_signal) = started_signal {
+                let _ = started_signal.send(());
+            }
+            let (arguments, environment) = match &task.runtime {
+                TaskRuntime::Wasm(_) => (
+                    vec![task.record.task_name.clone(), record.function_name.clone()],
+                    guest_environment(&task, &record),
+                ),
+                TaskRuntime::Process(process) => {
+                    let mut environment = guest_environment(&task, &record);
+                    environment.extend([
+                        ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
+                        (
+                            "LAMBDA_TASK_ROOT".to_owned(),
+                            process.root.display().to_string(),
+                        ),
+                    ]);
+                    (vec![record.function_name.clone()], environment)
+                }
+            };
+            let call = InstanceCall {
+                target: request.target.clone(),
+                execution_id: record.execution_id.clone(),
+                stdin: request.input.clone(),
+                arguments,
+                environment,
+                preopened_directories: task.preopened_directories.clone(),
+                memory_limit_bytes: u64::from(task.config.memory_limit_mb) * 1024 * 1024,
+                max_output_bytes: task.config.max_output_bytes,
+                max_log_bytes: task.config.max_log_bytes,
+                deadline,
+                cancellation: cancellation.clone(),
+                output_chunks,
+            };
+            let run_started = Instant::now();
+            let report = lease.runtime().run(call).await;
+            if !report.instance_still_usable {
+                lease.discard_instance();
+            }
+            let run_ms = run_started.elapsed().as_secs_f64() * 1000.0;
+            let CallReport {
+                outcome,
+                output,
+                logs,
+                peak_memory_bytes,
+                start_duration,
+                metrics,
+                ..
+            } = report;
+            let outcome = outcome.unwrap_or(Outcome::Failed {
+                code: ErrorCode::InitFailed,
+                message: "the runtime reported no outcome".into(),
+            });
+            if matches!(outcome, Outcome::Failed { .. }) {
+                lease.record_failure();
+            }
+            // The instance goes back (or is replaced) before the record is written.
+            drop(lease);
+            self.running.fetch_sub(1, Ordering::Relaxed);
+            task.counters.running.fetch_sub(1, Ordering::Relaxed);
+            record.metrics.insert(
+                "instantiate_us".into(),
+                start_duration.as_micros().to_string(),
+            );
+            record.metrics.extend(metrics);
+            let outcome = match outcome {
+                Outcome::Cancelled { .. } => Outcome::Cancelled {
+                    reason: cancel_reason.lock().clone().unwrap_or_default(),
+                },
+                Outcome::TimedOut { .. } => Outcome::TimedOut {
+                    message: format!("the call exceeded its timeout of {timeout_ms} ms"),
+                },
+                other => other,
+            };
+            if let Outcome::Failed {
+                code: ErrorCode::WorkerCrashed,
+                message,
+            } = &outcome
+                && !streaming
+                && record.attempt <= record.request.max_retries
+                && !cancellation.is_cancelled()
+                && tokio::time::Instant::now() < deadline
+            {
+                let now_us = unix_us();
+                record.timeline.push(TimelineEntry {
+                    at_us: now_us,
+                    status: ExecutionStatus::Failed,
+                    attempt: record.attempt,
+                    note: message.clone(),
+                });
+                record.attempt += 1;
+                record.status = ExecutionStatus::Pending;
+                record.started_at_us = None;
+                record.timeline.push(TimelineEntry {
+                    at_us: now_us,
+                    status: ExecutionStatus::Pending,
+                    attempt: record.attempt,
+                    note: format!(
+                        "retrying after {} (context.max_retries = {})",
+                        ErrorCode::WorkerCrashed.as_str(),
+                        record.request.max_retries
+                    ),
+                });
+                continue;
+            }
+            let figures = RunFigures {
+                output,
+                logs,
+                run_ms,
+                memory_used_bytes: peak_memory_bytes as i64,
+            };
+            return Some(self.finish(record, &task, outcome, figures).await);
         }
-        let run_ms = run_started.elapsed().as_secs_f64() * 1000.0;
-        let CallReport {
-            outcome,
-            output,
-            logs,
-            peak_memory_bytes,
-            start_duration,
-            metrics,
-            ..
-        } = report;
-        let outcome = outcome.unwrap_or(Outcome::Failed {
-            code: ErrorCode::InitFailed,
-            message: "the runtime reported no outcome".into(),
-        });
-        if matches!(outcome, Outcome::Failed { .. }) {
-            lease.record_failure();
+    }
+
+    /// Resolves when a graceful shutdown begins, for async executions; never for sync and stream
+    /// ones (their callers get an answer when the node cancels them).
+    async fn wait_for_shutdown(&self, is_async: bool) {
+        if is_async {
+            self.shutting_down.cancelled().await;
+        } else {
+            std::future::pending::<()>().await;
         }
-        // The instance goes back (or is replaced) before the record is written.
-        drop(lease);
-        self.running.fetch_sub(1, Ordering::Relaxed);
-        task.counters.running.fetch_sub(1, Ordering::Relaxed);
-        record.metrics.insert(
-            "instantiate_us".into(),
-            start_duration.as_micros().to_string(),
-        );
-        record.metrics.extend(metrics);
-        let outcome = match outcome {
-            Outcome::Cancelled { .. } => Outcome::Cancelled {
-                reason: cancel_reason.lock().clone().unwrap_or_default(),
-            },
-            Outcome::TimedOut { .. } => Outcome::TimedOut {
-                message: format!("the call exceeded its timeout of {timeout_ms} ms"),
-            },
-            other => other,
-        };
-        let figures = RunFigures {
-            output,
-            logs,
-            run_ms,
-            memory_used_bytes: peak_memory_bytes as i64,
-        };
-        Some(self.finish(record, &task, outcome, figures).await)
     }
 
     async fn finish(
