@@ -88,9 +88,9 @@ pub struct InstanceCall {
 }
 
 /// What a call produced, whatever ran it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CallReport {
-    pub outcome: Option<Outcome>,
+    pub outcome: Outcome,
     pub output: Bytes,
     pub logs: Bytes,
     pub peak_memory_bytes: u64,
@@ -105,12 +105,16 @@ pub struct CallReport {
 impl CallReport {
     pub fn failed(code: ErrorCode, message: impl Into<String>, usable: bool) -> CallReport {
         CallReport {
-            outcome: Some(Outcome::Failed {
+            outcome: Outcome::Failed {
                 code,
                 message: message.into(),
-            }),
+            },
+            output: Bytes::new(),
+            logs: Bytes::new(),
+            peak_memory_bytes: 0,
+            start_duration: Duration::ZERO,
+            metrics: BTreeMap::new(),
             instance_still_usable: usable,
-            ..CallReport::default()
         }
     }
 }
@@ -122,7 +126,7 @@ impl InstanceRuntime {
             (InstanceRuntime::WasmPerCall(module), CallTarget::Wasm(entry_point)) => {
                 let report = module.run(wasm_invocation(entry_point.clone(), call)).await;
                 CallReport {
-                    outcome: Some(report.outcome),
+                    outcome: report.outcome,
                     output: report.output,
                     logs: report.logs,
                     peak_memory_bytes: report.peak_memory_bytes,
@@ -147,7 +151,7 @@ impl InstanceRuntime {
                     *slot.lock() = Some(instance);
                 }
                 CallReport {
-                    outcome: Some(call.report.outcome),
+                    outcome: call.report.outcome,
                     output: call.report.output,
                     logs: call.report.logs,
                     peak_memory_bytes: call.report.peak_memory_bytes,
@@ -174,7 +178,7 @@ impl InstanceRuntime {
                 )
                 .await;
                 CallReport {
-                    outcome: Some(report.outcome),
+                    outcome: report.outcome,
                     output: report.output,
                     logs: report.logs,
                     peak_memory_bytes: 0,

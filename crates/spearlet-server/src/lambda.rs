@@ -227,7 +227,7 @@ impl LambdaWorker {
         tokio::task::yield_now().await;
         let logs = self.logs.lock().bytes.split().freeze();
         CallReport {
-            outcome: Some(outcome),
+            outcome,
             output,
             logs,
             peak_memory_bytes: 0,

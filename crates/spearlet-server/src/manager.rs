@@ -595,10 +595,6 @@ impl TaskExecutionManager {
                 metrics,
                 ..
             } = report;
-            let outcome = outcome.unwrap_or(Outcome::Failed {
-                code: ErrorCode::InitFailed,
-                message: "the runtime reported no outcome".into(),
-            });
             if matches!(outcome, Outcome::Failed { .. }) {
                 lease.record_failure();
             }
