@@ -1,5 +1,9 @@
 //! Generates the FunctionService client, server and messages with a vendored `protoc`, so a
-//! fresh machine needs no system protobuf install.
+//! fresh machine needs no system protobuf install, and their proto3 JSON mapping (pbjson) for
+//! the HTTP/JSON gateway.
+//!
+//! The well-known types `Any` and `Timestamp` come from `pbjson-types`, which carries their
+//! JSON form, instead of `prost-types`; the binary encoding is the same.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
@@ -15,10 +19,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "/../../proto/spearlet/function.proto"
     );
     println!("cargo:rerun-if-changed={proto_file}");
+    let descriptor_path =
+        std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("spearlet_descriptor.bin");
     tonic_prost_build::configure()
-        .file_descriptor_set_path(
-            std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("spearlet_descriptor.bin"),
-        )
+        .file_descriptor_set_path(&descriptor_path)
+        .extern_path(".google.protobuf.Any", "::pbjson_types::Any")
+        .extern_path(".google.protobuf.Timestamp", "::pbjson_types::Timestamp")
         .compile_protos(&[proto_file], &[proto_root])?;
+    let descriptors = std::fs::read(&descriptor_path)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors)?
+        .preserve_proto_field_names()
+        .build(&[".spearlet"])?;
     Ok(())
 }

@@ -16,7 +16,10 @@ pub enum ErrorKind {
     NotFound,
     /// The id or name exists with different content.
     AlreadyExists,
-    /// The request is well-formed but not allowed (a path outside the allowed roots).
+    /// No valid credentials (a missing or unknown bearer token).
+    Unauthenticated,
+    /// The request is well-formed but not allowed (a path outside the allowed roots, a token
+    /// without the scope or task).
     PermissionDenied,
     /// The system is not in a state where the request can work (checksum mismatch, task busy).
     FailedPrecondition,
@@ -61,6 +64,10 @@ impl SpearError {
 
     pub fn already_exists(message: impl Into<String>) -> SpearError {
         SpearError::new(ErrorKind::AlreadyExists, message)
+    }
+
+    pub fn unauthenticated(message: impl Into<String>) -> SpearError {
+        SpearError::new(ErrorKind::Unauthenticated, message)
     }
 
     pub fn permission_denied(message: impl Into<String>) -> SpearError {

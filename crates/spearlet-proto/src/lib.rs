@@ -8,7 +8,12 @@
 /// Generated messages, enums, client and server for package `spearlet`.
 pub mod spearlet {
     tonic::include_proto!("spearlet");
+    // serde for every message and enum, in the proto3 JSON mapping with the proto field names.
+    include!(concat!(env!("OUT_DIR"), "/spearlet.serde.rs"));
 }
+
+/// The well-known types the messages use (`Any`, `Timestamp`), with their JSON mapping.
+pub use pbjson_types;
 
 pub use spearlet::*;
 

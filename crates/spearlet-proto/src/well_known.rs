@@ -6,7 +6,7 @@
 //! numbers of `google/protobuf/wrappers.proto` (every wrapper is `<type> value = 1;`).
 
 use prost::Message;
-use prost_types::Any;
+use pbjson_types::Any;
 
 /// The `type.googleapis.com/` prefix every `Any.type_url` of a well-known type carries.
 pub const TYPE_URL_PREFIX: &str = "type.googleapis.com/";
@@ -88,7 +88,7 @@ pub fn any_type_name(any: &Any) -> &str {
 pub fn pack<M: Message>(type_name: &str, message: &M) -> Any {
     Any {
         type_url: format!("{TYPE_URL_PREFIX}{type_name}"),
-        value: message.encode_to_vec(),
+        value: message.encode_to_vec().into(),
     }
 }
 
@@ -113,7 +113,7 @@ pub fn unpack_bytes(any: &Any) -> Option<Vec<u8>> {
     if any_type_name(any) != BYTES_VALUE_TYPE {
         return None;
     }
-    BytesValue::decode(any.value.as_slice())
+    BytesValue::decode(any.value.as_ref())
         .ok()
         .map(|bytes_value| bytes_value.value)
 }
@@ -146,7 +146,7 @@ mod tests {
     fn type_name_ignores_the_url_host() {
         let any = Any {
             type_url: "example.com/x/google.protobuf.StringValue".into(),
-            value: vec![],
+            value: Default::default(),
         };
         assert_eq!(any_type_name(&any), STRING_VALUE_TYPE);
         assert_eq!(unpack_bytes(&any), None);

@@ -14,8 +14,8 @@ pub fn unix_us() -> i64 {
 }
 
 /// A protobuf Timestamp from Unix microseconds.
-pub fn timestamp_from_us(unix_us: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
+pub fn timestamp_from_us(unix_us: i64) -> spearlet_proto::pbjson_types::Timestamp {
+    spearlet_proto::pbjson_types::Timestamp {
         seconds: unix_us.div_euclid(1_000_000),
         nanos: (unix_us.rem_euclid(1_000_000) * 1000) as i32,
     }

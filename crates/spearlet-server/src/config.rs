@@ -20,8 +20,11 @@ use spearlet_core::{
 pub struct NodeConfig {
     /// gRPC listen address. Default `127.0.0.1:50052`.
     pub grpc_addr: SocketAddr,
-    /// HTTP listen address, reserved for the HTTP/JSON gateway. Default `127.0.0.1:8081`.
+    /// HTTP/JSON gateway, `/metrics` and probes listen address. Default `127.0.0.1:8081`.
     pub http_addr: SocketAddr,
+    /// Allow listening on a non-loopback address with neither `[auth]` tokens nor `[tls]`.
+    /// Without it the node refuses to start in that setup.
+    pub insecure: bool,
     /// Where caches and (later) durable records live. Default `./spearlet-data`.
     pub data_dir: PathBuf,
     /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
@@ -30,8 +33,12 @@ pub struct NodeConfig {
     pub log_format: LogFormat,
     /// Register the bundled example functions as tasks at start when no task has their name.
     pub register_examples: bool,
-    /// Largest gRPC request message accepted, in bytes. Larger → RESOURCE_EXHAUSTED.
+    /// Largest request accepted (gRPC message or HTTP body), in bytes. Larger →
+    /// RESOURCE_EXHAUSTED / 413.
     pub max_request_bytes: usize,
+    /// Requests one client connection may have in flight at once (gRPC and HTTP/2 streams);
+    /// more wait for a slot on that connection, other connections are unaffected.
+    pub max_requests_per_connection: usize,
     /// Executions allowed to run at once across all tasks.
     pub max_concurrent_executions: usize,
     /// Executions allowed to wait for a run slot; beyond it → RESOURCE_EXHAUSTED.
@@ -56,6 +63,64 @@ pub struct NodeConfig {
     pub process: ProcessNodeConfig,
     pub wasm: WasmConfig,
     pub artifacts: ArtifactsConfig,
+    /// Bearer tokens; none configured = no authentication.
+    pub auth: AuthConfig,
+    /// TLS for both listeners; unset = plaintext.
+    pub tls: Option<TlsConfig>,
+    /// Trace export.
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[auth]`: who may call the node.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One `[[auth.tokens]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The bearer token. Never logged (its `Debug` is redacted).
+    pub token: crate::auth::SecretToken,
+    /// `read`, `invoke` (includes read), `admin` (includes both). Default: all.
+    #[serde(default = "all_scopes")]
+    pub scopes: Vec<crate::auth::Scope>,
+    /// Task names the token may touch: exact names, or prefixes ending in `*`. Empty: all.
+    #[serde(default)]
+    pub tasks: Vec<String>,
+}
+
+fn all_scopes() -> Vec<crate::auth::Scope> {
+    vec![crate::auth::Scope::Admin]
+}
+
+/// `[tls]`: a PEM certificate chain and private key, used by the gRPC and the HTTP listener.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// `[telemetry]`: where spans go besides the log.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector endpoint (e.g. `http://127.0.0.1:4317`); empty = no export.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> TelemetryConfig {
+        TelemetryConfig {
+            otlp_endpoint: String::new(),
+            service_name: "spearlet".into(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -338,11 +403,13 @@ impl Default for NodeConfig {
         NodeConfig {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50052)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            insecure: false,
             data_dir: PathBuf::from("./spearlet-data"),
             log_level: "info".into(),
             log_format: LogFormat::Text,
             register_examples: true,
             max_request_bytes: 8 * 1024 * 1024,
+            max_requests_per_connection: 1024,
             max_concurrent_executions: 256,
             max_queue_length: 1024,
             max_execution_records: 100_000,
@@ -356,6 +423,9 @@ impl Default for NodeConfig {
             process: ProcessNodeConfig::default(),
             wasm: WasmConfig::default(),
             artifacts: ArtifactsConfig::default(),
+            auth: AuthConfig::default(),
+            tls: None,
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -369,6 +439,11 @@ pub struct ConfigOverrides {
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
     pub register_examples: Option<bool>,
+    pub insecure: Option<bool>,
+    /// Tokens with every scope and task (`SPEARLET_AUTH_TOKENS`), added to the file's.
+    pub auth_tokens: Vec<crate::auth::SecretToken>,
+    pub tls: Option<TlsConfig>,
+    pub otlp_endpoint: Option<String>,
 }
 
 impl NodeConfig {
@@ -404,6 +479,23 @@ impl NodeConfig {
         if let Some(value) = overrides.register_examples {
             config.register_examples = value;
         }
+        if let Some(value) = overrides.insecure {
+            config.insecure = value;
+        }
+        config
+            .auth
+            .tokens
+            .extend(overrides.auth_tokens.into_iter().map(|token| TokenConfig {
+                token,
+                scopes: all_scopes(),
+                tasks: Vec::new(),
+            }));
+        if let Some(value) = overrides.tls {
+            config.tls = Some(value);
+        }
+        if let Some(value) = overrides.otlp_endpoint {
+            config.telemetry.otlp_endpoint = value;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -418,7 +510,11 @@ impl NodeConfig {
         let task_defaults = &self.task_defaults;
         let pool_defaults = &task_defaults.pool;
         let autoscale_defaults = &task_defaults.autoscale;
-        let checks: [(&str, bool); 19] = [
+        let checks: [(&str, bool); 20] = [
+            (
+                "max_requests_per_connection",
+                self.max_requests_per_connection > 0,
+            ),
             ("max_async_pending", self.max_async_pending > 0),
             ("max_queue_length", self.max_queue_length > 0),
             ("max_request_bytes", self.max_request_bytes > 0),
@@ -492,12 +588,47 @@ impl NodeConfig {
                 pool_defaults.instance_capacity
             )));
         }
+        for (index, token) in self.auth.tokens.iter().enumerate() {
+            if token.token.expose().is_empty() {
+                return Err(SpearError::invalid_argument(format!(
+                    "config: auth.tokens[{index}].token must not be empty"
+                )));
+            }
+            if token.scopes.is_empty() {
+                return Err(SpearError::invalid_argument(format!(
+                    "config: auth.tokens[{index}].scopes must name at least one of read, \
+                     invoke, admin"
+                )));
+            }
+        }
+        self.check_exposure()?;
         // Every rule of `PoolSettings::validate` is checked above under its name in this file;
         // this also enforces any rule added to it later.
         task_defaults
             .to_pool_settings()
             .validate("task_defaults")
             .map_err(|error| error.context("config"))?;
+        Ok(())
+    }
+}
+
+impl NodeConfig {
+    /// Refuses a listener on a non-loopback address when nothing protects it: no tokens, no
+    /// TLS and no `insecure`.
+    fn check_exposure(&self) -> SpearResult<()> {
+        if self.insecure || !self.auth.tokens.is_empty() || self.tls.is_some() {
+            return Ok(());
+        }
+        for (key, address) in [("grpc_addr", self.grpc_addr), ("http_addr", self.http_addr)] {
+            if !address.ip().is_loopback() {
+                return Err(SpearError::invalid_argument(format!(
+                    "config: {key} {address} is reachable from other machines, but no \
+                     [auth] tokens and no [tls] are configured, so anyone who can reach it could \
+                     run code here; configure tokens (SPEARLET_AUTH_TOKENS) or TLS, bind \
+                     127.0.0.1, or pass --insecure to accept the risk"
+                )));
+            }
+        }
         Ok(())
     }
 }

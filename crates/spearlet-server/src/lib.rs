@@ -12,6 +12,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod errors;

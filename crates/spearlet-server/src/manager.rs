@@ -70,6 +70,8 @@ pub struct ExecutionRequest {
     pub cold_start: bool,
     /// For streaming callers: where stdout chunks go, and a signal when the guest starts.
     pub stream: Option<StreamSink>,
+    /// The W3C `traceparent` the caller sent (gRPC metadata or HTTP header), unparsed.
+    pub traceparent: Option<String>,
 }
 
 /// The live side of a streaming execution.
@@ -866,6 +868,7 @@ impl TaskExecutionManager {
                 metadata: record.metadata.clone(),
                 cold_start: false,
                 stream: None,
+                traceparent: None,
             };
             if let Err(error) = self.store.put_execution_durable(record.clone()).await {
                 tracing::error!(execution_id = %record.execution_id, "recording recovery failed: {error}");

@@ -9,6 +9,7 @@ use spearlet_pool::{Dispatcher, DispatcherConfig};
 use spearlet_store::{DurableStore, DurableStoreConfig};
 use spearlet_wasm::{WasmEngine, WasmEngineConfig};
 
+use crate::auth::AccessPolicy;
 use crate::config::NodeConfig;
 use crate::manager::{ManagerConfig, TaskExecutionManager};
 use crate::observer::ProcessObserver;
@@ -19,6 +20,8 @@ pub struct Node {
     pub registry: TaskRegistry,
     pub manager: Arc<TaskExecutionManager>,
     pub observer: Arc<ProcessObserver>,
+    /// The configured bearer tokens; handlers authorize requests against it.
+    pub access: Arc<AccessPolicy>,
 }
 
 impl Node {
@@ -110,6 +113,7 @@ impl Node {
             registry,
             manager,
             observer: ProcessObserver::start(),
+            access: Arc::new(AccessPolicy::new(&config.auth)),
             config: NodeConfig { data_dir, ..config },
         });
         if node.config.register_examples {

@@ -98,6 +98,7 @@ impl FunctionServiceHandler {
             force_new_instance: request.force_new_instance,
             cold_start,
             stream,
+            traceparent: None,
         })
     }
 

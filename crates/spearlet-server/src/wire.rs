@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use bytes::Bytes;
 use prost::Message;
-use prost_types::Any;
+use spearlet_proto::pbjson_types::Any;
 use spearlet_core::{
     ArtifactRecord, ExecutionMode, ExecutionRecord, ExecutionStatus, ResultEncoding, SpearError,
     SpearResult,
@@ -72,7 +72,7 @@ pub fn input_from_parameters(parameters: &[proto::FunctionParameter]) -> SpearRe
 }
 
 fn decode_wrapper<M: Message + Default>(any: &Any, index: usize, name: &str) -> SpearResult<M> {
-    M::decode(any.value.as_slice()).map_err(|error| {
+    M::decode(any.value.as_ref()).map_err(|error| {
         SpearError::invalid_argument(format!(
             "parameters[{index}] ({name:?}): value does not decode as {}: {error}",
             any_type_name(any)
@@ -367,7 +367,7 @@ mod tests {
             "weird",
             Some(Any {
                 type_url: "type.googleapis.com/acme.Thing".into(),
-                value: vec![],
+                value: Default::default(),
             }),
             false,
         )];

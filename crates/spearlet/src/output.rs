@@ -177,7 +177,7 @@ pub fn format_unix_ms(milliseconds: i64, with_milliseconds: bool) -> String {
 }
 
 pub fn format_timestamp(
-    timestamp: Option<&prost_types::Timestamp>,
+    timestamp: Option<&spearlet_proto::pbjson_types::Timestamp>,
     with_milliseconds: bool,
 ) -> String {
     match timestamp {
@@ -272,7 +272,7 @@ pub fn payload_json(payload: Option<&proto::Payload>) -> Value {
     object
 }
 
-fn any_json(any: Option<&prost_types::Any>) -> Value {
+fn any_json(any: Option<&spearlet_proto::pbjson_types::Any>) -> Value {
     match any {
         None => Value::Null,
         Some(any) => json!({
@@ -290,7 +290,7 @@ fn map_json(map: &HashMap<String, String>) -> Value {
     )
 }
 
-fn timestamp_json(timestamp: Option<&prost_types::Timestamp>) -> Value {
+fn timestamp_json(timestamp: Option<&spearlet_proto::pbjson_types::Timestamp>) -> Value {
     timestamp.map_or(Value::Null, |timestamp| {
         json!(format_rfc3339(timestamp.seconds, timestamp.nanos, true))
     })

@@ -154,7 +154,7 @@ fn is_terminal(status: i32) -> bool {
     .contains(&status)
 }
 
-fn unix_microseconds(timestamp: Option<&prost_types::Timestamp>) -> Option<i64> {
+fn unix_microseconds(timestamp: Option<&spearlet_proto::pbjson_types::Timestamp>) -> Option<i64> {
     timestamp.map(|timestamp| timestamp.seconds * 1_000_000 + i64::from(timestamp.nanos) / 1000)
 }
 
