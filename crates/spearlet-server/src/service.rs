@@ -43,6 +43,7 @@ impl FunctionServiceHandler {
         &self,
         request: proto::InvokeFunctionRequest,
         grpc_deadline: Option<Duration>,
+        traceparent: Option<String>,
     ) -> SpearResult<proto::InvokeFunctionResponse> {
         let mode = match request.execution_mode() {
             proto::ExecutionMode::Unknown | proto::ExecutionMode::Sync => ExecutionMode::Sync,
@@ -54,7 +55,9 @@ impl FunctionServiceHandler {
                 ));
             }
         };
-        let execution_request = self.execution_request(&request, mode, None).await?;
+        let execution_request = self
+            .execution_request(&request, mode, None, traceparent)
+            .await?;
         if mode == ExecutionMode::Async {
             return self
                 .invoke_async(execution_request, request.wait, grpc_deadline)
@@ -70,6 +73,7 @@ impl FunctionServiceHandler {
         request: &proto::InvokeFunctionRequest,
         mode: ExecutionMode,
         stream: Option<StreamSink>,
+        traceparent: Option<String>,
     ) -> SpearResult<ExecutionRequest> {
         let (input, result_encoding) = wire::decode_input(request)?;
         let (task, cold_start) = self.resolve_task_for_invoke(request).await?;
@@ -98,7 +102,7 @@ impl FunctionServiceHandler {
             force_new_instance: request.force_new_instance,
             cold_start,
             stream,
-            traceparent: None,
+            traceparent,
         })
     }
 
@@ -155,7 +159,11 @@ impl FunctionServiceHandler {
 
     /// StreamFunction: RUNNING with the id, then stdout chunks as written, then the final
     /// status. Dropping the stream cancels the execution.
-    async fn stream(&self, request: proto::InvokeFunctionRequest) -> SpearResult<ResponseStream> {
+    async fn stream(
+        &self,
+        request: proto::InvokeFunctionRequest,
+        traceparent: Option<String>,
+    ) -> SpearResult<ResponseStream> {
         let (chunk_sender, mut chunk_receiver) = tokio::sync::mpsc::unbounded_channel();
         let (started_sender, started_receiver) = tokio::sync::oneshot::channel();
         let execution_request = self
@@ -166,6 +174,7 @@ impl FunctionServiceHandler {
                     started: started_sender,
                     chunks: chunk_sender,
                 }),
+                traceparent,
             )
             .await?;
         let submitted = self.node.manager.submit(execution_request).await?;
@@ -675,6 +684,14 @@ fn log_lines_with_attempts(record: &ExecutionRecord) -> Vec<String> {
     lines
 }
 
+/// The W3C `traceparent` the caller sent, if any (validated where it is used).
+fn traceparent(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    metadata
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// The client's deadline from the `grpc-timeout` header (`<digits><unit>`, unit H M S m u n).
 fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
@@ -737,7 +754,8 @@ impl FunctionService for FunctionServiceHandler {
         request: Request<proto::InvokeFunctionRequest>,
     ) -> Result<Response<proto::InvokeFunctionResponse>, Status> {
         let grpc_deadline = grpc_timeout(request.metadata());
-        self.invoke(request.into_inner(), grpc_deadline)
+        let traceparent = traceparent(request.metadata());
+        self.invoke(request.into_inner(), grpc_deadline, traceparent)
             .await
             .map(Response::new)
             .map_err(to_status)
@@ -790,7 +808,8 @@ impl FunctionService for FunctionServiceHandler {
         &self,
         request: Request<proto::InvokeFunctionRequest>,
     ) -> Result<Response<Self::StreamFunctionStream>, Status> {
-        self.stream(request.into_inner())
+        let traceparent = traceparent(request.metadata());
+        self.stream(request.into_inner(), traceparent)
             .await
             .map(Response::new)
             .map_err(to_status)

@@ -42,6 +42,16 @@ pub struct CommandLine {
     #[arg(long = "json", global = true)]
     pub json_output: bool,
 
+    /// Bearer token sent with every request to a node that requires one.
+    #[arg(long = "token", global = true, env = "SPEARLET_TOKEN", value_name = "TOKEN",
+          hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// PEM file with the CA certificate(s) that signed the node's TLS certificate, for
+    /// `https://` addresses (without it the system's roots are used).
+    #[arg(long = "tls-ca", global = true, env = "SPEARLET_TLS_CA", value_name = "PATH")]
+    pub tls_ca_file: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -81,7 +91,8 @@ pub struct ServeArguments {
     )]
     pub grpc_address: Option<SocketAddr>,
 
-    /// HTTP listen address, reserved for the HTTP/JSON gateway.
+    /// HTTP listen address of the HTTP/JSON gateway, `/metrics` and the probes; port 0 picks a
+    /// free port (printed on the second stdout line).
     #[arg(
         long = "http-addr",
         env = "SPEARLET_HTTP_ADDR",
@@ -108,6 +119,32 @@ pub struct ServeArguments {
     /// Do not register the bundled example functions as tasks at start.
     #[arg(long = "no-examples", env = "SPEARLET_NO_EXAMPLES")]
     pub no_examples: bool,
+
+    /// Bearer tokens (comma-separated) granted every scope and task, added to `[auth]`.
+    #[arg(
+        long = "auth-tokens",
+        env = "SPEARLET_AUTH_TOKENS",
+        value_name = "TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub auth_tokens: Vec<String>,
+
+    /// PEM certificate chain for TLS on both listeners (with `--tls-key`).
+    #[arg(long = "tls-cert", env = "SPEARLET_TLS_CERT", value_name = "PATH", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key for `--tls-cert`.
+    #[arg(long = "tls-key", env = "SPEARLET_TLS_KEY", value_name = "PATH", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// Listen on a non-loopback address without tokens or TLS anyway.
+    #[arg(long = "insecure", env = "SPEARLET_INSECURE")]
+    pub insecure: bool,
+
+    /// Export spans over OTLP/gRPC to this collector (e.g. `http://127.0.0.1:4317`).
+    #[arg(long = "otlp-endpoint", env = "SPEARLET_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Args)]

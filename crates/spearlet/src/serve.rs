@@ -12,6 +12,8 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use spearlet_server::auth::SecretToken;
+use spearlet_server::config::TlsConfig;
 use spearlet_server::{ConfigOverrides, LogFormat, NodeConfig};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -30,6 +32,22 @@ impl ServeArguments {
             log_level: self.log_level.clone(),
             log_format: self.log_format,
             register_examples: self.no_examples.then_some(false),
+            insecure: self.insecure.then_some(true),
+            auth_tokens: self
+                .auth_tokens
+                .iter()
+                .map(|token| token.trim())
+                .filter(|token| !token.is_empty())
+                .map(SecretToken::new)
+                .collect(),
+            tls: match (&self.tls_cert_file, &self.tls_key_file) {
+                (Some(cert_file), Some(key_file)) => Some(TlsConfig {
+                    cert_file: cert_file.clone(),
+                    key_file: key_file.clone(),
+                }),
+                _ => None,
+            },
+            otlp_endpoint: self.otlp_endpoint.clone(),
         }
     }
 }
