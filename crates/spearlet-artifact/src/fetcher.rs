@@ -56,6 +56,27 @@ pub struct FetchedArtifact {
     pub cache_hit: bool,
 }
 
+/// What the content cache has done since the fetcher was built, for metrics. Real counts:
+/// each is incremented where the event happens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Fetches served from the cache without touching the source (a fetch with a checksum whose
+    /// blob was cached, or an `artifact://` location).
+    pub hits: u64,
+    /// Fetches that read their source (file, HTTP or `data:`), counted once per source read: a
+    /// fetch that joins one already in flight shares its read and is not counted again.
+    pub misses: u64,
+    /// Bytes written into the cache as new blobs (fetched or uploaded).
+    pub bytes_written: u64,
+}
+
+#[derive(Default)]
+struct CacheCounters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    bytes_written: AtomicU64,
+}
+
 type InFlightFetch = Shared<BoxFuture<'static, SpearResult<FetchedArtifact>>>;
 
 /// Fetches artifacts. Cheap to clone; clones share the cache and the in-flight table.
@@ -69,6 +90,7 @@ struct FetcherInner {
     allowed_roots: AllowedRoots,
     http: reqwest::Client,
     in_flight: Mutex<HashMap<(String, Option<String>), InFlightFetch>>,
+    cache_counters: CacheCounters,
 }
 
 impl ArtifactFetcher {
@@ -88,12 +110,23 @@ impl ArtifactFetcher {
                 config,
                 http,
                 in_flight: Mutex::new(HashMap::new()),
+                cache_counters: CacheCounters::default(),
             }),
         })
     }
 
     pub fn allowed_roots(&self) -> &AllowedRoots {
         &self.inner.allowed_roots
+    }
+
+    /// The cache's hit, miss and byte counters. Lock-free.
+    pub fn cache_stats(&self) -> CacheStats {
+        let counters = &self.inner.cache_counters;
+        CacheStats {
+            hits: counters.hits.load(Ordering::Relaxed),
+            misses: counters.misses.load(Ordering::Relaxed),
+            bytes_written: counters.bytes_written.load(Ordering::Relaxed),
+        }
     }
 
     /// Returns the verified bytes of the artifact at `location`. With a checksum, a cached copy
@@ -105,6 +138,10 @@ impl ArtifactFetcher {
         if let Some(digest) = &expected_digest
             && let Some(cached) = self.read_cached(digest).await?
         {
+            self.inner
+                .cache_counters
+                .hits
+                .fetch_add(1, Ordering::Relaxed);
             return Ok(cached);
         }
         let key = (location.to_owned(), expected_digest.clone());
@@ -150,6 +187,12 @@ impl ArtifactFetcher {
         location: ArtifactLocation,
         expected_digest: Option<String>,
     ) -> SpearResult<FetchedArtifact> {
+        if !matches!(location, ArtifactLocation::Cached(_)) {
+            self.inner
+                .cache_counters
+                .misses
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let bytes = match location {
             ArtifactLocation::File(path) => self.read_file(&path).await?,
             ArtifactLocation::Http(url) => self.download(&url).await?,
@@ -159,7 +202,13 @@ impl ArtifactFetcher {
             }
             ArtifactLocation::Cached(digest) => {
                 return match self.read_cached(&digest).await? {
-                    Some(cached) => verify(cached, expected_digest.as_deref()),
+                    Some(cached) => {
+                        self.inner
+                            .cache_counters
+                            .hits
+                            .fetch_add(1, Ordering::Relaxed);
+                        verify(cached, expected_digest.as_deref())
+                    }
                     None => Err(SpearError::failed_precondition(format!(
                         "artifact_spec.location: artifact://sha256:{digest} is not in this \
                          node's cache; upload it first"
@@ -236,6 +285,10 @@ impl ArtifactFetcher {
         write_result.map_err(|error| {
             SpearError::internal(format!("caching artifact {}: {error}", path.display()))
         })?;
+        self.inner
+            .cache_counters
+            .bytes_written
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         Ok(path)
     }
 

@@ -16,5 +16,5 @@ mod fetcher;
 mod location;
 
 pub use allowed_roots::AllowedRoots;
-pub use fetcher::{ArtifactFetcher, ArtifactFetcherConfig, FetchedArtifact};
+pub use fetcher::{ArtifactFetcher, ArtifactFetcherConfig, CacheStats, FetchedArtifact};
 pub use location::{ArtifactLocation, parse_checksum, sha256_hex};

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use spearlet_artifact::{ArtifactFetcher, ArtifactFetcherConfig, sha256_hex};
+use spearlet_artifact::{ArtifactFetcher, ArtifactFetcherConfig, CacheStats, sha256_hex};
 use spearlet_core::ErrorKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -68,6 +68,14 @@ async fn files_inside_roots_are_read_and_cached_by_digest() {
         .await
         .unwrap();
     assert!(again.cache_hit);
+    assert_eq!(
+        fetcher.cache_stats(),
+        CacheStats {
+            hits: 1,
+            misses: 1,
+            bytes_written: b"module bytes".len() as u64,
+        }
+    );
 }
 
 #[tokio::test]
@@ -158,6 +166,12 @@ async fn concurrent_fetches_of_one_location_share_one_download() {
         assert_eq!(&fetch.unwrap().unwrap().bytes[..], b"shared");
     }
     assert_eq!(requests.load(Ordering::SeqCst), 1);
+    let stats = fetcher.cache_stats();
+    assert_eq!(
+        (stats.misses, stats.bytes_written),
+        (1, 6),
+        "one shared read: {stats:?}"
+    );
 }
 
 fn base64_encode(bytes: &[u8]) -> String {

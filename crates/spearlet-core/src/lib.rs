@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod execution;
+pub mod histogram;
 pub mod ids;
 pub mod pool_settings;
 pub mod process_settings;

@@ -5,8 +5,8 @@
 //! `Any` still needs the message form, so the wrappers are declared here by hand with the field
 //! numbers of `google/protobuf/wrappers.proto` (every wrapper is `<type> value = 1;`).
 
-use prost::Message;
 use pbjson_types::Any;
+use prost::Message;
 
 /// The `type.googleapis.com/` prefix every `Any.type_url` of a well-known type carries.
 pub const TYPE_URL_PREFIX: &str = "type.googleapis.com/";

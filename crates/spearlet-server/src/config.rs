@@ -506,7 +506,9 @@ impl NodeConfig {
             .and_then(|config: NodeConfig| config.validate().map(|()| config))
     }
 
-    fn validate(&self) -> SpearResult<()> {
+    /// Every rule the file and the overrides must satisfy; `serve` checks it again for configs
+    /// built in code.
+    pub fn validate(&self) -> SpearResult<()> {
         let task_defaults = &self.task_defaults;
         let pool_defaults = &task_defaults.pool;
         let autoscale_defaults = &task_defaults.autoscale;

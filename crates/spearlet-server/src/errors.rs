@@ -21,6 +21,49 @@ pub fn grpc_code(kind: ErrorKind) -> Code {
     }
 }
 
+/// The HTTP status the gateway answers for a gRPC status code.
+pub fn http_status(code: Code) -> http::StatusCode {
+    use http::StatusCode;
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted | Code::Cancelled => StatusCode::CONFLICT,
+        Code::FailedPrecondition => StatusCode::PRECONDITION_FAILED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The canonical name of a gRPC status code (`NOT_FOUND`), as the gateway's JSON errors carry
+/// it in `code`.
+pub fn grpc_code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 /// Converts a node error to a gRPC status carrying the message unchanged.
 pub fn to_status(error: SpearError) -> Status {
     if error.kind == ErrorKind::Internal {
@@ -127,6 +170,20 @@ mod tests {
         for (kind, code) in table {
             assert_eq!(grpc_code(kind), code);
         }
+        let error_statuses = [
+            (Code::InvalidArgument, 400),
+            (Code::Unauthenticated, 401),
+            (Code::PermissionDenied, 403),
+            (Code::NotFound, 404),
+            (Code::AlreadyExists, 409),
+            (Code::FailedPrecondition, 412),
+            (Code::ResourceExhausted, 429),
+            (Code::Unavailable, 503),
+        ];
+        for (code, expected) in error_statuses {
+            assert_eq!(http_status(code).as_u16(), expected, "{code:?}");
+        }
+        assert_eq!(grpc_code_name(Code::NotFound), "NOT_FOUND");
         let status = to_status(SpearError::not_found("task_id \"x\" is unknown"));
         assert_eq!(status.message(), "task_id \"x\" is unknown");
     }

@@ -34,6 +34,7 @@ use spearlet_wasm::{
 use tokio_util::sync::CancellationToken;
 
 use crate::lambda::LambdaWorker;
+use crate::trace_context::TraceContext;
 
 /// What a call runs, resolved from its `function_name` before the execution exists.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +86,9 @@ pub struct InstanceCall {
     pub deadline: tokio::time::Instant,
     pub cancellation: CancellationToken,
     pub output_chunks: Option<OutputChunkSender>,
+    /// The execution's trace context. Wasm and exec guests get it as `SPEAR_TRACEPARENT` in
+    /// `environment`; a lambda worker as the `Lambda-Runtime-Trace-Id` header.
+    pub trace: TraceContext,
 }
 
 /// What a call produced, whatever ran it.

@@ -158,7 +158,7 @@ impl LambdaWorker {
             payload: call.stdin,
             deadline_unix_ms,
             invoked_function_arn: self.task.function_arn.clone(),
-            trace_id: trace_id(),
+            trace_id: call.trace.xray_trace_id(),
             output_chunks: call.output_chunks,
         };
         let mut metrics: BTreeMap<String, String> =
@@ -248,16 +248,6 @@ async fn capture_into(mut stream: impl AsyncRead + Unpin, logs: Arc<Mutex<Captur
     }
 }
 
-/// An X-Ray style trace id (`Root=1-<epoch hex>-<96 random bits>;Sampled=0`).
-fn trace_id() -> String {
-    let epoch_seconds = (unix_ms() / 1000).max(0) as u32;
-    let random: u128 = rand::random();
-    format!(
-        "Root=1-{epoch_seconds:08x}-{:024x};Sampled=0",
-        random & ((1u128 << 96) - 1)
-    )
-}
-
 fn last_chars(text: &str, count: usize) -> &str {
     let start = text
         .char_indices()
@@ -270,15 +260,6 @@ fn last_chars(text: &str, count: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn trace_ids_have_the_xray_shape() {
-        let id = trace_id();
-        let root = id.strip_prefix("Root=1-").unwrap();
-        let (epoch, rest) = root.split_once('-').unwrap();
-        assert_eq!(epoch.len(), 8);
-        assert_eq!(rest.strip_suffix(";Sampled=0").unwrap().len(), 24);
-    }
 
     #[test]
     fn logs_keep_at_most_their_capacity() {

@@ -39,10 +39,13 @@ use spearlet_store::DurableStore;
 use spearlet_wasm::OutputChunkSender;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::clock::unix_us;
 use crate::instances::{CallReport, CallTarget, InstanceCall, InstanceRuntime};
+use crate::metrics::NodeMetrics;
 use crate::registry::{LoadedTask, TaskRegistry, TaskRuntime};
+use crate::trace_context::{self, TRACEPARENT_METADATA_KEY, TraceContext};
 
 /// One invocation as the manager needs it, decoded from the wire.
 pub struct ExecutionRequest {
@@ -125,6 +128,7 @@ pub struct TaskExecutionManager {
     async_pending: AtomicUsize,
     /// Executions running a guest.
     running: AtomicUsize,
+    metrics: NodeMetrics,
     /// Stops async executions that have not started when the node shuts down; they stay
     /// PENDING on disk and run after the restart.
     shutting_down: CancellationToken,
@@ -145,6 +149,7 @@ impl TaskExecutionManager {
             next_sequence: AtomicU64::new(highest_sequence + 1),
             async_pending: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
+            metrics: NodeMetrics::default(),
             shutting_down: CancellationToken::new(),
         })
     }
@@ -155,6 +160,11 @@ impl TaskExecutionManager {
 
     pub fn dispatcher(&self) -> &Dispatcher<InstanceRuntime> {
         &self.dispatcher
+    }
+
+    /// Node-wide metrics the manager records (`/metrics`).
+    pub fn metrics(&self) -> &NodeMetrics {
+        &self.metrics
     }
 
     /// Sync and stream executions waiting for an instance.
@@ -300,7 +310,7 @@ impl TaskExecutionManager {
             // Named when an instance is granted.
             instance_id: String::new(),
             request_fingerprint: fingerprint,
-            metadata: request.metadata.clone(),
+            metadata: record_metadata(request),
             request: StoredRequest {
                 // Only async executions can run again after a restart; a sync caller is gone
                 // by then, so its input is not kept.
@@ -393,7 +403,21 @@ impl TaskExecutionManager {
     ) {
         request.task.counters.live.fetch_add(1, Ordering::Relaxed);
         let manager = self.clone();
-        tokio::spawn(async move {
+        // Every log line of the execution carries these fields; `instance_id` is recorded when an
+        // instance is leased, `attempt` again on a retry.
+        let span = tracing::info_span!(
+            "execution",
+            execution_id = %record.execution_id,
+            task_id = %record.task_id,
+            function = %record.function_name,
+            attempt = record.attempt,
+            instance_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        let incoming_trace = request.traceparent.as_deref().and_then(TraceContext::parse);
+        let trace = trace_context::continue_trace(&span, incoming_trace.as_ref());
+        span.record("trace_id", trace.trace_id_hex().as_str());
+        let execution = async move {
             let mode = record.mode;
             let ExecutionHandle {
                 cancellation,
@@ -408,7 +432,14 @@ impl TaskExecutionManager {
                 }
             }
             let result = manager
-                .run(request, record, ticket, &cancellation, &cancel_reason)
+                .run(
+                    request,
+                    record,
+                    ticket,
+                    trace,
+                    &cancellation,
+                    &cancel_reason,
+                )
                 .await;
             match mode {
                 ExecutionMode::Async => manager.async_pending.fetch_sub(1, Ordering::Relaxed),
@@ -417,7 +448,8 @@ impl TaskExecutionManager {
             if let Some(record) = result {
                 let _ = finished_sender.send(Some(record));
             }
-        });
+        };
+        tokio::spawn(execution.instrument(span));
     }
 
     /// Runs one attempt. Returns the terminal record, or `None` when the node is shutting down
@@ -427,6 +459,7 @@ impl TaskExecutionManager {
         mut request: ExecutionRequest,
         mut record: ExecutionRecord,
         ticket: Option<Ticket<InstanceRuntime>>,
+        trace: TraceContext,
         cancellation: &CancellationToken,
         cancel_reason: &Mutex<Option<String>>,
     ) -> Option<ExecutionRecord> {
@@ -510,6 +543,8 @@ impl TaskExecutionManager {
                 }
             };
             record.instance_id = lease.instance_id().to_owned();
+            self.metrics.queue_wait.observe_duration(lease.queue_wait());
+            tracing::Span::current().record("instance_id", record.instance_id.as_str());
             let instance_cold_start = lease.cold_start();
             record.metrics.insert(
                 "cold_start".into(),
@@ -520,6 +555,9 @@ impl TaskExecutionManager {
                     "instance_start_ms".into(),
                     format!("{:.3}", start.as_secs_f64() * 1000.0),
                 );
+                task.counters
+                    .metrics
+                    .record_cold_start(&record.function_name, start);
             }
 
             // Counted as running from here, before the RUNNING write, so a graceful shutdown waits
@@ -551,13 +589,14 @@ impl TaskExecutionManager {
             if let Some(started_signal) = started_signal {
                 let _ = started_signal.send(());
             }
+            tracing::debug!("execution started");
             let (arguments, environment) = match &task.runtime {
                 TaskRuntime::Wasm(_) => (
                     vec![task.record.task_name.clone(), record.function_name.clone()],
-                    guest_environment(&task, &record),
+                    guest_environment(&task, &record, &trace),
                 ),
                 TaskRuntime::Process(process) => {
-                    let mut environment = guest_environment(&task, &record);
+                    let mut environment = guest_environment(&task, &record, &trace);
                     environment.extend([
                         ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
                         (
@@ -581,6 +620,7 @@ impl TaskExecutionManager {
                 deadline,
                 cancellation: cancellation.clone(),
                 output_chunks,
+                trace,
             };
             let run_started = Instant::now();
             let report = lease.runtime().run(call).await;
@@ -635,6 +675,7 @@ impl TaskExecutionManager {
                     note: message.clone(),
                 });
                 record.attempt += 1;
+                tracing::Span::current().record("attempt", record.attempt);
                 record.status = ExecutionStatus::Pending;
                 record.started_at_us = None;
                 record.timeline.push(TimelineEntry {
@@ -708,6 +749,12 @@ impl TaskExecutionManager {
         if record.started_at_us.is_some() {
             task.counters.record_duration(figures.run_ms);
         }
+        task.counters.metrics.record_finished(
+            &record.function_name,
+            record.status,
+            record.error_code,
+            record.started_at_us.map(|_| figures.run_ms / 1000.0),
+        );
         self.live.lock().remove(&record.execution_id);
         tracing::debug!(
             execution_id = %record.execution_id,
@@ -773,6 +820,10 @@ impl TaskExecutionManager {
     /// queue and stay PENDING on disk for the next start.
     pub fn begin_shutdown(&self) {
         self.shutting_down.cancel();
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.is_cancelled()
     }
 
     /// Last step of a graceful shutdown: sync and stream executions still live are cancelled
@@ -868,7 +919,8 @@ impl TaskExecutionManager {
                 metadata: record.metadata.clone(),
                 cold_start: false,
                 stream: None,
-                traceparent: None,
+                // The caller's context, kept at acceptance: the resumed run continues its trace.
+                traceparent: record.metadata.get(TRACEPARENT_METADATA_KEY).cloned(),
             };
             if let Err(error) = self.store.put_execution_durable(record.clone()).await {
                 tracing::error!(execution_id = %record.execution_id, "recording recovery failed: {error}");
@@ -1002,8 +1054,21 @@ fn request_fingerprint(request: &ExecutionRequest) -> String {
     hex::encode(hasher.finalize())
 }
 
+/// The record's metadata: the call's, plus the caller's `traceparent` when it is valid.
+fn record_metadata(request: &ExecutionRequest) -> BTreeMap<String, String> {
+    let mut metadata = request.metadata.clone();
+    if let Some(incoming) = request.traceparent.as_deref().and_then(TraceContext::parse) {
+        metadata.insert(TRACEPARENT_METADATA_KEY.into(), incoming.traceparent());
+    }
+    metadata
+}
+
 /// The guest's environment: task variables, then the call's, then spearlet's own (which win).
-fn guest_environment(task: &LoadedTask, record: &ExecutionRecord) -> Vec<(String, String)> {
+fn guest_environment(
+    task: &LoadedTask,
+    record: &ExecutionRecord,
+    trace: &TraceContext,
+) -> Vec<(String, String)> {
     let mut environment: BTreeMap<String, String> = task.config.environment.clone();
     environment.extend(
         record
@@ -1019,6 +1084,7 @@ fn guest_environment(task: &LoadedTask, record: &ExecutionRecord) -> Vec<(String
     environment.insert("SPEAR_TASK_ID".into(), task.record.task_id.clone());
     environment.insert("SPEAR_FUNCTION_NAME".into(), record.function_name.clone());
     environment.insert("SPEAR_SESSION_ID".into(), record.request.session_id.clone());
+    environment.insert("SPEAR_TRACEPARENT".into(), trace.traceparent());
     environment.into_iter().collect()
 }
 

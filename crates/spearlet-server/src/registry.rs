@@ -94,6 +94,8 @@ pub struct TaskCounters {
     pub live: AtomicUsize,
     /// Exponentially weighted mean run time in microseconds (0 = no run yet).
     mean_duration_us: AtomicU64,
+    /// Prometheus counters and histograms per function (`/metrics`).
+    pub metrics: crate::metrics::TaskMetrics,
 }
 
 impl TaskCounters {

@@ -17,6 +17,7 @@ use spearlet_proto::function_service_server::FunctionService;
 use spearlet_store::ExecutionQuery;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Principal, Scope};
 use crate::errors::to_status;
 use crate::manager::{CancelOnDrop, CancelResult, ExecutionRequest, StreamSink, wait_finished};
 use crate::node::Node;
@@ -39,11 +40,20 @@ impl FunctionServiceHandler {
         FunctionServiceHandler { node }
     }
 
+    /// Who sent the request (see `auth`); every RPC authorizes against it.
+    fn principal<T>(&self, request: &Request<T>) -> Result<Arc<Principal>, Status> {
+        self.node
+            .access
+            .principal_of(request.extensions())
+            .map_err(to_status)
+    }
+
     async fn invoke(
         &self,
         request: proto::InvokeFunctionRequest,
         grpc_deadline: Option<Duration>,
         traceparent: Option<String>,
+        principal: &Principal,
     ) -> SpearResult<proto::InvokeFunctionResponse> {
         let mode = match request.execution_mode() {
             proto::ExecutionMode::Unknown | proto::ExecutionMode::Sync => ExecutionMode::Sync,
@@ -56,7 +66,7 @@ impl FunctionServiceHandler {
             }
         };
         let execution_request = self
-            .execution_request(&request, mode, None, traceparent)
+            .execution_request(&request, mode, None, traceparent, principal)
             .await?;
         if mode == ExecutionMode::Async {
             return self
@@ -74,9 +84,10 @@ impl FunctionServiceHandler {
         mode: ExecutionMode,
         stream: Option<StreamSink>,
         traceparent: Option<String>,
+        principal: &Principal,
     ) -> SpearResult<ExecutionRequest> {
         let (input, result_encoding) = wire::decode_input(request)?;
-        let (task, cold_start) = self.resolve_task_for_invoke(request).await?;
+        let (task, cold_start) = self.resolve_task_for_invoke(request, principal).await?;
         let target = task.resolve_call_target(&request.function_name)?;
         let priority = match request.invocation_metadata.get(Priority::METADATA_KEY) {
             Some(text) => Priority::parse(text)?,
@@ -163,6 +174,7 @@ impl FunctionServiceHandler {
         &self,
         request: proto::InvokeFunctionRequest,
         traceparent: Option<String>,
+        principal: &Principal,
     ) -> SpearResult<ResponseStream> {
         let (chunk_sender, mut chunk_receiver) = tokio::sync::mpsc::unbounded_channel();
         let (started_sender, started_receiver) = tokio::sync::oneshot::channel();
@@ -175,6 +187,7 @@ impl FunctionServiceHandler {
                     chunks: chunk_sender,
                 }),
                 traceparent,
+                principal,
             )
             .await?;
         let submitted = self.node.manager.submit(execution_request).await?;
@@ -328,6 +341,7 @@ impl FunctionServiceHandler {
     async fn resolve_task_for_invoke(
         &self,
         request: &proto::InvokeFunctionRequest,
+        principal: &Principal,
     ) -> SpearResult<(Arc<LoadedTask>, bool)> {
         match request.invocation_type() {
             proto::InvocationType::Unknown => Err(SpearError::invalid_argument(
@@ -345,6 +359,7 @@ impl FunctionServiceHandler {
                         "artifact_spec is required for INVOCATION_TYPE_NEW_TASK",
                     ));
                 };
+                principal.require_task(Scope::Admin, &request.task_name)?;
                 let (task, outcome) = self
                     .node
                     .registry
@@ -365,6 +380,7 @@ impl FunctionServiceHandler {
                     ));
                 }
                 if let Some(task) = self.node.registry.resolve(&request.task_id) {
+                    principal.require_task(Scope::Invoke, &task.record.task_name)?;
                     return Ok((task, false));
                 }
                 match (&request.artifact_spec, request.create_if_not_exists) {
@@ -374,6 +390,7 @@ impl FunctionServiceHandler {
                         } else {
                             &request.task_name
                         };
+                        principal.require_task(Scope::Admin, task_name)?;
                         let (task, _) = self
                             .node
                             .registry
@@ -466,9 +483,16 @@ impl FunctionServiceHandler {
     async fn cancel(
         &self,
         request: proto::CancelExecutionRequest,
+        principal: &Principal,
     ) -> SpearResult<proto::CancelExecutionResponse> {
         if request.execution_id.is_empty() {
             return Err(SpearError::invalid_argument("execution_id is required"));
+        }
+        principal.require(Scope::Invoke)?;
+        if principal.is_limited_to_tasks()
+            && let Some(record) = self.node.manager.store().execution(&request.execution_id)?
+        {
+            principal.require_task(Scope::Invoke, &record.task_name)?;
         }
         let reason = if request.reason.is_empty() {
             "cancelled by request".to_owned()
@@ -503,7 +527,9 @@ impl FunctionServiceHandler {
     fn list_tasks(
         &self,
         request: &proto::ListTasksRequest,
+        principal: &Principal,
     ) -> SpearResult<proto::ListTasksResponse> {
+        principal.require(Scope::Read)?;
         let limit = page_size("limit", request.limit, DEFAULT_PAGE_SIZE)?;
         let (tasks, has_more) =
             self.node
@@ -520,6 +546,7 @@ impl FunctionServiceHandler {
         Ok(proto::ListTasksResponse {
             tasks: tasks
                 .iter()
+                .filter(|task| principal.allows_task(&task.record.task_name))
                 .map(|task| self.task_info(task, request.include_details))
                 .collect(),
             has_more,
@@ -527,7 +554,12 @@ impl FunctionServiceHandler {
         })
     }
 
-    fn get_task(&self, request: &proto::GetTaskRequest) -> SpearResult<proto::GetTaskResponse> {
+    fn get_task(
+        &self,
+        request: &proto::GetTaskRequest,
+        principal: &Principal,
+    ) -> SpearResult<proto::GetTaskResponse> {
+        principal.require(Scope::Read)?;
         let Some(task) = self.node.registry.resolve(&request.task_id) else {
             return Ok(proto::GetTaskResponse {
                 found: false,
@@ -536,6 +568,7 @@ impl FunctionServiceHandler {
                 message: format!("task_id {:?} is unknown", request.task_id),
             });
         };
+        principal.require_task(Scope::Read, &task.record.task_name)?;
         let executions = if request.include_executions {
             let limit = page_size(
                 "execution_limit",
@@ -569,10 +602,12 @@ impl FunctionServiceHandler {
     async fn delete_task(
         &self,
         request: &proto::DeleteTaskRequest,
+        principal: &Principal,
     ) -> SpearResult<proto::DeleteTaskResponse> {
         if request.task_id.is_empty() {
             return Err(SpearError::invalid_argument("task_id is required"));
         }
+        principal.require(Scope::Admin)?;
         let Some(task) = self.node.registry.resolve(&request.task_id) else {
             return Ok(proto::DeleteTaskResponse {
                 success: true,
@@ -584,6 +619,7 @@ impl FunctionServiceHandler {
                 cleaned_executions: 0,
             });
         };
+        principal.require_task(Scope::Admin, &task.record.task_name)?;
         let task_id = task.record.task_id.clone();
         let live = self.node.manager.live_executions_of(&task_id);
         if !live.is_empty() && !request.force {
@@ -625,10 +661,25 @@ impl FunctionServiceHandler {
     fn list_executions(
         &self,
         request: &proto::ListExecutionsRequest,
+        principal: &Principal,
     ) -> SpearResult<proto::ListExecutionsResponse> {
+        principal.require(Scope::Read)?;
         let limit = page_size("limit", request.limit, DEFAULT_PAGE_SIZE)?;
+        let task = self.node.registry.resolve(&request.task_id);
+        if principal.is_limited_to_tasks() {
+            if request.task_id.is_empty() {
+                return Err(SpearError::permission_denied(format!(
+                    "the token {} is limited to some tasks; set task_id to list executions",
+                    principal.label
+                )));
+            }
+            let task_name = task.as_ref().map_or(request.task_id.as_str(), |task| {
+                task.record.task_name.as_str()
+            });
+            principal.require_task(Scope::Read, task_name)?;
+        }
         let task_id = (!request.task_id.is_empty()).then(|| {
-            self.node.registry.resolve(&request.task_id).map_or_else(
+            task.as_ref().map_or_else(
                 || request.task_id.clone(),
                 |task| task.record.task_id.clone(),
             )
@@ -753,9 +804,10 @@ impl FunctionService for FunctionServiceHandler {
         &self,
         request: Request<proto::InvokeFunctionRequest>,
     ) -> Result<Response<proto::InvokeFunctionResponse>, Status> {
+        let principal = self.principal(&request)?;
         let grpc_deadline = grpc_timeout(request.metadata());
         let traceparent = traceparent(request.metadata());
-        self.invoke(request.into_inner(), grpc_deadline, traceparent)
+        self.invoke(request.into_inner(), grpc_deadline, traceparent, &principal)
             .await
             .map(Response::new)
             .map_err(to_status)
@@ -765,6 +817,8 @@ impl FunctionService for FunctionServiceHandler {
         &self,
         request: Request<proto::GetExecutionStatusRequest>,
     ) -> Result<Response<proto::GetExecutionStatusResponse>, Status> {
+        let principal = self.principal(&request)?;
+        principal.require(Scope::Read).map_err(to_status)?;
         let request = request.into_inner();
         let record = self
             .node
@@ -779,6 +833,13 @@ impl FunctionService for FunctionServiceHandler {
                 logs: vec![],
                 message: format!("execution_id {:?} is unknown", request.execution_id),
             },
+            Some(record) if !principal.allows_task(&record.task_name) => {
+                return Err(to_status(
+                    principal
+                        .require_task(Scope::Read, &record.task_name)
+                        .unwrap_err(),
+                ));
+            }
             Some(record) => proto::GetExecutionStatusResponse {
                 found: true,
                 result: Some(wire::execution_result(&record, request.include_result)),
@@ -796,7 +857,8 @@ impl FunctionService for FunctionServiceHandler {
         &self,
         request: Request<proto::CancelExecutionRequest>,
     ) -> Result<Response<proto::CancelExecutionResponse>, Status> {
-        self.cancel(request.into_inner())
+        let principal = self.principal(&request)?;
+        self.cancel(request.into_inner(), &principal)
             .await
             .map(Response::new)
             .map_err(to_status)
@@ -808,8 +870,9 @@ impl FunctionService for FunctionServiceHandler {
         &self,
         request: Request<proto::InvokeFunctionRequest>,
     ) -> Result<Response<Self::StreamFunctionStream>, Status> {
+        let principal = self.principal(&request)?;
         let traceparent = traceparent(request.metadata());
-        self.stream(request.into_inner(), traceparent)
+        self.stream(request.into_inner(), traceparent, &principal)
             .await
             .map(Response::new)
             .map_err(to_status)
@@ -819,7 +882,8 @@ impl FunctionService for FunctionServiceHandler {
         &self,
         request: Request<proto::ListTasksRequest>,
     ) -> Result<Response<proto::ListTasksResponse>, Status> {
-        self.list_tasks(request.get_ref())
+        let principal = self.principal(&request)?;
+        self.list_tasks(request.get_ref(), &principal)
             .map(Response::new)
             .map_err(to_status)
     }
@@ -828,7 +892,8 @@ impl FunctionService for FunctionServiceHandler {
         &self,
         request: Request<proto::GetTaskRequest>,
     ) -> Result<Response<proto::GetTaskResponse>, Status> {
-        self.get_task(request.get_ref())
+        let principal = self.principal(&request)?;
+        self.get_task(request.get_ref(), &principal)
             .map(Response::new)
             .map_err(to_status)
     }
@@ -837,7 +902,8 @@ impl FunctionService for FunctionServiceHandler {
         &self,
         request: Request<proto::DeleteTaskRequest>,
     ) -> Result<Response<proto::DeleteTaskResponse>, Status> {
-        self.delete_task(request.get_ref())
+        let principal = self.principal(&request)?;
+        self.delete_task(request.get_ref(), &principal)
             .await
             .map(Response::new)
             .map_err(to_status)
@@ -847,7 +913,8 @@ impl FunctionService for FunctionServiceHandler {
         &self,
         request: Request<proto::ListExecutionsRequest>,
     ) -> Result<Response<proto::ListExecutionsResponse>, Status> {
-        self.list_executions(request.get_ref())
+        let principal = self.principal(&request)?;
+        self.list_executions(request.get_ref(), &principal)
             .map(Response::new)
             .map_err(to_status)
     }
@@ -856,6 +923,8 @@ impl FunctionService for FunctionServiceHandler {
         &self,
         request: Request<proto::GetHealthRequest>,
     ) -> Result<Response<proto::GetHealthResponse>, Status> {
+        let principal = self.principal(&request)?;
+        principal.require(Scope::Read).map_err(to_status)?;
         stats::health(&self.node, request.get_ref().include_details)
             .map(Response::new)
             .map_err(to_status)
@@ -865,23 +934,40 @@ impl FunctionService for FunctionServiceHandler {
         &self,
         request: Request<proto::GetStatsRequest>,
     ) -> Result<Response<proto::GetStatsResponse>, Status> {
-        stats::stats(&self.node, request.get_ref(), |task| {
+        let principal = self.principal(&request)?;
+        principal.require(Scope::Read).map_err(to_status)?;
+        let mut response = stats::stats(&self.node, request.get_ref(), |task| {
             self.task_info(task, false)
         })
-        .map(Response::new)
-        .map_err(to_status)
+        .map_err(to_status)?;
+        if principal.is_limited_to_tasks() {
+            // Node-wide counts stay; per-task detail is limited to the token's tasks.
+            response
+                .pools
+                .retain(|pool| principal.allows_task(&pool.task_name));
+            if let Some(task_stats) = &mut response.task_stats {
+                task_stats
+                    .most_active_tasks
+                    .retain(|task| principal.allows_task(&task.task_name));
+            }
+        }
+        Ok(Response::new(response))
     }
 
     async fn create_task(
         &self,
         request: Request<proto::CreateTaskRequest>,
     ) -> Result<Response<proto::TaskInfo>, Status> {
+        let principal = self.principal(&request)?;
         let request = request.into_inner();
         if request.task_name.is_empty() {
             return Err(to_status(SpearError::invalid_argument(
                 "task_name is required",
             )));
         }
+        principal
+            .require_task(Scope::Admin, &request.task_name)
+            .map_err(to_status)?;
         let Some(artifact_spec) = &request.artifact_spec else {
             return Err(to_status(SpearError::invalid_argument(
                 "artifact_spec is required",

@@ -17,6 +17,12 @@ use crate::registry::LoadedTask;
 const DEGRADED_QUEUE_RATIO: f64 = 0.8;
 const MOST_ACTIVE_TASKS: usize = 5;
 
+/// Whether the node should receive traffic: not shutting down, and its record store answers
+/// (a degraded node still serves). Drives `/readyz` and `grpc.health.v1.Health`.
+pub fn is_ready(node: &Node) -> bool {
+    !node.manager.is_shutting_down() && node.manager.store().execution_count().is_ok()
+}
+
 pub fn health(node: &Node, include_details: bool) -> SpearResult<proto::GetHealthResponse> {
     let manager = &node.manager;
     let queued = manager.queued_count();

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use bytes::Bytes;
 use prost::Message;
-use spearlet_proto::pbjson_types::Any;
 use spearlet_core::{
     ArtifactRecord, ExecutionMode, ExecutionRecord, ExecutionStatus, ResultEncoding, SpearError,
     SpearResult,
 };
+use spearlet_proto::pbjson_types::Any;
 use spearlet_proto::well_known::{self, any_type_name};
 use spearlet_proto::{self as proto};
 

@@ -319,6 +319,7 @@ async fn records_and_tasks_survive_a_clean_restart() {
     let config = || {
         let mut config = NodeConfig {
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
             data_dir: data_dir.path().to_path_buf(),
             shutdown_grace_ms: 2000,
             ..NodeConfig::default()

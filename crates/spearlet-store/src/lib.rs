@@ -18,7 +18,7 @@
 mod durable;
 mod memory;
 
-pub use durable::{DurableStore, DurableStoreConfig, Recovered, WriteStats};
+pub use durable::{DurableStore, DurableStoreConfig, Recovered, WriteDistributions, WriteStats};
 pub use memory::MemoryStore;
 
 use spearlet_core::{ExecutionRecord, ExecutionStatus, SpearResult, TaskRecord};

@@ -47,12 +47,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::codegen::{BoxFuture, Service, StdError};
-use tonic::transport::Channel;
 use tonic::transport::server::TcpIncoming;
 use tonic_prost::ProstCodec;
 
 use crate::cli::{BenchArguments, BenchMode, PlacementArguments};
-use crate::client::{node_endpoint, normalize_node_address, rpc_error};
+use crate::client::{NodeChannel, NodeConnection, rpc_error};
 use crate::output::{self, Table};
 
 /// The gRPC path of the baseline echo method.
@@ -265,7 +264,7 @@ impl Ratios {
 
 /// One worker: claims calls from the budget until it is spent, one call in flight at a time.
 async fn run_worker<Request, Response>(
-    channel: Channel,
+    channel: NodeChannel,
     call: Arc<UnaryCall<Request, Response>>,
     budget: Arc<CallBudget>,
 ) -> LoadReport
@@ -317,7 +316,7 @@ where
 
 /// Runs `plan.concurrency` workers over `channels` until `stop`, and merges what they saw.
 async fn run_load<Request, Response>(
-    channels: &[Channel],
+    channels: &[NodeChannel],
     call: &Arc<UnaryCall<Request, Response>>,
     concurrency: usize,
     stop: StopCondition,
@@ -344,7 +343,7 @@ where
 
 /// Warm-up (discarded), then the measured run.
 async fn measure<Request, Response>(
-    channels: &[Channel],
+    channels: &[NodeChannel],
     call: UnaryCall<Request, Response>,
     plan: &LoadPlan,
 ) -> anyhow::Result<LoadReport>
@@ -366,15 +365,13 @@ where
 }
 
 /// `count` separate HTTP/2 connections to `address`.
-async fn connect_channels(address: &str, count: usize) -> anyhow::Result<Vec<Channel>> {
-    let endpoint = node_endpoint(address)?;
+async fn connect_channels(
+    connection: &NodeConnection,
+    count: usize,
+) -> anyhow::Result<Vec<NodeChannel>> {
     let mut channels = Vec::with_capacity(count);
     for _ in 0..count {
-        channels.push(
-            endpoint.connect().await.with_context(|| {
-                format!("cannot connect to {}", normalize_node_address(address))
-            })?,
-        );
+        channels.push(connection.channel().await?);
     }
     Ok(channels)
 }
@@ -504,7 +501,7 @@ fn invoke_call(
 /// to end (up to [`ASYNC_CHECK_WAIT`]), so a function that fails is noticed too, not only one
 /// the node refuses.
 async fn check_task_answers(
-    channels: &[Channel],
+    channels: &[NodeChannel],
     call: &UnaryCall<proto::InvokeFunctionRequest, proto::InvokeFunctionResponse>,
 ) -> anyhow::Result<()> {
     let mut grpc = tonic::client::Grpc::new(channels[0].clone());
@@ -532,7 +529,7 @@ async fn check_task_answers(
 
 pub async fn bench(
     arguments: &BenchArguments,
-    node_address: &str,
+    node_connection: &NodeConnection,
     json_output: bool,
 ) -> anyhow::Result<ExitCode> {
     let plan = LoadPlan::from_arguments(arguments)?;
@@ -543,8 +540,11 @@ pub async fn bench(
 
     let baseline_report = if arguments.baseline {
         let server = BaselineServer::start().await?;
-        let channels =
-            connect_channels(&format!("http://{}", server.address), plan.connections).await?;
+        let channels = connect_channels(
+            &NodeConnection::plain(format!("http://{}", server.address)),
+            plan.connections,
+        )
+        .await?;
         let report = measure(&channels, echo_call(&payload), &plan).await;
         drop(channels);
         server.stop().await;
@@ -553,7 +553,7 @@ pub async fn bench(
         None
     };
 
-    let channels = connect_channels(node_address, plan.connections).await?;
+    let channels = connect_channels(node_connection, plan.connections).await?;
     let spearlet_call = invoke_call(arguments, &payload);
     check_task_answers(&channels, &spearlet_call).await?;
     let spearlet_report = measure(&channels, spearlet_call, &plan).await?;
@@ -757,9 +757,12 @@ mod tests {
     #[tokio::test]
     async fn the_baseline_echo_server_echoes_payloads() {
         let server = BaselineServer::start().await.unwrap();
-        let channels = connect_channels(&format!("http://{}", server.address), 2)
-            .await
-            .unwrap();
+        let channels = connect_channels(
+            &NodeConnection::plain(format!("http://{}", server.address)),
+            2,
+        )
+        .await
+        .unwrap();
         let plan = LoadPlan {
             concurrency: 3,
             connections: 2,

@@ -43,13 +43,23 @@ pub struct CommandLine {
     pub json_output: bool,
 
     /// Bearer token sent with every request to a node that requires one.
-    #[arg(long = "token", global = true, env = "SPEARLET_TOKEN", value_name = "TOKEN",
-          hide_env_values = true)]
+    #[arg(
+        long = "token",
+        global = true,
+        env = "SPEARLET_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
 
     /// PEM file with the CA certificate(s) that signed the node's TLS certificate, for
     /// `https://` addresses (without it the system's roots are used).
-    #[arg(long = "tls-ca", global = true, env = "SPEARLET_TLS_CA", value_name = "PATH")]
+    #[arg(
+        long = "tls-ca",
+        global = true,
+        env = "SPEARLET_TLS_CA",
+        value_name = "PATH"
+    )]
     pub tls_ca_file: Option<PathBuf>,
 
     #[command(subcommand)]
@@ -131,11 +141,21 @@ pub struct ServeArguments {
     pub auth_tokens: Vec<String>,
 
     /// PEM certificate chain for TLS on both listeners (with `--tls-key`).
-    #[arg(long = "tls-cert", env = "SPEARLET_TLS_CERT", value_name = "PATH", requires = "tls_key_file")]
+    #[arg(
+        long = "tls-cert",
+        env = "SPEARLET_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key_file"
+    )]
     pub tls_cert_file: Option<PathBuf>,
 
     /// PEM private key for `--tls-cert`.
-    #[arg(long = "tls-key", env = "SPEARLET_TLS_KEY", value_name = "PATH", requires = "tls_cert_file")]
+    #[arg(
+        long = "tls-key",
+        env = "SPEARLET_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert_file"
+    )]
     pub tls_key_file: Option<PathBuf>,
 
     /// Listen on a non-loopback address without tokens or TLS anyway.
@@ -143,7 +163,11 @@ pub struct ServeArguments {
     pub insecure: bool,
 
     /// Export spans over OTLP/gRPC to this collector (e.g. `http://127.0.0.1:4317`).
-    #[arg(long = "otlp-endpoint", env = "SPEARLET_OTLP_ENDPOINT", value_name = "URL")]
+    #[arg(
+        long = "otlp-endpoint",
+        env = "SPEARLET_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
     pub otlp_endpoint: Option<String>,
 }
 

@@ -13,7 +13,10 @@ use anyhow::{Context, anyhow, bail};
 use base64::Engine as _;
 use spearlet_proto as proto;
 use spearlet_proto::function_service_client::FunctionServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::cli::{
     ExecutionCancelArguments, ExecutionCommand, ExecutionGetArguments, ExecutionListArguments,
@@ -22,7 +25,93 @@ use crate::cli::{
 };
 use crate::output::{self, Table, or_dash, render_key_values};
 
-pub type NodeClient = FunctionServiceClient<Channel>;
+/// A connection to the node that sends the bearer token (if any) with every request.
+pub type NodeChannel = InterceptedService<Channel, BearerToken>;
+pub type NodeClient = FunctionServiceClient<NodeChannel>;
+
+/// How to reach a node: its address (`http://`, `https://` or `host:port`), the bearer token it
+/// may require, and the CA that signed its certificate for `https://`.
+#[derive(Clone, Debug, Default)]
+pub struct NodeConnection {
+    pub address: String,
+    pub token: Option<String>,
+    pub tls_ca_file: Option<std::path::PathBuf>,
+}
+
+/// Adds `authorization: Bearer <token>` to every request when a token is set.
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+impl NodeConnection {
+    /// A plaintext connection without a token (the bench's in-process baseline).
+    pub fn plain(address: impl Into<String>) -> NodeConnection {
+        NodeConnection {
+            address: address.into(),
+            ..NodeConnection::default()
+        }
+    }
+
+    /// The endpoint with the settings every client connection of this binary uses, and TLS for
+    /// `https://` addresses.
+    pub fn endpoint(&self) -> anyhow::Result<Endpoint> {
+        let address = normalize_node_address(&self.address);
+        let mut endpoint = Endpoint::from_shared(address.clone())
+            .with_context(|| format!("{address:?} is not a valid node address"))?
+            .tcp_nodelay(true);
+        if address.starts_with("https://") {
+            let tls = match &self.tls_ca_file {
+                Some(path) => {
+                    let pem = std::fs::read(path)
+                        .with_context(|| format!("reading --tls-ca {}", path.display()))?;
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+                }
+                None => ClientTlsConfig::new().with_webpki_roots(),
+            };
+            endpoint = endpoint
+                .tls_config(tls)
+                .context("configuring TLS for the node address")?;
+        } else if self.tls_ca_file.is_some() {
+            bail!("--tls-ca is given but the address {address} is not https://");
+        }
+        Ok(endpoint)
+    }
+
+    pub fn bearer_token(&self) -> anyhow::Result<BearerToken> {
+        let value = match &self.token {
+            None => None,
+            Some(token) => Some(
+                format!("Bearer {}", token.trim())
+                    .parse()
+                    .map_err(|_| anyhow!("--token must be printable ASCII"))?,
+            ),
+        };
+        Ok(BearerToken(value))
+    }
+
+    pub async fn channel(&self) -> anyhow::Result<NodeChannel> {
+        let channel = self.endpoint()?.connect().await.with_context(|| {
+            format!(
+                "cannot connect to {}",
+                normalize_node_address(&self.address)
+            )
+        })?;
+        Ok(InterceptedService::new(channel, self.bearer_token()?))
+    }
+}
 
 /// The largest answer the client accepts. Outputs are capped by the node
 /// (`task_defaults.max_output_bytes`); this only has to be larger than any sensible cap.
@@ -44,19 +133,8 @@ pub fn normalize_node_address(address: &str) -> String {
     }
 }
 
-/// An endpoint for `address` with the settings every client connection of this binary uses.
-pub fn node_endpoint(address: &str) -> anyhow::Result<Endpoint> {
-    let address = normalize_node_address(address);
-    Endpoint::from_shared(address.clone())
-        .with_context(|| format!("{address:?} is not a valid node address"))
-        .map(|endpoint| endpoint.tcp_nodelay(true))
-}
-
-pub async fn connect(address: &str) -> anyhow::Result<NodeClient> {
-    let channel = node_endpoint(address)?
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {}", normalize_node_address(address)))?;
+pub async fn connect(connection: &NodeConnection) -> anyhow::Result<NodeClient> {
+    let channel = connection.channel().await?;
     Ok(FunctionServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES))
 }
 

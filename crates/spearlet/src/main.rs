@@ -2,8 +2,8 @@
 //!
 //! Architecture invariant: this crate is only the command line and glue (ripgrep's thin
 //! `crates/core`). The node is `spearlet-server`; the wire contract is `spearlet-proto`.
-//! Modules: `cli` (flags), `serve` (run a node), `client` (one command per RPC), `bench` (load
-//! generator), `output` (tables and JSON).
+//! Modules: `cli` (flags), `serve` (run a node), `telemetry` (logs and span export), `client`
+//! (one command per RPC), `bench` (load generator), `output` (tables and JSON).
 //!
 //! Exit codes: 0 success, 1 a failed request or function, 2 unusable configuration or
 //! command line.
@@ -15,6 +15,7 @@ mod cli;
 mod client;
 mod output;
 mod serve;
+mod telemetry;
 
 use std::process::ExitCode;
 
@@ -36,28 +37,32 @@ async fn main() -> ExitCode {
 
 async fn run(command_line: &CommandLine) -> anyhow::Result<ExitCode> {
     let json_output = command_line.json_output;
-    let node_address = command_line.node_address.as_str();
+    let node_connection = &client::NodeConnection {
+        address: command_line.node_address.clone(),
+        token: command_line.token.clone(),
+        tls_ca_file: command_line.tls_ca_file.clone(),
+    };
     match &command_line.command {
         Command::Serve(arguments) => serve::serve(arguments).await,
-        Command::Bench(arguments) => bench::bench(arguments, node_address, json_output).await,
+        Command::Bench(arguments) => bench::bench(arguments, node_connection, json_output).await,
         Command::Invoke(arguments) => {
-            let mut node = client::connect(node_address).await?;
+            let mut node = client::connect(node_connection).await?;
             client::invoke(&mut node, arguments, json_output).await
         }
         Command::Task(command) => {
-            let mut node = client::connect(node_address).await?;
+            let mut node = client::connect(node_connection).await?;
             client::run_task_command(&mut node, command, json_output).await
         }
         Command::Exec(command) => {
-            let mut node = client::connect(node_address).await?;
+            let mut node = client::connect(node_connection).await?;
             client::run_execution_command(&mut node, command, json_output).await
         }
         Command::Health => {
-            let mut node = client::connect(node_address).await?;
+            let mut node = client::connect(node_connection).await?;
             client::health(&mut node, json_output).await
         }
         Command::Stats(arguments) => {
-            let mut node = client::connect(node_address).await?;
+            let mut node = client::connect(node_connection).await?;
             client::stats(&mut node, arguments, json_output).await
         }
     }

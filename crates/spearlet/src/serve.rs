@@ -6,17 +6,16 @@
 //! precedence (flag > environment > file > default) is decided in one place.
 //!
 //! The first line on stdout is `spearlet listening on grpc://<address>` with the address really
-//! bound, so scripts and tests that ask for port 0 can find the node. Logs go to stderr.
+//! bound, so scripts and tests that ask for port 0 can find the node; the second names the HTTP
+//! address (`http://` or `https://`). Logs go to stderr.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use spearlet_server::auth::SecretToken;
 use spearlet_server::config::TlsConfig;
-use spearlet_server::{ConfigOverrides, LogFormat, NodeConfig};
+use spearlet_server::{ConfigOverrides, NodeConfig};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
 
 use crate::cli::ServeArguments;
 
@@ -63,10 +62,13 @@ pub async fn serve(arguments: &ServeArguments) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(CONFIGURATION_ERROR_EXIT_CODE));
         }
     };
-    if let Err(message) = init_logging(&config) {
-        eprintln!("error: {message}");
-        return Ok(ExitCode::from(CONFIGURATION_ERROR_EXIT_CODE));
-    }
+    let telemetry = match crate::telemetry::init(&config) {
+        Ok(telemetry) => telemetry,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(CONFIGURATION_ERROR_EXIT_CODE));
+        }
+    };
     // Registered before the node starts so a signal during startup is not lost.
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut terminate =
@@ -75,7 +77,12 @@ pub async fn serve(arguments: &ServeArguments) -> anyhow::Result<ExitCode> {
     let running = spearlet_server::serve(config)
         .await
         .map_err(|error| anyhow::anyhow!("{}", error.message))?;
+    let scheme = if running.tls { "https" } else { "http" };
     println!("spearlet listening on grpc://{}", running.grpc_addr);
+    println!(
+        "spearlet listening on {scheme}://{} (HTTP/JSON gateway, /metrics)",
+        running.http_addr
+    );
 
     let signal_name = tokio::select! {
         _ = interrupt.recv() => "SIGINT",
@@ -87,26 +94,6 @@ pub async fn serve(arguments: &ServeArguments) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|error| anyhow::anyhow!("{}", error.message))?;
     tracing::info!("stopped");
+    telemetry.shutdown().await;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Installs the global tracing subscriber: `log_level` as the filter, text or one JSON object
-/// per line, on stderr.
-fn init_logging(config: &NodeConfig) -> Result<(), String> {
-    let filter = EnvFilter::try_new(&config.log_level).map_err(|error| {
-        format!(
-            "log_level {:?} is not a valid filter: {error}",
-            config.log_level
-        )
-    })?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let installed = match config.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-    };
-    installed.map_err(|error| format!("installing the logger: {error}"))
 }

@@ -19,13 +19,29 @@ struct RunningNode {
 
 impl RunningNode {
     fn start() -> RunningNode {
+        RunningNode::start_with(&[], "http")
+    }
+
+    /// A node started with extra `serve` flags; `scheme` is what the clients put before the
+    /// address (`https` for a TLS node, reached as `localhost` to match its certificate).
+    fn start_with(extra_arguments: &[&str], scheme: &str) -> RunningNode {
         let data_directory = tempfile::tempdir().unwrap();
         let log_file = std::fs::File::create(data_directory.path().join("node.log")).unwrap();
         let mut child = Command::new(SPEARLET)
-            .args(["serve", "--grpc-addr", "127.0.0.1:0", "--log-level", "warn"])
+            .args([
+                "serve",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--log-level",
+                "warn",
+            ])
+            .args(extra_arguments)
             .arg("--data-dir")
             .arg(data_directory.path().join("data"))
             .env_remove("SPEARLET_CONFIG")
+            .env_remove("SPEARLET_AUTH_TOKENS")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)
@@ -42,8 +58,13 @@ impl RunningNode {
             let _ = child.kill();
             panic!("unexpected first line {first_line:?}; node log: {log:?}");
         };
+        let address = if scheme == "https" {
+            address.replace("127.0.0.1", "localhost")
+        } else {
+            address.to_owned()
+        };
         RunningNode {
-            address: format!("http://{address}"),
+            address: format!("{scheme}://{address}"),
             child,
             _stdout: stdout,
             data_directory,
@@ -754,4 +775,85 @@ fn a_config_file_with_an_unknown_key_exits_2_naming_the_key() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("grpc_adr"), "{stderr}");
     assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn the_client_sends_its_token_and_trusts_the_given_ca_over_tls() {
+    let certificates = tempfile::tempdir().unwrap();
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert_file = certificates.path().join("cert.pem");
+    let key_file = certificates.path().join("key.pem");
+    std::fs::write(&cert_file, generated.cert.pem()).unwrap();
+    std::fs::write(&key_file, generated.signing_key.serialize_pem()).unwrap();
+    let node = RunningNode::start_with(
+        &[
+            "--auth-tokens",
+            "cli-secret-1,cli-secret-2",
+            "--tls-cert",
+            cert_file.to_str().unwrap(),
+            "--tls-key",
+            key_file.to_str().unwrap(),
+        ],
+        "https",
+    );
+    let ca = cert_file.to_str().unwrap();
+    check(
+        &node,
+        &["--tls-ca", ca, "invoke", "echo", "--input", "no token"],
+        Expect {
+            exit_code: 1,
+            stderr_contains: &["Unauthenticated"],
+            ..SUCCEEDS
+        },
+    );
+    check(
+        &node,
+        &[
+            "--tls-ca",
+            ca,
+            "--token",
+            "cli-secret-2",
+            "invoke",
+            "echo",
+            "--input",
+            "with token",
+        ],
+        Expect {
+            stdout_is: Some("with token"),
+            ..SUCCEEDS
+        },
+    );
+    let output = Command::new(SPEARLET)
+        .args(["--addr", &node.address, "--tls-ca", ca, "health"])
+        .env("SPEARLET_TOKEN", "cli-secret-1")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        !node.log().contains("cli-secret"),
+        "the node logged a token"
+    );
+}
+
+#[test]
+fn serving_beyond_loopback_without_protection_exits_2_and_says_why() {
+    let directory = tempfile::tempdir().unwrap();
+    let output = Command::new(SPEARLET)
+        .args([
+            "serve",
+            "--grpc-addr",
+            "0.0.0.0:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(directory.path().join("data"))
+        .env_remove("SPEARLET_CONFIG")
+        .env_remove("SPEARLET_AUTH_TOKENS")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("grpc_addr 0.0.0.0:0"), "{stderr}");
+    assert!(stderr.contains("--insecure"), "{stderr}");
 }

@@ -64,7 +64,15 @@ impl NodeProcess {
     fn start(data_directory: &Path, log_path: &Path, extra_arguments: &[&str]) -> NodeProcess {
         let log_file = std::fs::File::create(log_path).unwrap();
         let mut child = Command::new(SPEARLET)
-            .args(["serve", "--grpc-addr", "127.0.0.1:0", "--log-level", "info"])
+            .args([
+                "serve",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--log-level",
+                "info",
+            ])
             .arg("--data-dir")
             .arg(data_directory)
             .args(extra_arguments)

@@ -17,7 +17,8 @@
 //!   `{"echo": <event>, "pid": <process id>, "invocations": <events this process has handled,
 //!   this one included>, "request_id": <Lambda-Runtime-Aws-Request-Id>, "deadline_ms":
 //!   <Lambda-Runtime-Deadline-Ms>, "invoked_function_arn": <Lambda-Runtime-Invoked-Function-Arn>,
-//!   "function_name": <$AWS_LAMBDA_FUNCTION_NAME or "">, "handler": <$_HANDLER or "">}`.
+//!   "xray_trace_id": <Lambda-Runtime-Trace-Id or null>, "function_name":
+//!   <$AWS_LAMBDA_FUNCTION_NAME or "">, "handler": <$_HANDLER or "">}`.
 //!   Every handled event counts, failing ones too.
 //! - If `LAMBDA_ECHO_FAIL_INIT` is set, the function never polls for events: it posts
 //!   `/2018-06-01/runtime/init/error` (`errorType` `Runtime.InitError`, `errorMessage` the
@@ -78,6 +79,7 @@ async fn handle(event: LambdaEvent<Value>) -> Result<Value, Diagnostic> {
         "request_id": context.request_id,
         "deadline_ms": context.deadline,
         "invoked_function_arn": context.invoked_function_arn,
+        "xray_trace_id": context.xray_trace_id,
         "function_name": env_or_empty("AWS_LAMBDA_FUNCTION_NAME"),
         "handler": env_or_empty("_HANDLER"),
     }))

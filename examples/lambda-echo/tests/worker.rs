@@ -99,6 +99,45 @@ async fn one_warm_worker_serves_a_thousand_calls() {
 }
 
 #[tokio::test]
+async fn the_callers_trace_reaches_the_worker_as_an_xray_trace_id() {
+    let worker_directory = Path::new(WORKER).parent().unwrap();
+    let mut node = node_allowing(worker_directory).await;
+    create_lambda_task(&mut node, "echo-lambda", &[]).await;
+    let mut request = tonic::Request::new(invoke("echo-lambda", b"{}"));
+    request.metadata_mut().insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
+    );
+    let traced = node
+        .client
+        .invoke_function(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let trace_id = answer(&traced)["xray_trace_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no trace id: {traced:?}"))
+        .to_owned();
+    let parent = trace_id
+        .strip_prefix("Root=1-4bf92f35-77b34da6a3ce929d0e0e4736;Parent=")
+        .and_then(|rest| rest.strip_suffix(";Sampled=1"))
+        .unwrap_or_else(|| panic!("not the caller's trace: {trace_id}"));
+    assert_eq!(parent.len(), 16, "{trace_id}");
+    assert_ne!(
+        parent, "00f067aa0ba902b7",
+        "the execution has a span of its own"
+    );
+
+    // Without a traceparent the call still carries a trace id: a new root.
+    let untraced = answer(&call(&mut node, "echo-lambda", "{}").await);
+    let root = untraced["xray_trace_id"].as_str().unwrap();
+    assert!(root.starts_with("Root=1-"), "{root}");
+    assert!(!root.contains("4bf92f35"), "{root}");
+}
+
+#[tokio::test]
 async fn errors_crashes_timeouts_and_init_failures_are_outcomes() {
     let worker_directory = Path::new(WORKER).parent().unwrap();
     let mut node = node_allowing(worker_directory).await;

@@ -26,6 +26,7 @@ pub async fn start_node_with(configure: impl FnOnce(&mut NodeConfig)) -> TestNod
     let data_dir = tempfile::tempdir().unwrap();
     let mut config = NodeConfig {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
         data_dir: data_dir.path().to_path_buf(),
         shutdown_grace_ms: 1000,
         ..NodeConfig::default()

@@ -47,6 +47,7 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use rusqlite::Connection;
+use spearlet_core::histogram::HistogramSnapshot;
 use spearlet_core::{ExecutionRecord, SpearError, SpearResult, TaskRecord};
 use tokio::sync::{mpsc, oneshot};
 
@@ -133,6 +134,16 @@ pub struct WriteStats {
     pub max_commit_latency_us: u64,
     /// Operations waiting in the queue right now.
     pub queue_depth: usize,
+}
+
+/// Distributions of the writer thread's committed batches, for metrics: one observation per
+/// batch, from the same measurements as [`WriteStats`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct WriteDistributions {
+    /// Commit latency (`BEGIN` to the fsynced `COMMIT`), in seconds.
+    pub commit_latency_seconds: HistogramSnapshot,
+    /// Operations per batch (as `WriteStats::last_batch_size`).
+    pub batch_operations: HistogramSnapshot,
 }
 
 /// Tasks and execution records in SQLite, with a write path that never waits for the disk
@@ -351,6 +362,15 @@ impl DurableStore {
             sender.max_capacity().saturating_sub(sender.capacity())
         });
         self.shared.counters.snapshot(queue_depth)
+    }
+
+    /// The commit latency and batch size histograms of the writer. Lock-free.
+    pub fn write_distributions(&self) -> WriteDistributions {
+        let distributions = &self.shared.counters.distributions;
+        WriteDistributions {
+            commit_latency_seconds: distributions.commit_latency_seconds.snapshot(),
+            batch_operations: distributions.batch_operations.snapshot(),
+        }
     }
 
     async fn queue_put(

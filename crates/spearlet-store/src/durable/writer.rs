@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
 use rusqlite::{Connection, TransactionBehavior};
+use spearlet_core::histogram::{DURATION_SECONDS_BOUNDS, Histogram};
 use spearlet_core::{ExecutionRecord, SpearError, SpearResult};
 use tokio::sync::{mpsc, oneshot};
 
@@ -86,6 +87,29 @@ pub(crate) struct WriteCounters {
     last_commit_latency_us: AtomicU64,
     total_commit_latency_us: AtomicU64,
     max_commit_latency_us: AtomicU64,
+    /// Per-batch distributions of what `record_commit` also sums up above.
+    pub(crate) distributions: WriteHistograms,
+}
+
+/// Bounds of the batch-size histogram, in operations: powers of two up to past the default
+/// `max_batch` (512).
+const BATCH_SIZE_BOUNDS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// One observation per committed batch: its commit latency and its size.
+pub(crate) struct WriteHistograms {
+    pub commit_latency_seconds: Histogram,
+    pub batch_operations: Histogram,
+}
+
+impl Default for WriteHistograms {
+    fn default() -> WriteHistograms {
+        WriteHistograms {
+            commit_latency_seconds: Histogram::new(DURATION_SECONDS_BOUNDS),
+            batch_operations: Histogram::new(BATCH_SIZE_BOUNDS),
+        }
+    }
 }
 
 impl WriteCounters {
@@ -128,6 +152,12 @@ impl WriteCounters {
             .fetch_add(commit_latency_us, Ordering::Relaxed);
         self.max_commit_latency_us
             .fetch_max(commit_latency_us, Ordering::Relaxed);
+        self.distributions
+            .commit_latency_seconds
+            .observe(commit_latency_us as f64 / 1e6);
+        self.distributions
+            .batch_operations
+            .observe(report.operations as f64);
     }
 }
 

@@ -1,0 +1,1029 @@
+//! The HTTP/JSON gateway: the FunctionService RPCs as HTTP routes, plus `/metrics`, the probes
+//! and the OpenAPI document, on the HTTP listener.
+//!
+//! Invariants:
+//! - A route translates HTTP into the RPC's request message, calls the same
+//!   `FunctionServiceHandler` the gRPC server uses (in-process, no network hop) and translates
+//!   the answer back. Business rules and authorization live only in the handler, so gRPC and
+//!   HTTP cannot disagree.
+//! - One error model: a refused request is the handler's gRPC status, answered with
+//!   `errors::http_status` and the body `{"code": "<gRPC status name>", "message": "…"}`.
+//! - JSON bodies are the proto3 JSON mapping of the wire messages (pbjson, proto field names).
+//! - Bodies are read with an explicit limit: `max_request_bytes`, or `max_artifact_bytes` for
+//!   `POST /v1/artifacts`; more → 413 RESOURCE_EXHAUSTED.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Extension, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, post};
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Serialize;
+use spearlet_core::{Priority, SpearError, SpearResult};
+use spearlet_proto as proto;
+use spearlet_proto::function_service_server::FunctionService;
+use tokio::net::TcpListener;
+use tokio_rustls::rustls;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+use crate::auth::{Principal, Scope};
+use crate::errors::{grpc_code_name, http_status, to_status};
+use crate::node::Node;
+use crate::service::FunctionServiceHandler;
+
+/// Paths anyone may fetch, token or not: probes (kubelet sends no token) and the API document.
+const PUBLIC_PATHS: &[&str] = &["/healthz", "/readyz", "/openapi.json"];
+
+/// The OpenAPI 3 document of these routes (kept beside this file; a test checks they match).
+pub const OPENAPI_DOCUMENT: &str = include_str!("openapi.json");
+
+/// The request headers the invoke route reads.
+pub const EXECUTION_ID_HEADER: &str = "x-spear-execution-id";
+pub const PRIORITY_HEADER: &str = "x-spear-priority";
+pub const STATUS_HEADER: &str = "x-spear-status";
+
+/// Bounded wait for a TLS handshake, so a silent client cannot hold a task forever.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+struct Gateway {
+    node: Arc<Node>,
+    handler: FunctionServiceHandler,
+}
+
+/// Every route: path, method, handler. The router is built from this table, and a test checks
+/// it against the OpenAPI document.
+fn route_table() -> Vec<(&'static str, Method, MethodRouter<Gateway>)> {
+    vec![
+        ("/v1/tasks", Method::GET, get(list_tasks)),
+        ("/v1/tasks", Method::POST, post(create_task)),
+        ("/v1/tasks/{task}", Method::GET, get(get_task)),
+        ("/v1/tasks/{task}", Method::DELETE, delete(delete_task)),
+        ("/v1/tasks/{task}/invoke", Method::POST, post(invoke)),
+        ("/v1/executions", Method::GET, get(list_executions)),
+        (
+            "/v1/executions/{execution_id}",
+            Method::GET,
+            get(get_execution),
+        ),
+        (
+            "/v1/executions/{execution_id}/cancel",
+            Method::POST,
+            post(cancel_execution),
+        ),
+        ("/v1/artifacts", Method::POST, post(upload_artifact)),
+        ("/v1/stats", Method::GET, get(stats)),
+        ("/healthz", Method::GET, get(healthz)),
+        ("/readyz", Method::GET, get(readyz)),
+        ("/metrics", Method::GET, get(metrics)),
+        ("/openapi.json", Method::GET, get(openapi)),
+    ]
+}
+
+/// The (path, method) pairs the gateway serves.
+pub fn routes() -> Vec<(&'static str, Method)> {
+    route_table()
+        .into_iter()
+        .map(|(path, method, _)| (path, method))
+        .collect()
+}
+
+/// Every route of the gateway, with authentication in front.
+pub fn router(node: Arc<Node>) -> Router {
+    let gateway = Gateway {
+        handler: FunctionServiceHandler::new(node.clone()),
+        node,
+    };
+    // Routes on the same path merge their methods.
+    let router = route_table()
+        .into_iter()
+        .fold(Router::new(), |router, (path, _, handler)| {
+            router.route(path, handler)
+        });
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            gateway.clone(),
+            authenticate,
+        ))
+        .with_state(gateway)
+}
+
+/// Accepts HTTP/1.1 and HTTP/2 (h2c, or ALPN over TLS) connections until `stop_accepting`,
+/// then lets open connections finish their requests for up to the shutdown grace.
+pub async fn serve_http(
+    node: Arc<Node>,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stop_accepting: CancellationToken,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    let router = router(node.clone());
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let max_requests_per_connection = node.config.max_requests_per_connection;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .max_concurrent_streams(u32::try_from(max_requests_per_connection).unwrap_or(u32::MAX));
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accepting an HTTP connection failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop_accepting.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        // One limit per connection: HTTP/1.1 is sequential anyway, HTTP/2 streams beyond it
+        // wait for a slot on this connection only.
+        let service = hyper_util::service::TowerToHyperService::new(
+            tower::ServiceBuilder::new()
+                .concurrency_limit(max_requests_per_connection)
+                .service(router.clone()),
+        );
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let result = match acceptor {
+                None => {
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+                Some(acceptor) => {
+                    let stream =
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%peer, "TLS handshake failed: {error}");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%peer, "HTTP connection ended with an error: {error}");
+            }
+        });
+    }
+    let grace = Duration::from_millis(node.config.shutdown_grace_ms);
+    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+}
+
+/// Puts the caller's [`Principal`] into the request, or answers 401.
+async fn authenticate(
+    State(gateway): State<Gateway>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if PUBLIC_PATHS.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    match gateway.node.access.authenticate(authorization) {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(error) => error_response(&to_status(error)),
+    }
+}
+
+/// The JSON error answer for a refused request.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+fn error_response(status: &tonic::Status) -> Response {
+    let body = ErrorBody {
+        code: grpc_code_name(status.code()),
+        message: status.message(),
+    };
+    let mut response = (http_status(status.code()), axum::Json(body)).into_response();
+    let headers = response.headers_mut();
+    if status.code() == Code::Unauthenticated {
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if let Some(retry_after_ms) = status
+        .metadata()
+        .get("retry-after-ms")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u64>().ok())
+    {
+        headers.insert(
+            header::RETRY_AFTER,
+            retry_after_ms.div_ceil(1000).max(1).into(),
+        );
+        headers.insert("retry-after-ms", retry_after_ms.into());
+    }
+    response
+}
+
+fn spear_error_response(error: SpearError) -> Response {
+    error_response(&to_status(error))
+}
+
+/// A route's early answer: an error response, reached with `?` from a `SpearError`, a handler's
+/// `Status` or a finished response.
+struct Refusal(Response);
+
+impl From<SpearError> for Refusal {
+    fn from(error: SpearError) -> Refusal {
+        Refusal(spear_error_response(error))
+    }
+}
+
+impl From<tonic::Status> for Refusal {
+    fn from(status: tonic::Status) -> Refusal {
+        Refusal(error_response(&status))
+    }
+}
+
+impl From<Response> for Refusal {
+    fn from(response: Response) -> Refusal {
+        Refusal(response)
+    }
+}
+
+/// The answer of a route body that returns early with [`Refusal`]s.
+fn answer(result: Result<Response, Refusal>) -> Response {
+    result.unwrap_or_else(|refusal| refusal.0)
+}
+
+/// A JSON answer from a wire message.
+fn json_response<T: Serialize>(status: StatusCode, message: &T) -> Response {
+    match serde_json::to_vec(message) {
+        Ok(body) => (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            Bytes::from(body),
+        )
+            .into_response(),
+        Err(error) => spear_error_response(SpearError::internal(format!(
+            "encoding the answer as JSON: {error}"
+        ))),
+    }
+}
+
+/// A wire request carrying the caller's principal and trace context, as the gRPC server would
+/// hand it to the handler.
+fn grpc_request<T>(
+    message: T,
+    principal: &Arc<Principal>,
+    headers: &HeaderMap,
+) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.extensions_mut().insert(principal.clone());
+    if let Some(traceparent) = headers
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse().ok())
+    {
+        request.metadata_mut().insert("traceparent", traceparent);
+    }
+    request
+}
+
+/// Reads a body up to `limit` bytes; beyond → 413 naming the setting.
+async fn read_body(body: Body, limit: usize, setting: &str) -> Result<Bytes, Refusal> {
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        let is_too_large = std::error::Error::source(&error)
+            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+        if is_too_large {
+            let message = format!("request body is larger than {setting} ({limit} bytes)");
+            let body = ErrorBody {
+                code: "RESOURCE_EXHAUSTED",
+                message: &message,
+            };
+            Refusal((StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response())
+        } else {
+            Refusal::from(SpearError::invalid_argument(format!(
+                "reading the request body: {error}"
+            )))
+        }
+    })
+}
+
+/// Query parameters, taken one by one by name; any left over is an error naming it.
+struct QueryParameters(HashMap<String, String>);
+
+impl QueryParameters {
+    fn string(&mut self, name: &str) -> Option<String> {
+        self.0.remove(name)
+    }
+
+    fn boolean(&mut self, name: &str, default: bool) -> SpearResult<bool> {
+        match self.0.remove(name).as_deref() {
+            None => Ok(default),
+            Some("" | "true" | "1") => Ok(true),
+            Some("false" | "0") => Ok(false),
+            Some(other) => Err(SpearError::invalid_argument(format!(
+                "query parameter {name}={other:?} must be true or false"
+            ))),
+        }
+    }
+
+    fn integer<T: std::str::FromStr + Default>(&mut self, name: &str) -> SpearResult<T> {
+        match self.0.remove(name) {
+            None => Ok(T::default()),
+            Some(text) => text.parse().map_err(|_| {
+                SpearError::invalid_argument(format!(
+                    "query parameter {name}={text:?} must be an integer"
+                ))
+            }),
+        }
+    }
+
+    fn finish(self) -> SpearResult<()> {
+        let mut unknown: Vec<&String> = self.0.keys().collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        unknown.sort();
+        Err(SpearError::invalid_argument(format!(
+            "unknown query parameter {}",
+            unknown
+                .iter()
+                .map(|name| format!("{name:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+}
+
+fn execution_status_from_query(text: &str) -> SpearResult<proto::ExecutionStatus> {
+    let upper = text.to_ascii_uppercase();
+    let name = if upper.starts_with("EXECUTION_STATUS_") {
+        upper
+    } else {
+        format!("EXECUTION_STATUS_{upper}")
+    };
+    proto::ExecutionStatus::from_str_name(&name).ok_or_else(|| {
+        SpearError::invalid_argument(format!(
+            "query parameter status={text:?} is not one of pending, running, completed, failed, \
+             cancelled, timeout"
+        ))
+    })
+}
+
+/// `COMPLETED` for `EXECUTION_STATUS_COMPLETED`: the form of `X-Spear-Status` and stream events.
+fn short_status_name(status: i32) -> &'static str {
+    proto::ExecutionStatus::try_from(status)
+        .unwrap_or(proto::ExecutionStatus::Unknown)
+        .as_str_name()
+        .trim_start_matches("EXECUTION_STATUS_")
+}
+
+/// `POST /v1/tasks/{task}/invoke`.
+async fn invoke(
+    State(gateway): State<Gateway>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path(task): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    answer(invoke_inner(gateway, principal, task, query, headers, body).await)
+}
+
+async fn invoke_inner(
+    gateway: Gateway,
+    principal: Arc<Principal>,
+    task: String,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Refusal> {
+    let mut query = QueryParameters(query);
+    let function_name = query.string("function").unwrap_or_default();
+    let timeout_ms: i64 = query.integer("timeout_ms")?;
+    let mode = query.string("mode");
+    query.finish()?;
+    let execution_mode = match mode.as_deref() {
+        None | Some("sync") => proto::ExecutionMode::Sync,
+        Some("async") => proto::ExecutionMode::Async,
+        Some("stream") => proto::ExecutionMode::Stream,
+        Some(other) => {
+            return Err(Refusal::from(SpearError::invalid_argument(format!(
+                "query parameter mode={other:?} must be sync, async or stream"
+            ))));
+        }
+    };
+    let input = read_body(
+        body,
+        gateway.node.config.max_request_bytes,
+        "max_request_bytes",
+    )
+    .await?;
+    let header_text = |name: &str| -> SpearResult<Option<String>> {
+        headers
+            .get(name)
+            .map(|value| {
+                value.to_str().map(str::to_owned).map_err(|_| {
+                    SpearError::invalid_argument(format!("header {name} must be visible ASCII"))
+                })
+            })
+            .transpose()
+    };
+    let content_type = header_text(header::CONTENT_TYPE.as_str())?
+        .unwrap_or_else(|| "application/octet-stream".to_owned());
+    let mut invocation_metadata = HashMap::new();
+    if let Some(priority) = header_text(PRIORITY_HEADER)? {
+        invocation_metadata.insert(Priority::METADATA_KEY.to_owned(), priority);
+    }
+    let request = proto::InvokeFunctionRequest {
+        invocation_type: proto::InvocationType::ExistingTask as i32,
+        task_id: task,
+        function_name,
+        execution_mode: execution_mode as i32,
+        input: Some(proto::Payload {
+            content_type,
+            data: input.to_vec(),
+        }),
+        context: Some(proto::ExecutionContext {
+            execution_id: header_text(EXECUTION_ID_HEADER)?.unwrap_or_default(),
+            timeout_ms,
+            ..Default::default()
+        }),
+        invocation_metadata,
+        ..Default::default()
+    };
+    let request = grpc_request(request, &principal, &headers);
+    if execution_mode == proto::ExecutionMode::Stream {
+        return stream_invoke(&gateway, request).await;
+    }
+    let answer = gateway.handler.invoke_function(request).await?.into_inner();
+    let result = answer.result.clone().unwrap_or_default();
+    let status_name = short_status_name(result.status);
+    let mut response = if execution_mode == proto::ExecutionMode::Async {
+        let mut response = json_response(StatusCode::ACCEPTED, &answer);
+        if !answer.status_endpoint.is_empty()
+            && let Ok(location) = HeaderValue::from_str(&answer.status_endpoint)
+        {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        response
+    } else {
+        sync_answer(&answer, &result)
+    };
+    let headers = response.headers_mut();
+    if let Ok(execution_id) = HeaderValue::from_str(&answer.execution_id) {
+        headers.insert(EXECUTION_ID_HEADER, execution_id);
+    }
+    headers.insert(STATUS_HEADER, HeaderValue::from_static(status_name));
+    Ok(response)
+}
+
+/// The body of a synchronous call that ran: its raw output, or the JSON error of a guest
+/// failure (FAILED → 502, TIMEOUT → 504, CANCELLED → 409).
+fn sync_answer(
+    answer: &proto::InvokeFunctionResponse,
+    result: &proto::ExecutionResult,
+) -> Response {
+    let status = proto::ExecutionStatus::try_from(result.status).unwrap_or_default();
+    let (http, code) = match status {
+        proto::ExecutionStatus::Completed => {
+            let output = result.output.clone().unwrap_or_default();
+            let content_type = if output.content_type.is_empty() {
+                "application/octet-stream".to_owned()
+            } else {
+                output.content_type
+            };
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, content_type)],
+                Bytes::from(output.data),
+            )
+                .into_response();
+        }
+        proto::ExecutionStatus::Timeout => (StatusCode::GATEWAY_TIMEOUT, Code::DeadlineExceeded),
+        proto::ExecutionStatus::Cancelled => (StatusCode::CONFLICT, Code::Cancelled),
+        // A guest failure is an upstream failure from the caller's point of view.
+        _ => (StatusCode::BAD_GATEWAY, Code::Unknown),
+    };
+    #[derive(Serialize)]
+    struct ExecutionErrorBody<'a> {
+        code: &'a str,
+        message: &'a str,
+        execution_id: &'a str,
+        status: &'a str,
+        error_code: &'a str,
+    }
+    let message = if result.error_message.is_empty() {
+        answer.message.as_str()
+    } else {
+        result.error_message.as_str()
+    };
+    let body = ExecutionErrorBody {
+        code: grpc_code_name(code),
+        message,
+        execution_id: &answer.execution_id,
+        status: short_status_name(result.status),
+        error_code: &result.error_code,
+    };
+    (http, axum::Json(body)).into_response()
+}
+
+/// `?mode=stream`: `text/event-stream` with a `status` event (RUNNING), one `output` event per
+/// chunk (`{"data": text}` or `{"data_base64": …}` when the chunk is not UTF-8) and a `final`
+/// event with the status. Closing the connection cancels the execution.
+async fn stream_invoke(
+    gateway: &Gateway,
+    request: tonic::Request<proto::InvokeFunctionRequest>,
+) -> Result<Response, Refusal> {
+    let mut messages = gateway.handler.stream_function(request).await?.into_inner();
+    // The first message names the execution, so the headers can carry its id.
+    let first = match messages.next().await {
+        Some(Ok(first)) => first,
+        Some(Err(status)) => return Err(Refusal::from(status)),
+        None => {
+            return Err(Refusal::from(SpearError::internal(
+                "the execution stream ended before its first message",
+            )));
+        }
+    };
+    let execution_id = first.execution_id.clone();
+    let status_name = short_status_name(first.status);
+    let events = futures::stream::once(async move { Ok(first) })
+        .chain(messages)
+        .map(|message| Ok::<Event, std::convert::Infallible>(stream_event(message)));
+    let mut response = Sse::new(events).into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&execution_id) {
+        headers.insert(EXECUTION_ID_HEADER, value);
+    }
+    headers.insert(STATUS_HEADER, HeaderValue::from_static(status_name));
+    Ok(response)
+}
+
+fn stream_event(message: Result<proto::StreamExecutionResult, tonic::Status>) -> Event {
+    let (name, body) = match message {
+        Err(status) => (
+            "error",
+            serde_json::json!({
+                "code": grpc_code_name(status.code()),
+                "message": status.message(),
+            }),
+        ),
+        Ok(message) if message.is_final => (
+            "final",
+            serde_json::json!({
+                "execution_id": message.execution_id,
+                "status": short_status_name(message.status),
+                "error_message": message.error_message,
+                "error_code": message.metadata.get("error_code").cloned().unwrap_or_default(),
+            }),
+        ),
+        Ok(message) if !message.data.is_empty() => {
+            let body = match std::str::from_utf8(&message.data) {
+                Ok(text) => serde_json::json!({"execution_id": message.execution_id, "data": text}),
+                Err(_) => serde_json::json!({
+                    "execution_id": message.execution_id,
+                    "data_base64": base64::engine::general_purpose::STANDARD.encode(&message.data),
+                }),
+            };
+            ("output", body)
+        }
+        Ok(message) => (
+            "status",
+            serde_json::json!({
+                "execution_id": message.execution_id,
+                "status": short_status_name(message.status),
+            }),
+        ),
+    };
+    Event::default().event(name).data(body.to_string())
+}
+
+/// `GET /v1/executions/{id}?include_result=&include_logs=`.
+async fn get_execution(
+    State(gateway): State<Gateway>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path(execution_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let handle = async {
+        let mut query = QueryParameters(query);
+        let include_result = query.boolean("include_result", true)?;
+        let include_logs = query.boolean("include_logs", false)?;
+        query.finish()?;
+        let request = proto::GetExecutionStatusRequest {
+            execution_id,
+            include_result,
+            include_logs,
+        };
+        let answer = gateway
+            .handler
+            .get_execution_status(grpc_request(request, &principal, &headers))
+            .await?
+            .into_inner();
+        if !answer.found {
+            return Err(Refusal::from(SpearError::not_found(answer.message)));
+        }
+        Ok(json_response(StatusCode::OK, &answer))
+    };
+    answer(handle.await)
+}
+
+/// `POST /v1/executions/{id}/cancel`, with an optional `{"reason": "…"}` body.
+async fn cancel_execution(
+    State(gateway): State<Gateway>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path(execution_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let handle = async {
+        let body = read_body(
+            body,
+            gateway.node.config.max_request_bytes,
+            "max_request_bytes",
+        )
+        .await?;
+        let mut request: proto::CancelExecutionRequest = if body.is_empty() {
+            proto::CancelExecutionRequest::default()
+        } else {
+            parse_json(&body)?
+        };
+        request.execution_id = execution_id;
+        let answer = gateway
+            .handler
+            .cancel_execution(grpc_request(request, &principal, &headers))
+            .await?
+            .into_inner();
+        Ok(json_response(StatusCode::OK, &answer))
+    };
+    answer(handle.await)
+}
+
+/// `GET /v1/executions?task=&status=&limit=&start_after=`.
+async fn list_executions(
+    State(gateway): State<Gateway>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let handle = async {
+        let mut query = QueryParameters(query);
+        let task_id = query.string("task").unwrap_or_default();
+        let status_filter = match query.string("status") {
+            Some(text) => execution_status_from_query(&text)? as i32,
+            None => 0,
+        };
+        let limit = query.integer("limit")?;
+        let start_after = query.string("start_after").unwrap_or_default();
+        query.finish()?;
+        let request = proto::ListExecutionsRequest {
+            task_id,
+            limit,
+            start_after,
+            status_filter,
+        };
+        let answer = gateway
+            .handler
+            .list_executions(grpc_request(request, &principal, &headers))
+            .await?
+            .into_inner();
+        Ok(json_response(StatusCode::OK, &answer))
+    };
+    answer(handle.await)
+}
+
+/// `GET /v1/tasks?prefix=&limit=&start_after=&include_details=`.
+async fn list_tasks(
+    State(gateway): State<Gateway>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let handle = async {
+        let mut query = QueryParameters(query);
+        let request = proto::ListTasksRequest {
+            prefix: query.string("prefix").unwrap_or_default(),
+            limit: query.integer("limit")?,
+            start_after: query.string("start_after").unwrap_or_default(),
+            include_details: query.boolean("include_details", false)?,
+        };
+        query.finish()?;
+        let answer = gateway
+            .handler
+            .list_tasks(grpc_request(request, &principal, &headers))
+            .await?
+            .into_inner();
+        Ok(json_response(StatusCode::OK, &answer))
+    };
+    answer(handle.await)
+}
+
+/// `GET /v1/tasks/{task}?include_executions=&execution_limit=`.
+async fn get_task(
+    State(gateway): State<Gateway>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path(task): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let handle = async {
+        let mut query = QueryParameters(query);
+        let request = proto::GetTaskRequest {
+            task_id: task,
+            include_executions: query.boolean("include_executions", false)?,
+            execution_limit: query.integer("execution_limit")?,
+        };
+        query.finish()?;
+        let answer = gateway
+            .handler
+            .get_task(grpc_request(request, &principal, &headers))
+            .await?
+            .into_inner();
+        if !answer.found {
+            return Err(Refusal::from(SpearError::not_found(answer.message)));
+        }
+        Ok(json_response(StatusCode::OK, &answer))
+    };
+    answer(handle.await)
+}
+
+/// `DELETE /v1/tasks/{task}?force=&cleanup_executions=`. An unknown task is 404.
+async fn delete_task(
+    State(gateway): State<Gateway>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path(task): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let handle = async {
+        let mut query = QueryParameters(query);
+        let request = proto::DeleteTaskRequest {
+            task_id: task,
+            force: query.boolean("force", false)?,
+            cleanup_executions: query.boolean("cleanup_executions", false)?,
+        };
+        query.finish()?;
+        let answer = gateway
+            .handler
+            .delete_task(grpc_request(request, &principal, &headers))
+            .await?
+            .into_inner();
+        if !answer.deleted {
+            return Err(Refusal::from(SpearError::not_found(answer.message)));
+        }
+        Ok(json_response(StatusCode::OK, &answer))
+    };
+    answer(handle.await)
+}
+
+/// `POST /v1/tasks` with a JSON `CreateTaskRequest`: 201 with the task and its `Location`.
+async fn create_task(
+    State(gateway): State<Gateway>,
+    Extension(principal): Extension<Arc<Principal>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let handle = async {
+        let body = read_body(
+            body,
+            gateway.node.config.max_request_bytes,
+            "max_request_bytes",
+        )
+        .await?;
+        let request: proto::CreateTaskRequest = parse_json(&body)?;
+        let task = gateway
+            .handler
+            .create_task(grpc_request(request, &principal, &headers))
+            .await?
+            .into_inner();
+        let mut response = json_response(StatusCode::CREATED, &task);
+        if let Ok(location) = HeaderValue::from_str(&format!("/v1/tasks/{}", task.task_id)) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        Ok(response)
+    };
+    answer(handle.await)
+}
+
+/// What `POST /v1/artifacts` answers.
+#[derive(Serialize)]
+struct UploadedArtifact {
+    sha256: String,
+    /// Usable as `artifact_spec.location` on this node.
+    location: String,
+    /// `sha256:<hex>`, usable as `artifact_spec.checksum`.
+    checksum: String,
+    size_bytes: usize,
+}
+
+/// `POST /v1/artifacts`: the body is a module, executable or archive; it lands in the node's
+/// artifact cache under its sha256. Needs the admin scope.
+async fn upload_artifact(
+    State(gateway): State<Gateway>,
+    Extension(principal): Extension<Arc<Principal>>,
+    body: Body,
+) -> Response {
+    let handle = async {
+        principal.require(Scope::Admin)?;
+        let limit =
+            usize::try_from(gateway.node.config.artifacts.max_artifact_bytes).unwrap_or(usize::MAX);
+        let bytes = read_body(body, limit, "artifacts.max_artifact_bytes").await?;
+        if bytes.is_empty() {
+            return Err(Refusal::from(SpearError::invalid_argument(
+                "the request body (the artifact) is empty",
+            )));
+        }
+        let size_bytes = bytes.len();
+        let stored = gateway.node.registry.fetcher().store_upload(bytes).await?;
+        tracing::info!(sha256 = %stored.digest, size_bytes, by = %principal.label, "artifact uploaded");
+        let uploaded = UploadedArtifact {
+            location: format!("artifact://sha256:{}", stored.digest),
+            checksum: format!("sha256:{}", stored.digest),
+            sha256: stored.digest,
+            size_bytes,
+        };
+        let mut response = (StatusCode::CREATED, axum::Json(&uploaded)).into_response();
+        if let Ok(location) = HeaderValue::from_str(&uploaded.location) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        Ok(response)
+    };
+    answer(handle.await)
+}
+
+/// `GET /v1/stats?include_task_stats=&include_execution_stats=` (both default true).
+async fn stats(
+    State(gateway): State<Gateway>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let handle = async {
+        let mut query = QueryParameters(query);
+        let request = proto::GetStatsRequest {
+            include_task_stats: query.boolean("include_task_stats", true)?,
+            include_execution_stats: query.boolean("include_execution_stats", true)?,
+            time_range_hours: query.integer("time_range_hours")?,
+        };
+        query.finish()?;
+        let answer = gateway
+            .handler
+            .get_stats(grpc_request(request, &principal, &headers))
+            .await?
+            .into_inner();
+        Ok(json_response(StatusCode::OK, &answer))
+    };
+    answer(handle.await)
+}
+
+/// Liveness: the process answers HTTP.
+async fn healthz() -> Response {
+    (StatusCode::OK, "ok\n").into_response()
+}
+
+/// Readiness: 200 while the node takes work, 503 while it shuts down or its store fails.
+async fn readyz(State(gateway): State<Gateway>) -> Response {
+    if crate::stats::is_ready(&gateway.node) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+/// Prometheus text exposition. Needs the read scope when tokens are configured.
+async fn metrics(
+    State(gateway): State<Gateway>,
+    Extension(principal): Extension<Arc<Principal>>,
+) -> Response {
+    if let Err(error) = principal.require(Scope::Read) {
+        return spear_error_response(error);
+    }
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render_prometheus(&gateway.node),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        OPENAPI_DOCUMENT,
+    )
+        .into_response()
+}
+
+async fn not_found(request: Request) -> Response {
+    spear_error_response(SpearError::not_found(format!(
+        "no route for {} {}; see /openapi.json",
+        request.method(),
+        request.uri().path()
+    )))
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    let body = ErrorBody {
+        code: "UNIMPLEMENTED",
+        message: &format!(
+            "{} is not allowed on {}; see /openapi.json",
+            request.method(),
+            request.uri().path()
+        ),
+    };
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+}
+
+/// Parses a JSON body; the error names the offending field (`artifact_spec.location: …`).
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> SpearResult<T> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let field = if path == "." {
+            String::new()
+        } else {
+            format!(" at {path}")
+        };
+        SpearError::invalid_argument(format!(
+            "the request body is not valid JSON for this route{field}: {}",
+            error.inner()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_lists_exactly_the_routes() {
+        let document: serde_json::Value = serde_json::from_str(OPENAPI_DOCUMENT).unwrap();
+        let mut documented: Vec<(String, String)> = document["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, operations)| {
+                operations
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .map(|method| (path.clone(), method.to_ascii_uppercase()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut served: Vec<(String, String)> = routes()
+            .into_iter()
+            .map(|(path, method)| (path.to_owned(), method.as_str().to_owned()))
+            .collect();
+        documented.sort();
+        served.sort();
+        assert_eq!(documented, served);
+    }
+
+    #[test]
+    fn status_names_drop_the_enum_prefix() {
+        assert_eq!(
+            short_status_name(proto::ExecutionStatus::Completed as i32),
+            "COMPLETED"
+        );
+        assert_eq!(short_status_name(99), "UNKNOWN");
+        assert_eq!(
+            execution_status_from_query("timeout").unwrap(),
+            proto::ExecutionStatus::Timeout
+        );
+        assert!(execution_status_from_query("done").is_err());
+    }
+}

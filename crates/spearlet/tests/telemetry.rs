@@ -1,0 +1,561 @@
+//! Logs, trace context and span export, checked on the real binary: `spearlet serve --log-format
+//! json` on 127.0.0.1:0 with its stderr in a file, called over gRPC with a `traceparent`.
+//!
+//! - JSON logs parse line by line, and the lines of an execution carry its ids and trace id.
+//! - A guest (a shell-script process task) sees `SPEAR_TRACEPARENT`: a child of the caller's
+//!   context, or a new root when the caller sent none or sent garbage.
+//! - With `--otlp-endpoint`, the execution span reaches an in-test OTLP/gRPC receiver with the
+//!   caller's trace id and parent, the ids as attributes, and `service.name`; queued spans are
+//!   flushed when the node stops on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
+use serde_json::Value;
+use spearlet_proto as proto;
+use spearlet_proto::function_service_client::FunctionServiceClient;
+use tonic::transport::Channel;
+
+const SPEARLET: &str = env!("CARGO_BIN_EXE_spearlet");
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT_ID: &str = "00f067aa0ba902b7";
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// A process task that sleeps as many seconds as its input says (none: 0), then prints what
+/// it was given as `SPEAR_TRACEPARENT`.
+const PRINT_TRACEPARENT: &[u8] =
+    b"#!/bin/sh\nread -r delay\nsleep \"${delay:-0}\"\nprintf '%s' \"$SPEAR_TRACEPARENT\"\n";
+
+/// A `spearlet serve --log-format json --log-level debug` child process, killed when dropped.
+struct RunningNode {
+    child: Child,
+    grpc_address: String,
+    /// Kept open so the node never writes into a closed pipe.
+    _stdout: BufReader<ChildStdout>,
+    data_directory: tempfile::TempDir,
+}
+
+impl RunningNode {
+    fn start(extra_arguments: &[&str], environment: &[(&str, &str)]) -> RunningNode {
+        RunningNode::start_in(tempfile::tempdir().unwrap(), extra_arguments, environment)
+    }
+
+    /// Starts a node on `data_directory` (`data/` inside it; the log is `node.log`, replaced).
+    fn start_in(
+        data_directory: tempfile::TempDir,
+        extra_arguments: &[&str],
+        environment: &[(&str, &str)],
+    ) -> RunningNode {
+        let log_file = std::fs::File::create(data_directory.path().join("node.log")).unwrap();
+        let mut command = Command::new(SPEARLET);
+        command
+            .args([
+                "serve",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--log-level",
+                "debug",
+            ])
+            .arg("--data-dir")
+            .arg(data_directory.path().join("data"))
+            .args(extra_arguments)
+            .env_remove("SPEARLET_CONFIG")
+            .env_remove("SPEARLET_OTLP_ENDPOINT")
+            .envs(environment.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file);
+        let mut child = command.spawn().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        // Only the first line: later ones (the HTTP address) are not this test's business.
+        let mut first_line = String::new();
+        stdout.read_line(&mut first_line).unwrap();
+        let Some(address) = first_line
+            .trim()
+            .strip_prefix("spearlet listening on grpc://")
+        else {
+            let log = std::fs::read_to_string(data_directory.path().join("node.log"));
+            let _ = child.kill();
+            panic!("unexpected first line {first_line:?}; node log: {log:?}");
+        };
+        RunningNode {
+            grpc_address: format!("http://{address}"),
+            child,
+            _stdout: stdout,
+            data_directory,
+        }
+    }
+
+    async fn client(&self) -> FunctionServiceClient<Channel> {
+        let channel = Channel::from_shared(self.grpc_address.clone())
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .unwrap();
+        FunctionServiceClient::new(channel)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.data_directory.path().join("node.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits (up to 20 s) for a clean exit.
+    fn stop_gracefully(&mut self) {
+        let signalled = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(signalled.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "{status}; node log:\n{}", self.log());
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the node did not stop; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn invoke_request(task: &str, input: &[u8]) -> proto::InvokeFunctionRequest {
+    proto::InvokeFunctionRequest {
+        invocation_type: proto::InvocationType::ExistingTask as i32,
+        task_id: task.into(),
+        execution_mode: proto::ExecutionMode::Sync as i32,
+        input: Some(proto::Payload {
+            content_type: "application/octet-stream".into(),
+            data: input.to_vec(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Invokes `task` (sync) with `traceparent` as gRPC metadata when given; the call must complete.
+async fn invoke(
+    client: &mut FunctionServiceClient<Channel>,
+    task: &str,
+    input: &[u8],
+    traceparent: Option<&str>,
+) -> proto::InvokeFunctionResponse {
+    let mut request = tonic::Request::new(invoke_request(task, input));
+    if let Some(traceparent) = traceparent {
+        request
+            .metadata_mut()
+            .insert("traceparent", traceparent.parse().unwrap());
+    }
+    let response = client.invoke_function(request).await.unwrap().into_inner();
+    assert!(response.success, "{response:?}");
+    response
+}
+
+fn output(response: &proto::InvokeFunctionResponse) -> String {
+    let payload = response
+        .result
+        .as_ref()
+        .and_then(|result| result.output.as_ref());
+    String::from_utf8(
+        payload
+            .map(|payload| payload.data.clone())
+            .unwrap_or_default(),
+    )
+    .unwrap()
+}
+
+/// Registers `print-traceparent` (see [`PRINT_TRACEPARENT`]) with the given `spearlet.*` keys.
+async fn create_traceparent_printer(
+    client: &mut FunctionServiceClient<Channel>,
+    metadata: &[(&str, &str)],
+) {
+    client
+        .create_task(proto::CreateTaskRequest {
+            task_name: "print-traceparent".into(),
+            artifact_spec: Some(proto::ArtifactSpec {
+                artifact_type: "process".into(),
+                location: format!(
+                    "data:application/octet-stream;base64,{}",
+                    base64::engine::general_purpose::STANDARD.encode(PRINT_TRACEPARENT)
+                ),
+                metadata: metadata
+                    .iter()
+                    .map(|(key, value)| (key.to_string(), value.to_string()))
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// `00-<32 hex>-<16 hex>-<2 hex>` split into its trace id, parent id and flags.
+fn traceparent_fields(text: &str) -> (String, String, String) {
+    let fields: Vec<&str> = text.split('-').collect();
+    assert_eq!(fields.len(), 4, "{text:?}");
+    assert_eq!(fields[0], "00", "{text:?}");
+    assert_eq!(fields[1].len(), 32, "{text:?}");
+    assert_eq!(fields[2].len(), 16, "{text:?}");
+    assert!(
+        text.bytes()
+            .all(|byte| byte == b'-' || byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte)),
+        "{text:?}"
+    );
+    assert_ne!(fields[1], "0".repeat(32));
+    assert_ne!(fields[2], "0".repeat(16));
+    (fields[1].into(), fields[2].into(), fields[3].into())
+}
+
+/// The log's lines, each parsed as a JSON object (the test fails on any other line).
+fn json_lines(log: &str) -> Vec<serde_json::Map<String, Value>> {
+    log.lines()
+        .map(|line| match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(object)) => object,
+            other => panic!("a log line is not a JSON object ({other:?}): {line:?}"),
+        })
+        .collect()
+}
+
+/// The value of `field` on a log line: the event's own, or its current span's.
+fn field<'a>(line: &'a serde_json::Map<String, Value>, field: &str) -> Option<&'a str> {
+    line.get("fields")
+        .and_then(|fields| fields.get(field))
+        .or_else(|| line.get("span").and_then(|span| span.get(field)))
+        .and_then(Value::as_str)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_parse_line_by_line_and_carry_execution_ids() {
+    let node = RunningNode::start(&[], &[]);
+    let mut client = node.client().await;
+    let response = invoke(&mut client, "echo", b"hello", Some(TRACEPARENT)).await;
+    assert_eq!(output(&response), "hello");
+
+    let log = node.log();
+    let lines = json_lines(&log);
+    assert!(!lines.is_empty(), "no log at debug level");
+    let execution_lines: Vec<_> = lines
+        .iter()
+        .filter(|line| field(line, "execution_id") == Some(response.execution_id.as_str()))
+        .collect();
+    assert!(
+        !execution_lines.is_empty(),
+        "no line carries execution_id {}; log:\n{log}",
+        response.execution_id
+    );
+    for expected in ["execution started", "execution finished"] {
+        assert!(
+            execution_lines
+                .iter()
+                .any(|line| field(line, "message") == Some(expected)),
+            "no {expected:?} line for the execution; log:\n{log}"
+        );
+    }
+    // Inside the execution's span: its task, instance and the caller's trace.
+    let started = execution_lines
+        .iter()
+        .find(|line| field(line, "message") == Some("execution started"))
+        .unwrap();
+    let span = &started["span"];
+    assert_eq!(span["name"], "execution", "{started:?}");
+    assert_eq!(span["task_id"], response.task_id.as_str(), "{started:?}");
+    assert_eq!(
+        span["instance_id"],
+        response.instance_id.as_str(),
+        "{started:?}"
+    );
+    assert_eq!(span["trace_id"], TRACE_ID, "{started:?}");
+    for line in &execution_lines {
+        if line.contains_key("span") {
+            assert_eq!(
+                line["span"]["task_id"],
+                response.task_id.as_str(),
+                "{line:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_see_the_callers_trace_as_spear_traceparent() {
+    let node = RunningNode::start(&[], &[]);
+    let mut client = node.client().await;
+    create_traceparent_printer(&mut client, &[]).await;
+
+    // A child of the caller's context: same trace and flags, a span id of its own.
+    let continued = invoke(&mut client, "print-traceparent", b"", Some(TRACEPARENT)).await;
+    let (trace_id, parent_id, flags) = traceparent_fields(&output(&continued));
+    assert_eq!(trace_id, TRACE_ID);
+    assert_ne!(parent_id, PARENT_ID);
+    assert_eq!(flags, "01");
+    let unsampled = TRACEPARENT.replace("-01", "-00");
+    let (_, _, flags) = traceparent_fields(&output(
+        &invoke(&mut client, "print-traceparent", b"", Some(&unsampled)).await,
+    ));
+    assert_eq!(flags, "00");
+
+    // No traceparent, or one that does not parse: a new root each time, never an error.
+    let mut roots = Vec::new();
+    for traceparent in [
+        None,
+        Some("garbage"),
+        Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+    ] {
+        let response = invoke(&mut client, "print-traceparent", b"", traceparent).await;
+        let (trace_id, _, flags) = traceparent_fields(&output(&response));
+        assert_ne!(trace_id, TRACE_ID);
+        assert_eq!(flags, "01");
+        assert!(!roots.contains(&trace_id), "{trace_id} reused");
+        roots.push(trace_id);
+    }
+}
+
+/// What the receiver kept of one exported span.
+#[derive(Clone, Debug)]
+struct ReceivedSpan {
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    attributes: Vec<(String, String)>,
+    service_name: Option<String>,
+}
+
+impl ReceivedSpan {
+    fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// A minimal OTLP/gRPC trace collector: keeps every span it is sent.
+#[derive(Clone, Default)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+}
+
+fn text_value(attribute: &KeyValue) -> String {
+    match attribute
+        .value
+        .as_ref()
+        .and_then(|value| value.value.as_ref())
+    {
+        Some(any_value::Value::StringValue(text)) => text.clone(),
+        Some(any_value::Value::IntValue(number)) => number.to_string(),
+        Some(any_value::Value::BoolValue(flag)) => flag.to_string(),
+        Some(any_value::Value::DoubleValue(number)) => number.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut received = Vec::new();
+        for resource_spans in request.into_inner().resource_spans {
+            let service_name = resource_spans.resource.as_ref().and_then(|resource| {
+                resource
+                    .attributes
+                    .iter()
+                    .find(|attribute| attribute.key == "service.name")
+                    .map(text_value)
+            });
+            for scope_spans in resource_spans.scope_spans {
+                for span in scope_spans.spans {
+                    received.push(ReceivedSpan {
+                        name: span.name.clone(),
+                        trace_id: hex(&span.trace_id),
+                        span_id: hex(&span.span_id),
+                        parent_span_id: hex(&span.parent_span_id),
+                        attributes: span
+                            .attributes
+                            .iter()
+                            .map(|attribute| (attribute.key.clone(), text_value(attribute)))
+                            .collect(),
+                        service_name: service_name.clone(),
+                    });
+                }
+            }
+        }
+        self.spans.lock().unwrap().extend(received);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+async fn start_receiver() -> (SocketAddr, Receiver) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let receiver = Receiver::default();
+    let service = TraceServiceServer::new(receiver.clone());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+            .unwrap();
+    });
+    (address, receiver)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execution_spans_are_exported_over_otlp_with_the_callers_trace() {
+    let (receiver_address, receiver) = start_receiver().await;
+    let endpoint = format!("http://{receiver_address}");
+    // A schedule delay far beyond the test: only the flush at shutdown can deliver the spans.
+    let mut node = RunningNode::start(
+        &["--otlp-endpoint", &endpoint],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "600000")],
+    );
+    let mut client = node.client().await;
+    let echoed = invoke(&mut client, "echo", b"traced", Some(TRACEPARENT)).await;
+    create_traceparent_printer(&mut client, &[]).await;
+    let printed = invoke(&mut client, "print-traceparent", b"", Some(TRACEPARENT)).await;
+    let guest_context = output(&printed);
+    let untraced = invoke(&mut client, "echo", b"untraced", None).await;
+    drop(client);
+    node.stop_gracefully();
+
+    let spans = receiver.spans.lock().unwrap().clone();
+    let execution_span = |execution_id: &str| {
+        spans
+            .iter()
+            .find(|span| {
+                span.name == "execution" && span.attribute("execution_id") == Some(execution_id)
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no execution span for {execution_id} in {spans:#?}"))
+    };
+
+    let echoed_span = execution_span(&echoed.execution_id);
+    assert_eq!(echoed_span.trace_id, TRACE_ID);
+    assert_eq!(echoed_span.parent_span_id, PARENT_ID);
+    assert_eq!(
+        echoed_span.attribute("task_id"),
+        Some(echoed.task_id.as_str())
+    );
+    assert_eq!(
+        echoed_span.attribute("instance_id"),
+        Some(echoed.instance_id.as_str())
+    );
+    assert_eq!(echoed_span.attribute("trace_id"), Some(TRACE_ID));
+    assert_eq!(echoed_span.service_name.as_deref(), Some("spearlet"));
+
+    // The guest's parent is the exported span: its own spans hang under the node's.
+    let printed_span = execution_span(&printed.execution_id);
+    let (trace_id, parent_id, _) = traceparent_fields(&guest_context);
+    assert_eq!(trace_id, TRACE_ID);
+    assert_eq!(parent_id, printed_span.span_id);
+
+    // Without a traceparent the execution span is a root of a trace of its own.
+    let untraced_span = execution_span(&untraced.execution_id);
+    assert_ne!(untraced_span.trace_id, TRACE_ID);
+    assert!(untraced_span.parent_span_id.is_empty(), "{untraced_span:?}");
+
+    // The log stays JSON with the exporter installed.
+    json_lines(&node.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_execution_resumed_after_a_restart_continues_the_callers_trace() {
+    let mut node = RunningNode::start(&[], &[]);
+    let mut client = node.client().await;
+    // One instance: the traced call waits behind a slow one and is still queued at shutdown.
+    create_traceparent_printer(
+        &mut client,
+        &[
+            ("spearlet.pool.max_instances", "1"),
+            ("spearlet.pool.instance_capacity", "1"),
+        ],
+    )
+    .await;
+    let asynchronous = |input: &[u8]| proto::InvokeFunctionRequest {
+        execution_mode: proto::ExecutionMode::Async as i32,
+        ..invoke_request("print-traceparent", input)
+    };
+    client.invoke_function(asynchronous(b"2\n")).await.unwrap();
+    let mut traced = tonic::Request::new(asynchronous(b"0\n"));
+    traced
+        .metadata_mut()
+        .insert("traceparent", TRACEPARENT.parse().unwrap());
+    let queued = client.invoke_function(traced).await.unwrap().into_inner();
+    drop(client);
+    node.stop_gracefully();
+    // The next node starts on the same data directory.
+    let data_directory = std::mem::replace(&mut node.data_directory, tempfile::tempdir().unwrap());
+    drop(node);
+
+    let node = RunningNode::start_in(data_directory, &[], &[]);
+    let mut client = node.client().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let result = loop {
+        let status = client
+            .get_execution_status(proto::GetExecutionStatusRequest {
+                execution_id: queued.execution_id.clone(),
+                include_result: true,
+                include_logs: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let result = status.result.unwrap();
+        if result.status == proto::ExecutionStatus::Completed as i32 {
+            break result;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not completed after the restart: {result:?}; log:\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // It ran on the restarted node, not before the shutdown.
+    let log = node.log();
+    assert!(
+        json_lines(&log).iter().any(|line| {
+            field(line, "execution_id") == Some(queued.execution_id.as_str())
+                && field(line, "message") == Some("execution started")
+        }),
+        "the restarted node did not run {}; log:\n{log}",
+        queued.execution_id
+    );
+    let printed = String::from_utf8(result.output.unwrap().data).unwrap();
+    let (trace_id, parent_id, _) = traceparent_fields(&printed);
+    assert_eq!(trace_id, TRACE_ID);
+    assert_ne!(parent_id, PARENT_ID);
+}
