@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Extension, Path, Query, Request, State};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event, Sse};
@@ -276,9 +277,10 @@ impl From<Response> for Refusal {
     }
 }
 
-/// The answer of a route body that returns early with [`Refusal`]s.
-fn answer(result: Result<Response, Refusal>) -> Response {
-    result.unwrap_or_else(|refusal| refusal.0)
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        self.0
+    }
 }
 
 /// A JSON answer from a wire message.
@@ -296,23 +298,47 @@ fn json_response<T: Serialize>(status: StatusCode, message: &T) -> Response {
     }
 }
 
-/// A wire request carrying the caller's principal and trace context, as the gRPC server would
-/// hand it to the handler.
-fn grpc_request<T>(
-    message: T,
-    principal: &Arc<Principal>,
-    headers: &HeaderMap,
-) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.extensions_mut().insert(principal.clone());
-    if let Some(traceparent) = headers
-        .get("traceparent")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|text| text.parse().ok())
-    {
-        request.metadata_mut().insert("traceparent", traceparent);
+/// Who is calling (put there by [`authenticate`]) and the trace context they sent: what travels
+/// from an HTTP request into the RPC, as the gRPC server would hand it to the handler.
+struct Caller {
+    principal: Arc<Principal>,
+    traceparent: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl<State: Send + Sync> FromRequestParts<State> for Caller {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(parts: &mut Parts, _: &State) -> Result<Caller, Refusal> {
+        let principal = parts
+            .extensions
+            .get::<Arc<Principal>>()
+            .cloned()
+            .ok_or_else(|| {
+                SpearError::unauthenticated("the request carries no authenticated principal")
+            })?;
+        let traceparent = parts
+            .headers
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.parse().ok());
+        Ok(Caller {
+            principal,
+            traceparent,
+        })
     }
-    request
+}
+
+impl Caller {
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.extensions_mut().insert(self.principal.clone());
+        if let Some(traceparent) = &self.traceparent {
+            request
+                .metadata_mut()
+                .insert("traceparent", traceparent.clone());
+        }
+        request
+    }
 }
 
 /// Reads a body up to `limit` bytes; beyond → 413 naming the setting.
@@ -408,20 +434,9 @@ fn short_status_name(status: i32) -> &'static str {
 /// `POST /v1/tasks/{task}/invoke`.
 async fn invoke(
     State(gateway): State<Gateway>,
-    Extension(principal): Extension<Arc<Principal>>,
+    caller: Caller,
     Path(task): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    answer(invoke_inner(gateway, principal, task, query, headers, body).await)
-}
-
-async fn invoke_inner(
-    gateway: Gateway,
-    principal: Arc<Principal>,
-    task: String,
-    query: HashMap<String, String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Refusal> {
@@ -479,7 +494,7 @@ async fn invoke_inner(
         invocation_metadata,
         ..Default::default()
     };
-    let request = grpc_request(request, &principal, &headers);
+    let request = caller.request(request);
     if execution_mode == proto::ExecutionMode::Stream {
         return stream_invoke(&gateway, request).await;
     }
@@ -629,209 +644,176 @@ fn stream_event(message: Result<proto::StreamExecutionResult, tonic::Status>) ->
 /// `GET /v1/executions/{id}?include_result=&include_logs=`.
 async fn get_execution(
     State(gateway): State<Gateway>,
-    Extension(principal): Extension<Arc<Principal>>,
+    caller: Caller,
     Path(execution_id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    let handle = async {
-        let mut query = QueryParameters(query);
-        let include_result = query.boolean("include_result", true)?;
-        let include_logs = query.boolean("include_logs", false)?;
-        query.finish()?;
-        let request = proto::GetExecutionStatusRequest {
-            execution_id,
-            include_result,
-            include_logs,
-        };
-        let answer = gateway
-            .handler
-            .get_execution_status(grpc_request(request, &principal, &headers))
-            .await?
-            .into_inner();
-        if !answer.found {
-            return Err(Refusal::from(SpearError::not_found(answer.message)));
-        }
-        Ok(json_response(StatusCode::OK, &answer))
+) -> Result<Response, Refusal> {
+    let mut query = QueryParameters(query);
+    let request = proto::GetExecutionStatusRequest {
+        execution_id,
+        include_result: query.boolean("include_result", true)?,
+        include_logs: query.boolean("include_logs", false)?,
     };
-    answer(handle.await)
+    query.finish()?;
+    let answer = gateway
+        .handler
+        .get_execution_status(caller.request(request))
+        .await?
+        .into_inner();
+    if !answer.found {
+        return Err(SpearError::not_found(answer.message).into());
+    }
+    Ok(json_response(StatusCode::OK, &answer))
 }
 
 /// `POST /v1/executions/{id}/cancel`, with an optional `{"reason": "…"}` body.
 async fn cancel_execution(
     State(gateway): State<Gateway>,
-    Extension(principal): Extension<Arc<Principal>>,
+    caller: Caller,
     Path(execution_id): Path<String>,
-    headers: HeaderMap,
     body: Body,
-) -> Response {
-    let handle = async {
-        let body = read_body(
-            body,
-            gateway.node.config.max_request_bytes,
-            "max_request_bytes",
-        )
-        .await?;
-        let mut request: proto::CancelExecutionRequest = if body.is_empty() {
-            proto::CancelExecutionRequest::default()
-        } else {
-            parse_json(&body)?
-        };
-        request.execution_id = execution_id;
-        let answer = gateway
-            .handler
-            .cancel_execution(grpc_request(request, &principal, &headers))
-            .await?
-            .into_inner();
-        Ok(json_response(StatusCode::OK, &answer))
+) -> Result<Response, Refusal> {
+    let body = read_body(
+        body,
+        gateway.node.config.max_request_bytes,
+        "max_request_bytes",
+    )
+    .await?;
+    let mut request: proto::CancelExecutionRequest = if body.is_empty() {
+        proto::CancelExecutionRequest::default()
+    } else {
+        parse_json(&body)?
     };
-    answer(handle.await)
+    request.execution_id = execution_id;
+    let answer = gateway
+        .handler
+        .cancel_execution(caller.request(request))
+        .await?
+        .into_inner();
+    Ok(json_response(StatusCode::OK, &answer))
 }
 
 /// `GET /v1/executions?task=&status=&limit=&start_after=`.
 async fn list_executions(
     State(gateway): State<Gateway>,
-    Extension(principal): Extension<Arc<Principal>>,
+    caller: Caller,
     Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    let handle = async {
-        let mut query = QueryParameters(query);
-        let task_id = query.string("task").unwrap_or_default();
-        let status_filter = match query.string("status") {
-            Some(text) => execution_status_from_query(&text)? as i32,
-            None => 0,
-        };
-        let limit = query.integer("limit")?;
-        let start_after = query.string("start_after").unwrap_or_default();
-        query.finish()?;
-        let request = proto::ListExecutionsRequest {
-            task_id,
-            limit,
-            start_after,
-            status_filter,
-        };
-        let answer = gateway
-            .handler
-            .list_executions(grpc_request(request, &principal, &headers))
-            .await?
-            .into_inner();
-        Ok(json_response(StatusCode::OK, &answer))
+) -> Result<Response, Refusal> {
+    let mut query = QueryParameters(query);
+    let status_filter = match query.string("status") {
+        Some(text) => execution_status_from_query(&text)? as i32,
+        None => 0,
     };
-    answer(handle.await)
+    let request = proto::ListExecutionsRequest {
+        task_id: query.string("task").unwrap_or_default(),
+        limit: query.integer("limit")?,
+        start_after: query.string("start_after").unwrap_or_default(),
+        status_filter,
+    };
+    query.finish()?;
+    let answer = gateway
+        .handler
+        .list_executions(caller.request(request))
+        .await?
+        .into_inner();
+    Ok(json_response(StatusCode::OK, &answer))
 }
 
 /// `GET /v1/tasks?prefix=&limit=&start_after=&include_details=`.
 async fn list_tasks(
     State(gateway): State<Gateway>,
-    Extension(principal): Extension<Arc<Principal>>,
+    caller: Caller,
     Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    let handle = async {
-        let mut query = QueryParameters(query);
-        let request = proto::ListTasksRequest {
-            prefix: query.string("prefix").unwrap_or_default(),
-            limit: query.integer("limit")?,
-            start_after: query.string("start_after").unwrap_or_default(),
-            include_details: query.boolean("include_details", false)?,
-        };
-        query.finish()?;
-        let answer = gateway
-            .handler
-            .list_tasks(grpc_request(request, &principal, &headers))
-            .await?
-            .into_inner();
-        Ok(json_response(StatusCode::OK, &answer))
+) -> Result<Response, Refusal> {
+    let mut query = QueryParameters(query);
+    let request = proto::ListTasksRequest {
+        prefix: query.string("prefix").unwrap_or_default(),
+        limit: query.integer("limit")?,
+        start_after: query.string("start_after").unwrap_or_default(),
+        include_details: query.boolean("include_details", false)?,
     };
-    answer(handle.await)
+    query.finish()?;
+    let answer = gateway
+        .handler
+        .list_tasks(caller.request(request))
+        .await?
+        .into_inner();
+    Ok(json_response(StatusCode::OK, &answer))
 }
 
 /// `GET /v1/tasks/{task}?include_executions=&execution_limit=`.
 async fn get_task(
     State(gateway): State<Gateway>,
-    Extension(principal): Extension<Arc<Principal>>,
+    caller: Caller,
     Path(task): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    let handle = async {
-        let mut query = QueryParameters(query);
-        let request = proto::GetTaskRequest {
-            task_id: task,
-            include_executions: query.boolean("include_executions", false)?,
-            execution_limit: query.integer("execution_limit")?,
-        };
-        query.finish()?;
-        let answer = gateway
-            .handler
-            .get_task(grpc_request(request, &principal, &headers))
-            .await?
-            .into_inner();
-        if !answer.found {
-            return Err(Refusal::from(SpearError::not_found(answer.message)));
-        }
-        Ok(json_response(StatusCode::OK, &answer))
+) -> Result<Response, Refusal> {
+    let mut query = QueryParameters(query);
+    let request = proto::GetTaskRequest {
+        task_id: task,
+        include_executions: query.boolean("include_executions", false)?,
+        execution_limit: query.integer("execution_limit")?,
     };
-    answer(handle.await)
+    query.finish()?;
+    let answer = gateway
+        .handler
+        .get_task(caller.request(request))
+        .await?
+        .into_inner();
+    if !answer.found {
+        return Err(SpearError::not_found(answer.message).into());
+    }
+    Ok(json_response(StatusCode::OK, &answer))
 }
 
 /// `DELETE /v1/tasks/{task}?force=&cleanup_executions=`. An unknown task is 404.
 async fn delete_task(
     State(gateway): State<Gateway>,
-    Extension(principal): Extension<Arc<Principal>>,
+    caller: Caller,
     Path(task): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    let handle = async {
-        let mut query = QueryParameters(query);
-        let request = proto::DeleteTaskRequest {
-            task_id: task,
-            force: query.boolean("force", false)?,
-            cleanup_executions: query.boolean("cleanup_executions", false)?,
-        };
-        query.finish()?;
-        let answer = gateway
-            .handler
-            .delete_task(grpc_request(request, &principal, &headers))
-            .await?
-            .into_inner();
-        if !answer.deleted {
-            return Err(Refusal::from(SpearError::not_found(answer.message)));
-        }
-        Ok(json_response(StatusCode::OK, &answer))
+) -> Result<Response, Refusal> {
+    let mut query = QueryParameters(query);
+    let request = proto::DeleteTaskRequest {
+        task_id: task,
+        force: query.boolean("force", false)?,
+        cleanup_executions: query.boolean("cleanup_executions", false)?,
     };
-    answer(handle.await)
+    query.finish()?;
+    let answer = gateway
+        .handler
+        .delete_task(caller.request(request))
+        .await?
+        .into_inner();
+    if !answer.deleted {
+        return Err(SpearError::not_found(answer.message).into());
+    }
+    Ok(json_response(StatusCode::OK, &answer))
 }
 
 /// `POST /v1/tasks` with a JSON `CreateTaskRequest`: 201 with the task and its `Location`.
 async fn create_task(
     State(gateway): State<Gateway>,
-    Extension(principal): Extension<Arc<Principal>>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Body,
-) -> Response {
-    let handle = async {
-        let body = read_body(
-            body,
-            gateway.node.config.max_request_bytes,
-            "max_request_bytes",
-        )
-        .await?;
-        let request: proto::CreateTaskRequest = parse_json(&body)?;
-        let task = gateway
-            .handler
-            .create_task(grpc_request(request, &principal, &headers))
-            .await?
-            .into_inner();
-        let mut response = json_response(StatusCode::CREATED, &task);
-        if let Ok(location) = HeaderValue::from_str(&format!("/v1/tasks/{}", task.task_id)) {
-            response.headers_mut().insert(header::LOCATION, location);
-        }
-        Ok(response)
-    };
-    answer(handle.await)
+) -> Result<Response, Refusal> {
+    let body = read_body(
+        body,
+        gateway.node.config.max_request_bytes,
+        "max_request_bytes",
+    )
+    .await?;
+    let request: proto::CreateTaskRequest = parse_json(&body)?;
+    let task = gateway
+        .handler
+        .create_task(caller.request(request))
+        .await?
+        .into_inner();
+    let mut response = json_response(StatusCode::CREATED, &task);
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/tasks/{}", task.task_id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
 }
 
 /// What `POST /v1/artifacts` answers.
@@ -849,60 +831,58 @@ struct UploadedArtifact {
 /// artifact cache under its sha256. Needs the admin scope.
 async fn upload_artifact(
     State(gateway): State<Gateway>,
-    Extension(principal): Extension<Arc<Principal>>,
+    caller: Caller,
     body: Body,
-) -> Response {
-    let handle = async {
-        principal.require(Scope::Admin)?;
-        let limit =
-            usize::try_from(gateway.node.config.artifacts.max_artifact_bytes).unwrap_or(usize::MAX);
-        let bytes = read_body(body, limit, "artifacts.max_artifact_bytes").await?;
-        if bytes.is_empty() {
-            return Err(Refusal::from(SpearError::invalid_argument(
-                "the request body (the artifact) is empty",
-            )));
-        }
-        let size_bytes = bytes.len();
-        let stored = gateway.node.registry.fetcher().store_upload(bytes).await?;
-        tracing::info!(sha256 = %stored.digest, size_bytes, by = %principal.label, "artifact uploaded");
-        let uploaded = UploadedArtifact {
-            location: format!("artifact://sha256:{}", stored.digest),
-            checksum: format!("sha256:{}", stored.digest),
-            sha256: stored.digest,
-            size_bytes,
-        };
-        let mut response = (StatusCode::CREATED, axum::Json(&uploaded)).into_response();
-        if let Ok(location) = HeaderValue::from_str(&uploaded.location) {
-            response.headers_mut().insert(header::LOCATION, location);
-        }
-        Ok(response)
+) -> Result<Response, Refusal> {
+    caller.principal.require(Scope::Admin)?;
+    let limit =
+        usize::try_from(gateway.node.config.artifacts.max_artifact_bytes).unwrap_or(usize::MAX);
+    let bytes = read_body(body, limit, "artifacts.max_artifact_bytes").await?;
+    if bytes.is_empty() {
+        return Err(
+            SpearError::invalid_argument("the request body (the artifact) is empty").into(),
+        );
+    }
+    let size_bytes = bytes.len();
+    let stored = gateway.node.registry.fetcher().store_upload(bytes).await?;
+    tracing::info!(
+        sha256 = %stored.digest,
+        size_bytes,
+        by = %caller.principal.label,
+        "artifact uploaded"
+    );
+    let uploaded = UploadedArtifact {
+        location: format!("artifact://sha256:{}", stored.digest),
+        checksum: format!("sha256:{}", stored.digest),
+        sha256: stored.digest,
+        size_bytes,
     };
-    answer(handle.await)
+    let mut response = (StatusCode::CREATED, axum::Json(&uploaded)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&uploaded.location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
 }
 
 /// `GET /v1/stats?include_task_stats=&include_execution_stats=` (both default true).
 async fn stats(
     State(gateway): State<Gateway>,
-    Extension(principal): Extension<Arc<Principal>>,
+    caller: Caller,
     Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    let handle = async {
-        let mut query = QueryParameters(query);
-        let request = proto::GetStatsRequest {
-            include_task_stats: query.boolean("include_task_stats", true)?,
-            include_execution_stats: query.boolean("include_execution_stats", true)?,
-            time_range_hours: query.integer("time_range_hours")?,
-        };
-        query.finish()?;
-        let answer = gateway
-            .handler
-            .get_stats(grpc_request(request, &principal, &headers))
-            .await?
-            .into_inner();
-        Ok(json_response(StatusCode::OK, &answer))
+) -> Result<Response, Refusal> {
+    let mut query = QueryParameters(query);
+    let request = proto::GetStatsRequest {
+        include_task_stats: query.boolean("include_task_stats", true)?,
+        include_execution_stats: query.boolean("include_execution_stats", true)?,
+        time_range_hours: query.integer("time_range_hours")?,
     };
-    answer(handle.await)
+    query.finish()?;
+    let answer = gateway
+        .handler
+        .get_stats(caller.request(request))
+        .await?
+        .into_inner();
+    Ok(json_response(StatusCode::OK, &answer))
 }
 
 /// Liveness: the process answers HTTP.
@@ -920,14 +900,9 @@ async fn readyz(State(gateway): State<Gateway>) -> Response {
 }
 
 /// Prometheus text exposition. Needs the read scope when tokens are configured.
-async fn metrics(
-    State(gateway): State<Gateway>,
-    Extension(principal): Extension<Arc<Principal>>,
-) -> Response {
-    if let Err(error) = principal.require(Scope::Read) {
-        return spear_error_response(error);
-    }
-    (
+async fn metrics(State(gateway): State<Gateway>, caller: Caller) -> Result<Response, Refusal> {
+    caller.principal.require(Scope::Read)?;
+    Ok((
         StatusCode::OK,
         [(
             header::CONTENT_TYPE,
@@ -935,7 +910,7 @@ async fn metrics(
         )],
         crate::metrics::render_prometheus(&gateway.node),
     )
-        .into_response()
+        .into_response())
 }
 
 async fn openapi() -> Response {

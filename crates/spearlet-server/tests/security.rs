@@ -321,3 +321,40 @@ async fn an_unprotected_node_refuses_to_listen_beyond_loopback() {
     let protected = spearlet_server::serve(with_token).await.unwrap();
     protected.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn one_connection_cannot_take_more_than_its_share_of_requests() {
+    let node = start_node_with(|config| config.max_requests_per_connection = 1).await;
+    let started = std::time::Instant::now();
+    // Two 400 ms calls on one connection run one after the other…
+    let sleeps: Vec<_> = (0..2)
+        .map(|_| {
+            let mut client = node.client.clone();
+            tokio::spawn(async move {
+                client
+                    .invoke_function(invoke("sleep", b"400"))
+                    .await
+                    .unwrap();
+                started.elapsed()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // …while another connection is served at once.
+    let mut other = support::connect(node.server.grpc_addr).await;
+    other.invoke_function(invoke("echo", b"x")).await.unwrap();
+    let other_done = started.elapsed();
+    let mut sleep_done = Vec::new();
+    for sleep in sleeps {
+        sleep_done.push(sleep.await.unwrap());
+    }
+    sleep_done.sort();
+    assert!(
+        other_done < sleep_done[0],
+        "{other_done:?} vs {sleep_done:?}"
+    );
+    assert!(
+        sleep_done[1] >= sleep_done[0] + Duration::from_millis(300),
+        "the second call on the connection should wait for the first: {sleep_done:?}"
+    );
+}
