@@ -4,17 +4,18 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
-const SPEARLET: &str = env!("CARGO_BIN_EXE_spearlet");
+mod support;
 
-/// A `spearlet serve` child process, killed when dropped.
+use support::{NodeProcess, SPEARLET};
+
+/// A `spearlet serve` child process and the address its clients use, killed when dropped.
 struct RunningNode {
-    child: Child,
+    process: NodeProcess,
     address: String,
-    /// Kept open so the node never writes into a closed pipe.
-    _stdout: BufReader<ChildStdout>,
-    data_directory: tempfile::TempDir,
+    /// Holds the data dir and the log for the node's life.
+    _data_directory: tempfile::TempDir,
 }
 
 impl RunningNode {
@@ -26,48 +27,23 @@ impl RunningNode {
     /// address (`https` for a TLS node, reached as `localhost` to match its certificate).
     fn start_with(extra_arguments: &[&str], scheme: &str) -> RunningNode {
         let data_directory = tempfile::tempdir().unwrap();
-        let log_file = std::fs::File::create(data_directory.path().join("node.log")).unwrap();
-        let mut child = Command::new(SPEARLET)
-            .args([
-                "serve",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--log-level",
-                "warn",
-            ])
-            .args(extra_arguments)
-            .arg("--data-dir")
-            .arg(data_directory.path().join("data"))
-            .env_remove("SPEARLET_CONFIG")
-            .env_remove("SPEARLET_AUTH_TOKENS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut first_line = String::new();
-        stdout.read_line(&mut first_line).unwrap();
-        let Some(address) = first_line
-            .trim()
-            .strip_prefix("spearlet listening on grpc://")
-        else {
-            let log = std::fs::read_to_string(data_directory.path().join("node.log"));
-            let _ = child.kill();
-            panic!("unexpected first line {first_line:?}; node log: {log:?}");
-        };
+        let mut arguments = vec!["--log-level", "warn"];
+        arguments.extend_from_slice(extra_arguments);
+        let process = NodeProcess::start(
+            &data_directory.path().join("data"),
+            &data_directory.path().join("node.log"),
+            &arguments,
+            &[],
+        );
         let address = if scheme == "https" {
-            address.replace("127.0.0.1", "localhost")
+            process.grpc_address.replace("127.0.0.1", "localhost")
         } else {
-            address.to_owned()
+            process.grpc_address.clone()
         };
         RunningNode {
             address: format!("{scheme}://{address}"),
-            child,
-            _stdout: stdout,
-            data_directory,
+            process,
+            _data_directory: data_directory,
         }
     }
 
@@ -96,14 +72,7 @@ impl RunningNode {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.data_directory.path().join("node.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for RunningNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.log()
     }
 }
 

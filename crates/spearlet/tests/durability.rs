@@ -12,18 +12,18 @@
 //! restarted node runs with `--no-examples`, so `sleep` can only come back from the durable
 //! store, under the same task id.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use support::NodeProcess;
 
 use futures::StreamExt;
 use spearlet_proto as proto;
 use spearlet_proto::function_service_client::FunctionServiceClient;
 use tonic::transport::{Channel, Endpoint};
-
-const SPEARLET: &str = env!("CARGO_BIN_EXE_spearlet");
 
 /// Executions submitted in total, `dur-0` to `dur-299`.
 const EXECUTION_COUNT: usize = 300;
@@ -48,89 +48,22 @@ const RESTART_RETRY_LOG_TEXT: &str = "interrupted by a node restart";
 
 type NodeClient = FunctionServiceClient<Channel>;
 
-/// A `spearlet serve` child process, killed (SIGKILL) and reaped when dropped, so a failing
-/// assertion never leaves a node running.
-struct NodeProcess {
-    child: Child,
-    address: String,
-    /// Kept open so the node never writes into a closed pipe.
-    _stdout: BufReader<ChildStdout>,
-    log_path: PathBuf,
+/// Starts `spearlet serve --log-level info` over `data_directory`, logging to `log_path`.
+fn start_node(data_directory: &Path, log_path: &Path, extra_arguments: &[&str]) -> NodeProcess {
+    let mut arguments = vec!["--log-level", "info"];
+    arguments.extend_from_slice(extra_arguments);
+    NodeProcess::start(data_directory, log_path, &arguments, &[])
 }
 
-impl NodeProcess {
-    /// Starts `spearlet serve` on a free port over `data_directory`, logging to `log_path`, and
-    /// waits for its `spearlet listening on grpc://ADDR` line.
-    fn start(data_directory: &Path, log_path: &Path, extra_arguments: &[&str]) -> NodeProcess {
-        let log_file = std::fs::File::create(log_path).unwrap();
-        let mut child = Command::new(SPEARLET)
-            .args([
-                "serve",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--log-level",
-                "info",
-            ])
-            .arg("--data-dir")
-            .arg(data_directory)
-            .args(extra_arguments)
-            .env_remove("SPEARLET_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut first_line = String::new();
-        stdout.read_line(&mut first_line).unwrap();
-        let Some(address) = first_line
-            .trim()
-            .strip_prefix("spearlet listening on grpc://")
-            .map(str::to_owned)
-        else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "unexpected first line {first_line:?}; node log:\n{}",
-                std::fs::read_to_string(log_path).unwrap_or_default()
-            );
-        };
-        NodeProcess {
-            child,
-            address: format!("http://{address}"),
-            _stdout: stdout,
-            log_path: log_path.to_owned(),
-        }
-    }
-
-    /// `kill -9`: no graceful shutdown, no flushing.
-    fn kill_hard(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    async fn client(&self) -> NodeClient {
-        let channel = Endpoint::from_shared(self.address.clone())
-            .unwrap()
-            .timeout(Duration::from_secs(20))
-            .connect()
-            .await
-            .unwrap_or_else(|error| panic!("connecting to {}: {error}", self.address));
-        FunctionServiceClient::new(channel)
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+async fn connect(node: &NodeProcess) -> NodeClient {
+    let address = format!("http://{}", node.grpc_address);
+    let channel = Endpoint::from_shared(address.clone())
+        .unwrap()
+        .timeout(Duration::from_secs(20))
+        .connect()
+        .await
+        .unwrap_or_else(|error| panic!("connecting to {address}: {error}"));
+    FunctionServiceClient::new(channel)
 }
 
 fn execution_id(index: usize) -> String {
@@ -395,9 +328,8 @@ async fn async_executions_survive_kill_9_and_follow_the_retry_policy() {
     let data_directory = directory.path().join("data");
 
     // Before the kill.
-    let mut first_node =
-        NodeProcess::start(&data_directory, &directory.path().join("node-1.log"), &[]);
-    let mut client = first_node.client().await;
+    let mut first_node = start_node(&data_directory, &directory.path().join("node-1.log"), &[]);
+    let mut client = connect(&first_node).await;
     let task_id_before = sleep_task_id(&mut client)
         .await
         .expect("the sleep example is registered at first start");
@@ -432,12 +364,12 @@ async fn async_executions_survive_kill_9_and_follow_the_retry_policy() {
 
     // After the restart. Without the examples, `sleep` can only come from the store.
     let restarted_at_us = now_unix_microseconds();
-    let second_node = NodeProcess::start(
+    let second_node = start_node(
         &data_directory,
         &directory.path().join("node-2.log"),
         &["--no-examples"],
     );
-    let mut client = second_node.client().await;
+    let mut client = connect(&second_node).await;
     assert_eq!(
         sleep_task_id(&mut client).await.as_deref(),
         Some(task_id_before.as_str()),

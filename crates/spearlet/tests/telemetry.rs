@@ -8,9 +8,9 @@
 //!   caller's trace id and parent, the ids as attributes, and `service.name`; queued spans are
 //!   flushed when the node stops on SIGTERM.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::net::SocketAddr;
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,9 +25,8 @@ use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use serde_json::Value;
 use spearlet_proto as proto;
 use spearlet_proto::function_service_client::FunctionServiceClient;
+use support::NodeProcess;
 use tonic::transport::Channel;
-
-const SPEARLET: &str = env!("CARGO_BIN_EXE_spearlet");
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
@@ -38,12 +37,10 @@ const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-
 const PRINT_TRACEPARENT: &[u8] =
     b"#!/bin/sh\nread -r delay\nsleep \"${delay:-0}\"\nprintf '%s' \"$SPEAR_TRACEPARENT\"\n";
 
-/// A `spearlet serve --log-format json --log-level debug` child process, killed when dropped.
+/// A `spearlet serve --log-format json --log-level debug` child process over a data directory
+/// of its own (`data/` inside it; the log is `node.log`).
 struct RunningNode {
-    child: Child,
-    grpc_address: String,
-    /// Kept open so the node never writes into a closed pipe.
-    _stdout: BufReader<ChildStdout>,
+    process: NodeProcess,
     data_directory: tempfile::TempDir,
 }
 
@@ -52,58 +49,28 @@ impl RunningNode {
         RunningNode::start_in(tempfile::tempdir().unwrap(), extra_arguments, environment)
     }
 
-    /// Starts a node on `data_directory` (`data/` inside it; the log is `node.log`, replaced).
+    /// Starts a node on `data_directory` (the log, `node.log`, is replaced).
     fn start_in(
         data_directory: tempfile::TempDir,
         extra_arguments: &[&str],
         environment: &[(&str, &str)],
     ) -> RunningNode {
-        let log_file = std::fs::File::create(data_directory.path().join("node.log")).unwrap();
-        let mut command = Command::new(SPEARLET);
-        command
-            .args([
-                "serve",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--log-level",
-                "debug",
-            ])
-            .arg("--data-dir")
-            .arg(data_directory.path().join("data"))
-            .args(extra_arguments)
-            .env_remove("SPEARLET_CONFIG")
-            .env_remove("SPEARLET_OTLP_ENDPOINT")
-            .envs(environment.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file);
-        let mut child = command.spawn().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        // Only the first line: later ones (the HTTP address) are not this test's business.
-        let mut first_line = String::new();
-        stdout.read_line(&mut first_line).unwrap();
-        let Some(address) = first_line
-            .trim()
-            .strip_prefix("spearlet listening on grpc://")
-        else {
-            let log = std::fs::read_to_string(data_directory.path().join("node.log"));
-            let _ = child.kill();
-            panic!("unexpected first line {first_line:?}; node log: {log:?}");
-        };
+        let mut arguments = vec!["--log-format", "json", "--log-level", "debug"];
+        arguments.extend_from_slice(extra_arguments);
+        let process = NodeProcess::start(
+            &data_directory.path().join("data"),
+            &data_directory.path().join("node.log"),
+            &arguments,
+            environment,
+        );
         RunningNode {
-            grpc_address: format!("http://{address}"),
-            child,
-            _stdout: stdout,
+            process,
             data_directory,
         }
     }
 
     async fn client(&self) -> FunctionServiceClient<Channel> {
-        let channel = Channel::from_shared(self.grpc_address.clone())
+        let channel = Channel::from_shared(format!("http://{}", self.process.grpc_address))
             .unwrap()
             .connect_timeout(Duration::from_secs(5))
             .connect()
@@ -113,36 +80,11 @@ impl RunningNode {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.data_directory.path().join("node.log")).unwrap_or_default()
+        self.process.log()
     }
 
-    /// SIGTERM, then waits (up to 20 s) for a clean exit.
     fn stop_gracefully(&mut self) {
-        let signalled = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(signalled.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "{status}; node log:\n{}", self.log());
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the node did not stop; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for RunningNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.stop_gracefully();
     }
 }
 
