@@ -76,6 +76,39 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in [`ErrorCode::index`] order.
+    pub const ALL: [ErrorCode; 11] = [
+        ErrorCode::ExitCode,
+        ErrorCode::ReturnCode,
+        ErrorCode::Trap,
+        ErrorCode::MemoryLimit,
+        ErrorCode::Timeout,
+        ErrorCode::Cancelled,
+        ErrorCode::OutputTooLarge,
+        ErrorCode::NodeRestarted,
+        ErrorCode::InitFailed,
+        ErrorCode::WorkerCrashed,
+        ErrorCode::FunctionError,
+    ];
+
+    /// The code's position in [`ErrorCode::ALL`], for per-code counters. Exhaustive, so a new
+    /// code does not compile until it has a place.
+    pub fn index(self) -> usize {
+        match self {
+            ErrorCode::ExitCode => 0,
+            ErrorCode::ReturnCode => 1,
+            ErrorCode::Trap => 2,
+            ErrorCode::MemoryLimit => 3,
+            ErrorCode::Timeout => 4,
+            ErrorCode::Cancelled => 5,
+            ErrorCode::OutputTooLarge => 6,
+            ErrorCode::NodeRestarted => 7,
+            ErrorCode::InitFailed => 8,
+            ErrorCode::WorkerCrashed => 9,
+            ErrorCode::FunctionError => 10,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::ExitCode => "EXIT_CODE",
@@ -135,6 +168,13 @@ impl Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_error_code_sits_at_its_index() {
+        for (index, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(code.index(), index, "{code:?}");
+        }
+    }
 
     #[test]
     fn outcomes_map_to_statuses_and_codes() {

@@ -76,38 +76,6 @@ fn terminal_status_index(status: ExecutionStatus) -> Option<usize> {
     }
 }
 
-/// Every error code, in the order their counters are kept.
-const ERROR_CODES: [ErrorCode; 11] = [
-    ErrorCode::ExitCode,
-    ErrorCode::ReturnCode,
-    ErrorCode::Trap,
-    ErrorCode::MemoryLimit,
-    ErrorCode::Timeout,
-    ErrorCode::Cancelled,
-    ErrorCode::OutputTooLarge,
-    ErrorCode::NodeRestarted,
-    ErrorCode::InitFailed,
-    ErrorCode::WorkerCrashed,
-    ErrorCode::FunctionError,
-];
-
-fn error_code_index(code: ErrorCode) -> usize {
-    // Exhaustive, so a new code fails to compile here until it has a counter.
-    match code {
-        ErrorCode::ExitCode => 0,
-        ErrorCode::ReturnCode => 1,
-        ErrorCode::Trap => 2,
-        ErrorCode::MemoryLimit => 3,
-        ErrorCode::Timeout => 4,
-        ErrorCode::Cancelled => 5,
-        ErrorCode::OutputTooLarge => 6,
-        ErrorCode::NodeRestarted => 7,
-        ErrorCode::InitFailed => 8,
-        ErrorCode::WorkerCrashed => 9,
-        ErrorCode::FunctionError => 10,
-    }
-}
-
 /// Instance states, in the order they are reported.
 const INSTANCE_STATES: [InstanceState; 6] = [
     InstanceState::Creating,
@@ -148,8 +116,8 @@ impl Default for TaskMetrics {
 struct FunctionMetrics {
     /// By terminal status, in `TERMINAL_STATUSES` order.
     invocations: [AtomicU64; 4],
-    /// Failed invocations by error code, in `ERROR_CODES` order.
-    errors: [AtomicU64; ERROR_CODES.len()],
+    /// Failed invocations by error code, in `ErrorCode::ALL` order.
+    errors: [AtomicU64; ErrorCode::ALL.len()],
     coldstarts: AtomicU64,
     invoke_duration: Histogram,
 }
@@ -170,8 +138,8 @@ impl FunctionMetrics {
 pub struct FunctionSnapshot {
     /// By terminal status: completed, failed, timeout, cancelled.
     pub invocations: [u64; 4],
-    /// Failed invocations by error code (`ERROR_CODES` order).
-    pub errors: [u64; ERROR_CODES.len()],
+    /// Failed invocations by error code (`ErrorCode::ALL` order).
+    pub errors: [u64; ErrorCode::ALL.len()],
     pub coldstarts: u64,
     pub invoke_duration: HistogramSnapshot,
 }
@@ -183,7 +151,7 @@ impl FunctionSnapshot {
     }
 
     pub fn errors_with(&self, code: ErrorCode) -> u64 {
-        self.errors[error_code_index(code)]
+        self.errors[code.index()]
     }
 }
 
@@ -227,7 +195,7 @@ impl TaskMetrics {
             if status == ExecutionStatus::Failed
                 && let Some(code) = error_code
             {
-                function.errors[error_code_index(code)].fetch_add(1, Ordering::Relaxed);
+                function.errors[code.index()].fetch_add(1, Ordering::Relaxed);
             }
             if let Some(seconds) = guest_seconds {
                 function.invoke_duration.observe(seconds);
@@ -320,7 +288,7 @@ pub fn render_prometheus(node: &Node) -> String {
         "Invocations that failed, by error code (timeouts and cancellations excluded).",
     );
     for (task, function, snapshot) in per_function() {
-        for (code, count) in ERROR_CODES.iter().zip(snapshot.errors) {
+        for (code, count) in ErrorCode::ALL.iter().zip(snapshot.errors) {
             if count > 0 {
                 let labels = [
                     ("task", task),
@@ -701,8 +669,8 @@ mod tests {
 
     #[test]
     fn every_error_code_and_state_has_its_own_slot() {
-        for (index, code) in ERROR_CODES.iter().enumerate() {
-            assert_eq!(error_code_index(*code), index);
+        for (index, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(code.index(), index);
         }
         for (index, state) in INSTANCE_STATES.iter().enumerate() {
             assert_eq!(instance_state_index(*state), index);

@@ -549,20 +549,9 @@ fn result_encoding_from_name(name: &str) -> Option<ResultEncoding> {
 }
 
 fn error_code_from_name(name: &str) -> Option<ErrorCode> {
-    match name {
-        "EXIT_CODE" => Some(ErrorCode::ExitCode),
-        "RETURN_CODE" => Some(ErrorCode::ReturnCode),
-        "TRAP" => Some(ErrorCode::Trap),
-        "MEMORY_LIMIT" => Some(ErrorCode::MemoryLimit),
-        "TIMEOUT" => Some(ErrorCode::Timeout),
-        "CANCELLED" => Some(ErrorCode::Cancelled),
-        "OUTPUT_TOO_LARGE" => Some(ErrorCode::OutputTooLarge),
-        "NODE_RESTARTED" => Some(ErrorCode::NodeRestarted),
-        "INIT_FAILED" => Some(ErrorCode::InitFailed),
-        "WORKER_CRASHED" => Some(ErrorCode::WorkerCrashed),
-        "FUNCTION_ERROR" => Some(ErrorCode::FunctionError),
-        _ => None,
-    }
+    ErrorCode::ALL
+        .into_iter()
+        .find(|code| code.as_str() == name)
 }
 
 #[cfg(test)]
@@ -598,19 +587,7 @@ mod tests {
                 Some(encoding)
             );
         }
-        let codes = [
-            ErrorCode::ExitCode,
-            ErrorCode::ReturnCode,
-            ErrorCode::Trap,
-            ErrorCode::MemoryLimit,
-            ErrorCode::Timeout,
-            ErrorCode::Cancelled,
-            ErrorCode::OutputTooLarge,
-            ErrorCode::NodeRestarted,
-            ErrorCode::InitFailed,
-            ErrorCode::WorkerCrashed,
-            ErrorCode::FunctionError,
-        ];
+        let codes = ErrorCode::ALL;
         for code in codes {
             assert_eq!(error_code_from_name(code.as_str()), Some(code));
         }
