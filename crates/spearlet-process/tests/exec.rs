@@ -114,42 +114,32 @@ async fn survivors(pids: &[u32]) -> Vec<u32> {
     }
 }
 
-/// The pids of every process in `/proc` whose stat line satisfies `select`.
+/// The pids of every process in `/proc` whose entry satisfies `select`.
+fn processes_matching(select: impl Fn(&std::fs::DirEntry) -> bool) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|entry| select(entry))
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// The pids of every process whose stat line satisfies `select`.
 fn processes_where(select: impl Fn(&str) -> bool) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse().ok())
-        else {
-            continue;
-        };
-        if let Ok(stat) = std::fs::read_to_string(entry.path().join("stat"))
-            && select(&stat)
-        {
-            pids.push(pid);
-        }
-    }
-    pids
+    processes_matching(|entry| {
+        std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|stat| select(&stat))
+    })
 }
 
 /// The pids of every process (zombies included) owned by `uid`.
 fn processes_of_uid(uid: u32) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
+    processes_matching(|entry| {
+        entry
             .file_name()
             .to_str()
-            .and_then(|name| name.parse().ok())
-        else {
-            continue;
-        };
-        if entry.metadata().is_ok_and(|metadata| metadata.uid() == uid) {
-            pids.push(pid);
-        }
-    }
-    pids
+            .is_some_and(|name| name.parse::<u32>().is_ok())
+            && entry.metadata().is_ok_and(|metadata| metadata.uid() == uid)
+    })
 }
 
 fn parse_pids(output: &str) -> Vec<u32> {
