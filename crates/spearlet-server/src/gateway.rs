@@ -890,7 +890,7 @@ async fn healthz() -> Response {
     (StatusCode::OK, "ok\n").into_response()
 }
 
-/// Readiness: 200 while the node takes work, 503 while it shuts down or its store fails.
+/// Readiness: 200 while the node takes work, 503 once it shuts down.
 async fn readyz(State(gateway): State<Gateway>) -> Response {
     if crate::stats::is_ready(&gateway.node) {
         (StatusCode::OK, "ready\n").into_response()

@@ -204,8 +204,7 @@ fn serve_grpc(
 }
 
 /// Keeps `grpc.health.v1.Health` true: FunctionService (and the whole server, service "")
-/// is SERVING while the node is healthy or degraded, NOT_SERVING when its store fails or it is
-/// shutting down.
+/// is SERVING while the node takes work (healthy or degraded) and NOT_SERVING once it shuts down.
 async fn report_health(
     node: Arc<Node>,
     reporter: tonic_health::server::HealthReporter,

@@ -17,10 +17,11 @@ use crate::registry::LoadedTask;
 const DEGRADED_QUEUE_RATIO: f64 = 0.8;
 const MOST_ACTIVE_TASKS: usize = 5;
 
-/// Whether the node should receive traffic: not shutting down, and its record store answers
-/// (a degraded node still serves). Drives `/readyz` and `grpc.health.v1.Health`.
+/// Whether the node should receive traffic: it is not shutting down (a degraded node still
+/// serves). Drives `/readyz` and `grpc.health.v1.Health`. The record store exposes no failure
+/// state to consult, so a failing disk does not show here (its writes are retried).
 pub fn is_ready(node: &Node) -> bool {
-    !node.manager.is_shutting_down() && node.manager.store().execution_count().is_ok()
+    !node.manager.is_shutting_down()
 }
 
 pub fn health(node: &Node, include_details: bool) -> SpearResult<proto::GetHealthResponse> {
