@@ -50,7 +50,9 @@ use tonic::codegen::{BoxFuture, Service, StdError};
 use tonic::transport::server::TcpIncoming;
 use tonic_prost::ProstCodec;
 
-use crate::cli::{BenchArguments, BenchMode, PlacementArguments};
+use crate::cli::{
+    BaselinePlacement, BenchArguments, BenchMode, EchoServerArguments, PlacementArguments,
+};
 use crate::client::{NodeChannel, NodeConnection, rpc_error};
 use crate::output::{self, Table};
 
@@ -427,8 +429,8 @@ struct BaselineServer {
 }
 
 impl BaselineServer {
-    async fn start() -> anyhow::Result<BaselineServer> {
-        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+    async fn start(address: SocketAddr) -> anyhow::Result<BaselineServer> {
+        let listener = TcpListener::bind(address)
             .await
             .context("binding the baseline echo server")?;
         let address = listener
@@ -455,6 +457,71 @@ impl BaselineServer {
         let _ = self.shutdown.send(());
         let _ = self.task.await;
     }
+}
+
+/// The echo server as a child process (`spearlet echo-server`): its own tokio runtime and
+/// threads, as the node under test has, so the baseline pays the same cross-process wake-ups.
+/// Killed when dropped.
+struct BaselineProcess {
+    address: SocketAddr,
+    child: tokio::process::Child,
+}
+
+impl BaselineProcess {
+    async fn start() -> anyhow::Result<BaselineProcess> {
+        let program = std::env::current_exe().context("locating the spearlet binary")?;
+        let mut child = tokio::process::Command::new(program)
+            .arg("echo-server")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting `spearlet echo-server`")?;
+        let stdout = child.stdout.take().context("the echo server's stdout")?;
+        let mut first_line = String::new();
+        tokio::io::AsyncBufReadExt::read_line(
+            &mut tokio::io::BufReader::new(stdout),
+            &mut first_line,
+        )
+        .await
+        .context("reading the echo server's address")?;
+        let address = first_line
+            .trim()
+            .strip_prefix("grpc://")
+            .and_then(|address| address.parse().ok())
+            .with_context(|| {
+                format!("the echo server printed {first_line:?}, not grpc://HOST:PORT")
+            })?;
+        Ok(BaselineProcess { address, child })
+    }
+
+    async fn stop(mut self) {
+        // Closing stdin is the server's signal to stop.
+        drop(self.child.stdin.take());
+        let _ = self.child.wait().await;
+    }
+}
+
+/// `spearlet echo-server`: serves the bare echo until stdin closes or SIGTERM/SIGINT arrives.
+pub async fn echo_server(arguments: &EchoServerArguments) -> anyhow::Result<ExitCode> {
+    use tokio::io::AsyncReadExt;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let server = BaselineServer::start(arguments.grpc_address).await?;
+    println!("grpc://{}", server.address);
+    let mut stdin = tokio::io::stdin();
+    let mut sink = [0_u8; 64];
+    loop {
+        tokio::select! {
+            read = stdin.read(&mut sink) => if !matches!(read, Ok(count) if count > 0) { break },
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    server.stop().await;
+    Ok(ExitCode::SUCCESS)
 }
 
 // The command.
@@ -494,6 +561,20 @@ fn invoke_call(
         },
         is_success: |response| response.success,
     }
+}
+
+/// Runs the load against the bare echo server at `address`.
+async fn measure_baseline(
+    address: SocketAddr,
+    payload: &[u8],
+    plan: &LoadPlan,
+) -> anyhow::Result<LoadReport> {
+    let channels = connect_channels(
+        &NodeConnection::plain(format!("http://{address}")),
+        plan.connections,
+    )
+    .await?;
+    measure(&channels, echo_call(payload), plan).await
 }
 
 /// One call before the run, so a wrong address or task fails with the node's own message
@@ -538,19 +619,20 @@ pub async fn bench(
         None => vec![b'x'; arguments.payload_bytes],
     };
 
-    let baseline_report = if arguments.baseline {
-        let server = BaselineServer::start().await?;
-        let channels = connect_channels(
-            &NodeConnection::plain(format!("http://{}", server.address)),
-            plan.connections,
-        )
-        .await?;
-        let report = measure(&channels, echo_call(&payload), &plan).await;
-        drop(channels);
-        server.stop().await;
-        Some(report?)
-    } else {
-        None
+    let baseline_report = match arguments.baseline {
+        Some(BaselinePlacement::InProcess) => {
+            let server = BaselineServer::start(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+            let report = measure_baseline(server.address, &payload, &plan).await;
+            server.stop().await;
+            Some(report?)
+        }
+        Some(BaselinePlacement::Process) => {
+            let server = BaselineProcess::start().await?;
+            let report = measure_baseline(server.address, &payload, &plan).await;
+            server.stop().await;
+            Some(report?)
+        }
+        None => None,
     };
 
     let channels = connect_channels(node_connection, plan.connections).await?;
@@ -574,6 +656,7 @@ pub async fn bench(
             "input_text": arguments.input_text,
             "warmup_seconds": plan.warmup.as_secs_f64(),
             "baseline": baseline_report.as_ref().map_or(Value::Null, LoadReport::to_json),
+            "baseline_placement": arguments.baseline.map(BaselinePlacement::name),
             "spearlet": spearlet_report.to_json(),
             "ratios": ratios.as_ref().map_or(Value::Null, Ratios::to_json),
         });
@@ -679,8 +762,12 @@ fn render_report(
     ]);
     let milliseconds = |value: f64| format!("{value:.3}ms");
     let spearlet_label = format!("spearlet ({})", arguments.mode.name());
+    let baseline_label = format!(
+        "baseline (tonic echo, {})",
+        arguments.baseline.map_or("", BaselinePlacement::name)
+    );
     let rows = baseline
-        .map(|report| ("baseline (tonic echo)", report))
+        .map(|report| (baseline_label.as_str(), report))
         .into_iter()
         .chain([(spearlet_label.as_str(), spearlet)]);
     for (label, report) in rows {

@@ -84,6 +84,21 @@ pub enum Command {
     Stats(StatsArguments),
     /// Measure invocation throughput and latency, optionally against a bare gRPC echo baseline.
     Bench(BenchArguments),
+    /// Serve only the bare tonic echo method that `bench --baseline` compares against, on
+    /// `--grpc-addr` (default a free loopback port, printed as `grpc://ADDR`), until stdin closes
+    /// or SIGTERM. `bench` starts it itself; it is here to run the baseline in its own process.
+    #[command(hide = true)]
+    EchoServer(EchoServerArguments),
+}
+
+#[derive(Debug, Args)]
+pub struct EchoServerArguments {
+    #[arg(
+        long = "grpc-addr",
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:0"
+    )]
+    pub grpc_address: SocketAddr,
 }
 
 /// Flags of `spearlet serve`. Each one replaces the config file's value; unset flags leave it.
@@ -471,9 +486,12 @@ pub struct BenchArguments {
     #[arg(long = "warmup", value_name = "SECS", default_value_t = 1.0)]
     pub warmup_seconds: f64,
 
-    /// First measure a bare in-process tonic echo server with the same load, then compare.
-    #[arg(long = "baseline")]
-    pub baseline: bool,
+    /// First measure a bare tonic echo server with the same load, then compare. `process` (the
+    /// default) runs it as a child process with its own runtime, as the node has; `in-process`
+    /// serves it from this command's own runtime, sharing the load generator's threads.
+    #[arg(long = "baseline", value_name = "WHERE", num_args = 0..=1,
+          default_missing_value = "process", require_equals = true)]
+    pub baseline: Option<BaselinePlacement>,
 
     /// HTTP/2 connections; workers are spread over them round-robin.
     #[arg(long = "connections", value_name = "N", default_value_t = 1,
@@ -495,6 +513,25 @@ pub struct BenchArguments {
     // on an instance of its own, so the run measures cold starts rather than warm calls.
     #[command(flatten)]
     pub placement: PlacementArguments,
+}
+
+/// Where `spearlet bench --baseline` runs the bare echo server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BaselinePlacement {
+    /// A child process (`spearlet echo-server`) with its own tokio runtime, like the node.
+    Process,
+    /// A server on this command's runtime: client and server share two worker threads, which
+    /// saves the cross-process wake-ups a separate server pays.
+    InProcess,
+}
+
+impl BaselinePlacement {
+    pub fn name(self) -> &'static str {
+        match self {
+            BaselinePlacement::Process => "process",
+            BaselinePlacement::InProcess => "in-process",
+        }
+    }
 }
 
 /// How `spearlet bench` invokes the function.

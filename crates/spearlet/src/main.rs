@@ -23,6 +23,13 @@ use clap::Parser;
 
 use crate::cli::{Command, CommandLine};
 
+/// mimalloc instead of glibc malloc: a node allocates and frees a few dozen small objects per call
+/// on every worker thread and on the store's writer thread, and glibc's arenas spend about a
+/// fifth of the node's CPU on that (docs/PERFORMANCE.md) and keep freed memory in per-thread
+/// arenas, which showed as RSS creep in the soak.
+#[global_allocator]
+static GLOBAL_ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let command_line = CommandLine::parse();
@@ -45,6 +52,7 @@ async fn run(command_line: &CommandLine) -> anyhow::Result<ExitCode> {
     match &command_line.command {
         Command::Serve(arguments) => serve::serve(arguments).await,
         Command::Bench(arguments) => bench::bench(arguments, node_connection, json_output).await,
+        Command::EchoServer(arguments) => bench::echo_server(arguments).await,
         Command::Invoke(arguments) => {
             let mut node = client::connect(node_connection).await?;
             client::invoke(&mut node, arguments, json_output).await

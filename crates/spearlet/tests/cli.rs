@@ -622,13 +622,13 @@ fn bench_in_async_mode_counts_acceptances() {
             "4",
             "--warmup",
             "0",
-            "--baseline",
+            "--baseline=in-process",
         ],
         Expect {
             stdout_contains: &[
                 "async mode",
                 "input \"5\"",
-                "baseline (tonic echo)",
+                "baseline (tonic echo, in-process)",
                 "spearlet (async)",
                 "spearlet/baseline ratios",
             ],
@@ -674,7 +674,7 @@ fn bench_with_a_baseline_reports_ratios() {
         Expect {
             stdout_contains: &[
                 "sync mode",
-                "baseline (tonic echo)",
+                "baseline (tonic echo, process)",
                 "spearlet (sync)",
                 "spearlet/baseline ratios",
             ],
