@@ -1,17 +1,20 @@
 //! The TaskExecutionManager: owns every execution from submission to its terminal record.
 //!
-//! Data path of one call: [`TaskExecutionManager::submit`] checks idempotency and capacity (a
-//! sync or stream call takes its place in the dispatcher's queue here, so a full queue refuses
-//! it at once), writes the PENDING record (durably for async executions, before the client hears
-//! "accepted") and spawns the execution; the spawned task waits for an instance of the task's
-//! pool (an async execution enters the queue only now), writes RUNNING, runs the guest on the
-//! instance, gives the instance back and writes the terminal record. Callers wait on a watch
-//! channel.
+//! Data path of one call: [`TaskExecutionManager::submit`] (async, stream) or
+//! [`TaskExecutionManager::execute`] (sync) checks idempotency and capacity (a sync or stream call
+//! takes its place in the dispatcher's queue here, so a full queue refuses it at once), writes the
+//! PENDING record (durably for async executions, before the client hears "accepted") and then
+//! drives the execution future: spawned for async and stream executions, polled inside the
+//! caller's own task for sync ones. That future waits for an instance of the task's pool (an async
+//! execution enters the queue only now), writes RUNNING, runs the guest on the instance, gives the
+//! instance back and writes the terminal record. Other waiters watch a channel.
 //!
 //! Invariants:
 //! - Every execution that exists has a record; every live (pending or running) execution is in
 //!   `live`, where cancellation finds it.
-//! - An execution ends exactly once: its spawned task is the only writer of its terminal record.
+//! - An execution ends exactly once: its execution future is the only writer of its terminal
+//!   record. A sync caller that goes away hands that future to a task of its own
+//!   ([`RunsToEndIfDropped`]), so the future is never dropped before it ends.
 //! - The timeout covers queue wait plus run time.
 //! - A sync or stream caller that goes away cancels its execution (drop guard); an async
 //!   execution belongs to the node and runs whether or not anyone waits.
@@ -22,8 +25,11 @@
 //!   but not written: its caller is gone after a crash, so only the terminal record is durable.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -191,22 +197,52 @@ impl TaskExecutionManager {
 
     /// Runs one sync execution to its end and returns its terminal record. Dropping the
     /// returned future cancels the execution.
+    ///
+    /// The execution runs inside the caller's own task rather than a spawned one: no task to
+    /// allocate and schedule, no hand-over to another worker thread and no wake-up of the
+    /// caller when it ends, which is most of what a warm call costs beyond the guest itself. If
+    /// the caller goes away first, [`RunsToEndIfDropped`] cancels the execution and moves it to
+    /// a task of its own, which writes the terminal record as a spawned execution would.
     pub async fn execute(
         self: &Arc<Self>,
         request: ExecutionRequest,
     ) -> SpearResult<ExecutionRecord> {
-        let submitted = self.submit(request).await?;
-        let mut guard = CancelOnDrop(submitted.cancellation);
-        let mut finished = submitted.finished;
-        let record = wait_finished(&mut finished).await?;
-        guard.disarm();
-        Ok(record)
+        let (request, record, handle, ticket) = match self.admit(request).await? {
+            Admission::Existing(submitted) => {
+                let mut finished = submitted.finished;
+                return wait_finished(&mut finished).await;
+            }
+            Admission::New(admitted) => *admitted,
+        };
+        let mut finished = handle.finished.clone();
+        let cancellation = handle.cancellation.clone();
+        let execution = self.execution_future(request, record, handle, ticket, Duration::ZERO);
+        RunsToEndIfDropped::new(execution, cancellation).await;
+        wait_finished(&mut finished).await
     }
 
     /// Accepts an execution: idempotency, capacity, the PENDING record, the spawned run.
     pub async fn submit(self: &Arc<Self>, request: ExecutionRequest) -> SpearResult<Submitted> {
+        let (request, record, handle, ticket) = match self.admit(request).await? {
+            Admission::Existing(submitted) => return Ok(*submitted),
+            Admission::New(admitted) => *admitted,
+        };
+        let submitted = Submitted {
+            record: record.clone(),
+            finished: handle.finished.clone(),
+            cancellation: Some(handle.cancellation.clone()),
+        };
+        let execution = self.execution_future(request, record, handle, ticket, Duration::ZERO);
+        tokio::spawn(execution);
+        Ok(submitted)
+    }
+
+    /// Idempotency, capacity and the PENDING record: everything before the execution runs.
+    async fn admit(&self, request: ExecutionRequest) -> SpearResult<Admission> {
         let (record, handle, ticket) = match self.accept(&request)? {
-            Acceptance::Existing(submitted) => return Ok(submitted),
+            Acceptance::Existing(submitted) => {
+                return Ok(Admission::Existing(Box::new(submitted)));
+            }
             Acceptance::New(record, handle, ticket) => (record, handle, ticket),
         };
         let is_async = request.mode == ExecutionMode::Async;
@@ -226,19 +262,12 @@ impl TaskExecutionManager {
             }
             return Err(error);
         }
-        let cancellation = handle.cancellation.clone();
-        let finished = handle.finished.clone();
         request
             .task
             .counters
             .execution_count
             .fetch_add(1, Ordering::Relaxed);
-        self.spawn_execution(request, record.clone(), handle, ticket, Duration::ZERO);
-        Ok(Submitted {
-            record,
-            finished,
-            cancellation: Some(cancellation),
-        })
+        Ok(Admission::New(Box::new((request, record, handle, ticket))))
     }
 
     /// The synchronous half of `submit`, under the live-executions lock: an existing execution
@@ -393,14 +422,17 @@ impl TaskExecutionManager {
         }
     }
 
-    fn spawn_execution(
+    /// The whole life of an accepted execution as one future: wait for an instance, run, write
+    /// the terminal record and publish it on the `finished` channel. Spawned for async and
+    /// stream executions, polled by the caller itself for sync ones.
+    fn execution_future(
         self: &Arc<Self>,
         request: ExecutionRequest,
         record: ExecutionRecord,
         handle: ExecutionHandle,
         ticket: Option<Ticket<InstanceRuntime>>,
         start_delay: Duration,
-    ) {
+    ) -> ExecutionFuture {
         request.task.counters.live.fetch_add(1, Ordering::Relaxed);
         let manager = self.clone();
         // Every log line of the execution carries these fields; `instance_id` is recorded when an
@@ -449,7 +481,7 @@ impl TaskExecutionManager {
                 let _ = finished_sender.send(Some(record));
             }
         };
-        tokio::spawn(execution.instrument(span));
+        Box::pin(execution.instrument(span))
     }
 
     /// Runs one attempt. Returns the terminal record, or `None` when the node is shutting down
@@ -930,7 +962,7 @@ impl TaskExecutionManager {
                 let mut live = self.live.lock();
                 self.register_live(&mut live, &record)
             };
-            self.spawn_execution(request, record, handle, None, start_delay);
+            tokio::spawn(self.execution_future(request, record, handle, None, start_delay));
         }
         summary
     }
@@ -1024,6 +1056,71 @@ pub async fn wait_finished(
         .await
         .map_err(|_| SpearError::unavailable("the node is shutting down"))?;
     Ok(record.clone().expect("waited for Some"))
+}
+
+/// An execution's whole life, boxed so that moving it (into a task, or out of a dropped caller)
+/// moves a pointer rather than a large state machine.
+type ExecutionFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// What `admit` decided: an existing execution with the same id, or a new one ready to run.
+enum Admission {
+    Existing(Box<Submitted>),
+    New(Box<AdmittedExecution>),
+}
+
+type AdmittedExecution = (
+    ExecutionRequest,
+    ExecutionRecord,
+    ExecutionHandle,
+    Option<Ticket<InstanceRuntime>>,
+);
+
+/// Polls a sync execution inside its caller's task. If the caller's future is dropped before
+/// the execution has ended (the client went away), the execution is cancelled and handed to a
+/// task of its own, which runs it to its terminal record: a dropped caller never leaves an
+/// execution without an end, nor an instance leased to a call nobody finishes.
+pub struct RunsToEndIfDropped {
+    execution: Option<ExecutionFuture>,
+    cancellation: CancellationToken,
+}
+
+impl RunsToEndIfDropped {
+    fn new(execution: ExecutionFuture, cancellation: CancellationToken) -> RunsToEndIfDropped {
+        RunsToEndIfDropped {
+            execution: Some(execution),
+            cancellation,
+        }
+    }
+}
+
+impl Future for RunsToEndIfDropped {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<()> {
+        let Some(execution) = self.execution.as_mut() else {
+            return Poll::Ready(());
+        };
+        match execution.as_mut().poll(context) {
+            Poll::Ready(()) => {
+                self.execution = None;
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for RunsToEndIfDropped {
+    fn drop(&mut self) {
+        let Some(execution) = self.execution.take() else {
+            return;
+        };
+        self.cancellation.cancel();
+        // Without a runtime the node itself is gone; there is nothing left to record into.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(execution);
+        }
+    }
 }
 
 /// Cancels the execution when the caller's future is dropped (the client went away).
