@@ -7,6 +7,9 @@
 //! - An execution whose newest version is not yet committed is in `unflushed`; otherwise its
 //!   newest version is in the file. So a full read looks in `unflushed` first, then in SQLite.
 //! - An entry leaves `unflushed` only when the writer committed that very version.
+//! - While an execution is unflushed, its `summaries` entry is the full record itself (the same
+//!   `Arc`): a put costs no copy on the caller's path. The writer trims it to a summary when it
+//!   commits that version, so committed executions cost only their summary in memory.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -25,9 +28,10 @@ struct UnflushedRecord {
 
 #[derive(Default)]
 pub(crate) struct ExecutionIndex {
-    /// Boxed because B-tree nodes keep values inline and, filled in ascending order, stay about
-    /// half full: a 520-byte record inline would cost about 950 bytes per entry, a box about 560.
-    summaries: BTreeMap<u64, Box<ExecutionRecord>>,
+    /// Behind a pointer because B-tree nodes keep values inline and, filled in ascending order,
+    /// stay about half full: a 520-byte record inline would cost about 950 bytes per entry, a
+    /// pointer about 560. The full record while unflushed, a summary once committed.
+    summaries: BTreeMap<u64, Arc<ExecutionRecord>>,
     sequence_by_execution_id: HashMap<String, u64>,
     unflushed: HashMap<String, UnflushedRecord>,
     /// The version of the last put; every put takes the next one.
@@ -75,29 +79,29 @@ impl ExecutionIndex {
             index
                 .sequence_by_execution_id
                 .insert(summary.execution_id.clone(), summary.sequence);
-            index.summaries.insert(summary.sequence, Box::new(summary));
+            index.summaries.insert(summary.sequence, Arc::new(summary));
         }
         index
     }
 
     /// Makes a put visible to readers and returns its version. The caller queues the write
     /// while still holding the lock, so queue order equals version order.
-    pub(crate) fn record_put(
-        &mut self,
-        record: Arc<ExecutionRecord>,
-        summary: ExecutionRecord,
-    ) -> u64 {
+    pub(crate) fn record_put(&mut self, record: Arc<ExecutionRecord>) -> u64 {
         self.last_version += 1;
         let version = self.last_version;
-        let sequence = summary.sequence;
-        if let Some(previous_sequence) = self
-            .sequence_by_execution_id
-            .insert(summary.execution_id.clone(), sequence)
-            && previous_sequence != sequence
-        {
-            self.summaries.remove(&previous_sequence);
+        let sequence = record.sequence;
+        match self.sequence_by_execution_id.get_mut(&record.execution_id) {
+            Some(previous_sequence) if *previous_sequence != sequence => {
+                let previous = std::mem::replace(previous_sequence, sequence);
+                self.summaries.remove(&previous);
+            }
+            Some(_) => {}
+            None => {
+                self.sequence_by_execution_id
+                    .insert(record.execution_id.clone(), sequence);
+            }
         }
-        if let Some(displaced) = self.summaries.insert(sequence, Box::new(summary))
+        if let Some(displaced) = self.summaries.insert(sequence, Arc::clone(&record))
             && displaced.execution_id != record.execution_id
         {
             // Another execution held this sequence. SQLite's `INSERT OR REPLACE` drops its row
@@ -106,10 +110,15 @@ impl ExecutionIndex {
                 .remove(&displaced.execution_id);
             self.unflushed.remove(&displaced.execution_id);
         }
-        self.unflushed.insert(
-            record.execution_id.clone(),
-            UnflushedRecord { version, record },
-        );
+        match self.unflushed.get_mut(&record.execution_id) {
+            Some(unflushed) => *unflushed = UnflushedRecord { version, record },
+            None => {
+                self.unflushed.insert(
+                    record.execution_id.clone(),
+                    UnflushedRecord { version, record },
+                );
+            }
+        }
         version
     }
 
@@ -124,15 +133,21 @@ impl ExecutionIndex {
         self.sequence_by_execution_id.get(execution_id).copied()
     }
 
-    /// Called by the writer after a commit: drops the unflushed copy if `version` is still the
-    /// newest one, so a later put that is still queued stays visible.
-    pub(crate) fn forget_committed(&mut self, execution_id: &str, version: u64) {
-        if self
+    /// Called by the writer after a commit, with the summary of the committed version (made
+    /// before taking the lock): if `version` is still the newest one, drops the unflushed copy
+    /// and puts the summary in the full record's place. A later put that is still queued stays
+    /// as it is.
+    pub(crate) fn forget_committed(&mut self, version: u64, summary: ExecutionRecord) {
+        let is_newest = self
             .unflushed
-            .get(execution_id)
-            .is_some_and(|unflushed| unflushed.version == version)
-        {
-            self.unflushed.remove(execution_id);
+            .get(&summary.execution_id)
+            .is_some_and(|unflushed| unflushed.version == version);
+        if !is_newest {
+            return;
+        }
+        self.unflushed.remove(&summary.execution_id);
+        if let Some(entry) = self.summaries.get_mut(&summary.sequence) {
+            *entry = Arc::new(summary);
         }
     }
 
@@ -236,18 +251,19 @@ impl ExecutionIndex {
             .summaries
             .range(start..)
             .map(|(_, summary)| summary.as_ref());
+        // `summary_of`, not a clone: an unflushed entry is the full record.
         let mut executions: Vec<ExecutionRecord> = if query.newest {
             in_range
                 .rev()
                 .filter(matches)
                 .take(query.limit.saturating_add(1))
-                .cloned()
+                .map(summary_of)
                 .collect()
         } else {
             in_range
                 .filter(matches)
                 .take(query.limit.saturating_add(1))
-                .cloned()
+                .map(summary_of)
                 .collect()
         };
         let has_more = executions.len() > query.limit;
@@ -262,7 +278,7 @@ impl ExecutionIndex {
     }
 
     pub(crate) fn summaries(&self) -> impl Iterator<Item = &ExecutionRecord> {
-        self.summaries.values().map(Box::as_ref)
+        self.summaries.values().map(Arc::as_ref)
     }
 
     pub(crate) fn len(&self) -> usize {

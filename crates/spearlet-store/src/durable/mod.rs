@@ -52,7 +52,7 @@ use spearlet_core::{ExecutionRecord, SpearError, SpearResult, TaskRecord};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{ExecutionPage, ExecutionQuery};
-use index::{ExecutionIndex, summary_of};
+use index::ExecutionIndex;
 use writer::{RetentionPolicy, SharedState, WriteCounters, WriteKind, WriteOperation, Writer};
 
 /// Where the durable store keeps its file and how much it keeps.
@@ -298,8 +298,9 @@ impl DurableStore {
         Ok(self.shared.index.read().page(query))
     }
 
-    /// Calls `visitor` with every execution summary (see [`DurableStore::list_executions`]), in
-    /// sequence order.
+    /// Calls `visitor` with every execution in sequence order: a summary (see
+    /// [`DurableStore::list_executions`]) for committed ones, the full record for the few whose
+    /// newest version is still queued.
     /// The index is read-locked meanwhile, so the visitor must not call back into the store.
     pub fn visit_executions(&self, visitor: &mut dyn FnMut(&ExecutionRecord)) -> SpearResult<()> {
         for summary in self.shared.index.read().summaries() {
@@ -386,10 +387,9 @@ impl DurableStore {
             ))
         })?;
         let permit = self.reserve_queue_slot().await?;
-        let summary = summary_of(&record);
         let record = Arc::new(record);
         let mut index = self.shared.index.write();
-        let version = index.record_put(Arc::clone(&record), summary);
+        let version = index.record_put(Arc::clone(&record));
         // Queued under the index lock, so the writer sees puts in version order.
         permit.send(WriteOperation {
             kind: WriteKind::PutExecution { record, version },
@@ -403,11 +403,8 @@ impl DurableStore {
     /// is gone after a crash anyway). A later [`DurableStore::put_execution`] of the same
     /// execution replaces it and is written as usual.
     pub fn put_execution_volatile(&self, record: ExecutionRecord) {
-        let summary = summary_of(&record);
-        self.shared
-            .index
-            .write()
-            .record_put(Arc::new(record), summary);
+        let record = Arc::new(record);
+        self.shared.index.write().record_put(record);
     }
 
     async fn reserve_queue_slot(&self) -> SpearResult<mpsc::Permit<'_, WriteOperation>> {

@@ -9,7 +9,7 @@
 //! are retried (with backoff) in front of the next batch, so a flush that later succeeds still
 //! means "everything queued before me is on disk".
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
@@ -22,7 +22,7 @@ use spearlet_core::{ExecutionRecord, SpearError, SpearResult};
 use tokio::sync::{mpsc, oneshot};
 
 use super::WriteStats;
-use super::index::ExecutionIndex;
+use super::index::{ExecutionIndex, summary_of};
 use super::schema;
 
 /// Retention runs after a commit once this much time has passed since the last run...
@@ -295,12 +295,25 @@ impl Writer {
             .counters
             .record_commit(&report, commit_latency_us);
         self.records_since_retention += report.rows_upserted;
+        // Summaries are made before the lock is taken, so callers queueing puts wait only for
+        // the swaps; only the last put of each execution in the batch can still be its newest.
+        let mut summarised: HashSet<&str> = HashSet::new();
+        let committed_summaries: Vec<(u64, ExecutionRecord)> = batch
+            .iter()
+            .rev()
+            .filter_map(|operation| match &operation.kind {
+                WriteKind::PutExecution { record, version }
+                    if summarised.insert(&record.execution_id) =>
+                {
+                    Some((*version, summary_of(record)))
+                }
+                _ => None,
+            })
+            .collect();
         {
             let mut index = self.shared.index.write();
-            for operation in &batch {
-                if let WriteKind::PutExecution { record, version } = &operation.kind {
-                    index.forget_committed(&record.execution_id, *version);
-                }
+            for (version, summary) in committed_summaries {
+                index.forget_committed(version, summary);
             }
         }
         let mut retention_requests = Vec::new();
@@ -447,7 +460,6 @@ mod tests {
     use spearlet_core::{ErrorKind, ExecutionMode, ExecutionStatus, ResultEncoding};
 
     use super::*;
-    use crate::durable::index::summary_of;
 
     fn pending_record(sequence: u64) -> ExecutionRecord {
         ExecutionRecord {
@@ -510,10 +522,7 @@ mod tests {
         let writer_thread = thread::spawn(move || writer.run());
 
         let record = Arc::new(pending_record(1));
-        let version = shared
-            .index
-            .write()
-            .record_put(Arc::clone(&record), summary_of(&record));
+        let version = shared.index.write().record_put(Arc::clone(&record));
         let (waiter, committed) = oneshot::channel();
         sender
             .blocking_send(WriteOperation {
