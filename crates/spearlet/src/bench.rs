@@ -843,7 +843,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_baseline_echo_server_echoes_payloads() {
-        let server = BaselineServer::start().await.unwrap();
+        let server = BaselineServer::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
         let channels = connect_channels(
             &NodeConnection::plain(format!("http://{}", server.address)),
             2,

@@ -10,6 +10,7 @@
 
 #![deny(unsafe_code)]
 
+mod allocator;
 mod bench;
 mod cli;
 mod client;
@@ -23,10 +24,6 @@ use clap::Parser;
 
 use crate::cli::{Command, CommandLine};
 
-/// mimalloc instead of glibc malloc: a node allocates and frees a few dozen small objects per call
-/// on every worker thread and on the store's writer thread, and glibc's arenas spend about a
-/// fifth of the node's CPU on that (docs/PERFORMANCE.md) and keep freed memory in per-thread
-/// arenas, which showed as RSS creep in the soak.
 #[global_allocator]
 static GLOBAL_ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

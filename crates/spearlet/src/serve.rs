@@ -74,6 +74,7 @@ pub async fn serve(arguments: &ServeArguments) -> anyhow::Result<ExitCode> {
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
 
+    crate::allocator::purge_freed_memory_at_once();
     let running = spearlet_server::serve(config)
         .await
         .map_err(|error| anyhow::anyhow!("{}", error.message))?;
@@ -83,6 +84,7 @@ pub async fn serve(arguments: &ServeArguments) -> anyhow::Result<ExitCode> {
         "spearlet listening on {scheme}://{} (HTTP/JSON gateway, /metrics)",
         running.http_addr
     );
+    crate::allocator::release_startup_memory();
 
     let signal_name = tokio::select! {
         _ = interrupt.recv() => "SIGINT",
