@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod connection_io;
 pub mod errors;
 pub mod gateway;
 pub mod instances;

@@ -13,10 +13,12 @@ use spearlet_core::{SpearError, SpearResult};
 use spearlet_proto::function_service_server::FunctionServiceServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::auth::GrpcAuthenticationLayer;
+use crate::connection_io::TcpStreamWithoutVectoredWrites;
 use crate::errors::OversizedRequestStatusLayer;
 use crate::node::Node;
 use crate::service::FunctionServiceHandler;
@@ -177,7 +179,11 @@ fn serve_grpc(
     // Nagle's algorithm would hold each response's trailing frames until the client's delayed
     // ACK (about 40 ms). `Server::tcp_nodelay` does not apply to a caller-provided incoming
     // stream, so the accepted sockets get it here.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Each accepted stream hides its vectored writes from h2, so a small response and its
+    // trailers leave in one write (see `connection_io`).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(|accepted| accepted.map(TcpStreamWithoutVectoredWrites));
     let mut builder = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(node.config.max_requests_per_connection);
     if let Some(tls) = tls {
