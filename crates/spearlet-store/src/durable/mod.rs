@@ -162,6 +162,9 @@ pub struct DurableStore {
     /// `None` only while dropping.
     operation_sender: Option<mpsc::Sender<WriteOperation>>,
     writer_thread: Option<JoinHandle<()>>,
+    /// The writer thread, to unpark it when a write somebody waits for is queued while it
+    /// gathers a batch.
+    writer_wakeup: thread::Thread,
 }
 
 impl DurableStore {
@@ -213,6 +216,7 @@ impl DurableStore {
                 SpearError::internal(format!("starting the store writer thread: {error}"))
             })?;
 
+        let writer_wakeup = writer_thread.thread().clone();
         let tasks = loaded
             .tasks
             .iter()
@@ -224,6 +228,7 @@ impl DurableStore {
             tasks: RwLock::new(tasks),
             operation_sender: Some(operation_sender),
             writer_thread: Some(writer_thread),
+            writer_wakeup,
         };
         let recovered = Recovered {
             tasks: loaded.tasks,
@@ -329,6 +334,7 @@ impl DurableStore {
             });
             deleted_count
         };
+        self.wake_writer();
         committed.await.map_err(|_| writer_stopped())??;
         Ok(deleted_count)
     }
@@ -341,6 +347,7 @@ impl DurableStore {
             kind: WriteKind::Flush,
             committed: Some(waiter),
         });
+        self.wake_writer();
         committed.await.map_err(|_| writer_stopped())?
     }
 
@@ -354,6 +361,7 @@ impl DurableStore {
             kind: WriteKind::ApplyRetention { deleted },
             committed: None,
         });
+        self.wake_writer();
         deleted_count.await.map_err(|_| writer_stopped())?
     }
 
@@ -388,14 +396,26 @@ impl DurableStore {
         })?;
         let permit = self.reserve_queue_slot().await?;
         let record = Arc::new(record);
-        let mut index = self.shared.index.write();
-        let version = index.record_put(Arc::clone(&record));
-        // Queued under the index lock, so the writer sees puts in version order.
-        permit.send(WriteOperation {
-            kind: WriteKind::PutExecution { record, version },
-            committed,
-        });
+        let someone_waits = committed.is_some();
+        {
+            let mut index = self.shared.index.write();
+            let version = index.record_put(Arc::clone(&record));
+            // Queued under the index lock, so the writer sees puts in version order.
+            permit.send(WriteOperation {
+                kind: WriteKind::PutExecution { record, version },
+                committed,
+            });
+        }
+        if someone_waits {
+            self.wake_writer();
+        }
         Ok(())
+    }
+
+    /// Ends the writer's gathering of a batch early: called after queueing a write that a
+    /// caller waits for, so it commits now rather than at the end of the window.
+    fn wake_writer(&self) {
+        self.writer_wakeup.unpark();
     }
 
     /// Makes `record` visible to reads and listings at once without writing it to the file: for
@@ -419,6 +439,7 @@ impl Drop for DurableStore {
     fn drop(&mut self) {
         // Closing the queue tells the writer to commit what it has and stop.
         drop(self.operation_sender.take());
+        self.wake_writer();
         if let Some(writer_thread) = self.writer_thread.take()
             && writer_thread.join().is_err()
         {

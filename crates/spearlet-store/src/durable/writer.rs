@@ -28,8 +28,10 @@ use super::schema;
 /// Retention runs after a commit once this much time has passed since the last run...
 /// How long a batch that nobody waits on may gather more writes before it commits.
 const COALESCE_WINDOW: Duration = Duration::from_millis(5);
-/// How often the writer looks for more writes while gathering.
-const COALESCE_POLL: Duration = Duration::from_micros(500);
+/// While gathering, the writer sleeps at most this long between looks at the queue. A write
+/// somebody waits for unparks it at once (`DurableStore::wake_writer`); the interval bounds the
+/// wait of one queued by code that does not.
+const COALESCE_POLL: Duration = Duration::from_millis(1);
 const RETENTION_INTERVAL: Duration = Duration::from_secs(1);
 /// ...or once this many records were written since, whichever comes first. Between runs the
 /// store may hold this many records beyond `max_execution_records`.
@@ -251,14 +253,20 @@ impl Writer {
         self.drain_into(&mut batch);
         // Nobody waits for this batch to be durable (no durable put, flush or delete in it): let
         // more writes gather for a moment, so steady sync traffic costs one fsync per window
-        // instead of one per handful of records. A waiter arriving meanwhile ends the wait.
+        // instead of one per handful of records. A waiter arriving meanwhile ends the wait: its
+        // sender unparks this thread. Parking rather than polling keeps the writer from waking
+        // (and taking a core from the request path) several times per window.
         let deadline = Instant::now() + COALESCE_WINDOW;
-        while !self.channel_closed
-            && batch.len() < self.max_batch
-            && batch.iter().all(|operation| operation.committed.is_none())
-            && Instant::now() < deadline
-        {
-            thread::sleep(COALESCE_POLL);
+        loop {
+            let now = Instant::now();
+            if self.channel_closed
+                || batch.len() >= self.max_batch
+                || batch.iter().any(|operation| operation.committed.is_some())
+                || now >= deadline
+            {
+                break;
+            }
+            thread::park_timeout(COALESCE_POLL.min(deadline - now));
             self.drain_into(&mut batch);
         }
         Some(batch)
