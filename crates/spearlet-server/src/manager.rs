@@ -214,11 +214,13 @@ impl TaskExecutionManager {
             }
             Admission::New(admitted) => *admitted,
         };
-        let mut finished = handle.finished.clone();
         let cancellation = handle.cancellation.clone();
         let execution = self.execution_future(request, record, handle, ticket, Duration::ZERO);
-        RunsToEndIfDropped::new(execution, cancellation).await;
-        wait_finished(&mut finished).await
+        // The record comes back as the future's output, not through the `finished` channel: no
+        // copy for a channel nobody else watches.
+        RunsToEndIfDropped::new(execution, cancellation)
+            .await
+            .ok_or_else(|| SpearError::unavailable("the node is shutting down"))
     }
 
     /// Accepts an execution: idempotency, capacity, the PENDING record, the spawned run.
@@ -455,8 +457,11 @@ impl TaskExecutionManager {
                 cancellation,
                 cancel_reason,
                 finished_sender,
-                ..
+                finished,
             } = handle;
+            // Only other waiters hold receivers from here on, so `receiver_count` below says
+            // whether anybody needs the record published.
+            drop(finished);
             if !start_delay.is_zero() {
                 tokio::select! {
                     () = tokio::time::sleep(start_delay) => {}
@@ -477,9 +482,15 @@ impl TaskExecutionManager {
                 ExecutionMode::Async => manager.async_pending.fetch_sub(1, Ordering::Relaxed),
                 _ => 0,
             };
-            if let Some(record) = result {
-                let _ = finished_sender.send(Some(record));
+            // Waiters besides the one that polls this future: a cancel request, an async
+            // caller with `wait`, an idempotent resubmission, a stream. The sync caller that
+            // polls the future gets the record as its output.
+            if let Some(record) = &result
+                && finished_sender.receiver_count() > 0
+            {
+                finished_sender.send_replace(Some(record.clone()));
             }
+            result
         };
         Box::pin(execution.instrument(span))
     }
@@ -1060,7 +1071,9 @@ pub async fn wait_finished(
 
 /// An execution's whole life, boxed so that moving it (into a task, or out of a dropped caller)
 /// moves a pointer rather than a large state machine.
-type ExecutionFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+/// Its output is the terminal record, or `None` when a shutdown left an async execution for the
+/// next start.
+type ExecutionFuture = Pin<Box<dyn Future<Output = Option<ExecutionRecord>> + Send + 'static>>;
 
 /// What `admit` decided: an existing execution with the same id, or a new one ready to run.
 enum Admission {
@@ -1094,16 +1107,17 @@ impl RunsToEndIfDropped {
 }
 
 impl Future for RunsToEndIfDropped {
-    type Output = ();
+    type Output = Option<ExecutionRecord>;
 
-    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<()> {
-        let Some(execution) = self.execution.as_mut() else {
-            return Poll::Ready(());
-        };
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        let execution = self
+            .execution
+            .as_mut()
+            .expect("RunsToEndIfDropped polled after it completed");
         match execution.as_mut().poll(context) {
-            Poll::Ready(()) => {
+            Poll::Ready(output) => {
                 self.execution = None;
-                Poll::Ready(())
+                Poll::Ready(output)
             }
             Poll::Pending => Poll::Pending,
         }
