@@ -24,7 +24,7 @@
 //! - A sync or stream execution's PENDING and RUNNING states are visible (in the store's memory)
 //!   but not written: its caller is gone after a crash, so only the terminal record is durable.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -33,6 +33,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use foldhash::{HashMap, HashMapExt};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use spearlet_core::ids::{random_id, validate_id};

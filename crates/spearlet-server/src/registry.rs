@@ -220,7 +220,7 @@ type InFlightLoad = Shared<BoxFuture<'static, SpearResult<WasmModule>>>;
 
 #[derive(Default)]
 struct RegistryState {
-    tasks_by_id: HashMap<String, Arc<LoadedTask>>,
+    tasks_by_id: foldhash::HashMap<String, Arc<LoadedTask>>,
     task_id_by_name: BTreeMap<String, String>,
     /// artifact id → version → digest.
     artifact_versions: HashMap<String, BTreeMap<String, String>>,

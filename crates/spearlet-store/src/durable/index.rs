@@ -11,10 +11,11 @@
 //!   `Arc`): a put costs no copy on the caller's path. The writer trims it to a summary when it
 //!   commits that version, so committed executions cost only their summary in memory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use foldhash::HashMap;
 use spearlet_core::{ExecutionRecord, StoredRequest};
 
 use crate::{ExecutionPage, ExecutionQuery};

@@ -9,12 +9,12 @@
 //! are retried (with backoff) in front of the next batch, so a flush that later succeeds still
 //! means "everything queued before me is on disk".
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use parking_lot::RwLock;
 use rusqlite::{Connection, TransactionBehavior};
 use spearlet_core::histogram::{DURATION_SECONDS_BOUNDS, Histogram};
