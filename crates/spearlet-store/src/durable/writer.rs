@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use foldhash::{HashMap, HashMapExt};
 use parking_lot::RwLock;
 use rusqlite::{Connection, TransactionBehavior};
 use spearlet_core::histogram::{DURATION_SECONDS_BOUNDS, Histogram};
@@ -25,13 +25,13 @@ use super::WriteStats;
 use super::index::{ExecutionIndex, summary_of};
 use super::schema;
 
-/// Retention runs after a commit once this much time has passed since the last run...
 /// How long a batch that nobody waits on may gather more writes before it commits.
 const COALESCE_WINDOW: Duration = Duration::from_millis(5);
 /// While gathering, the writer sleeps at most this long between looks at the queue. A write
 /// somebody waits for unparks it at once (`DurableStore::wake_writer`); the interval bounds the
 /// wait of one queued by code that does not.
 const COALESCE_POLL: Duration = Duration::from_millis(1);
+/// Retention runs after a commit once this much time has passed since the last run...
 const RETENTION_INTERVAL: Duration = Duration::from_secs(1);
 /// ...or once this many records were written since, whichever comes first. Between runs the
 /// store may hold this many records beyond `max_execution_records`.
@@ -50,6 +50,15 @@ pub(crate) type CommitWaiter = oneshot::Sender<SpearResult<()>>;
 pub(crate) struct WriteOperation {
     pub kind: WriteKind,
     pub committed: Option<CommitWaiter>,
+}
+
+impl WriteOperation {
+    /// Whether a caller waits for this operation's outcome (a durable put, a flush, a task
+    /// history deletion, an explicit retention run): a batch holding one commits without
+    /// gathering more.
+    fn has_waiter(&self) -> bool {
+        self.committed.is_some() || matches!(self.kind, WriteKind::ApplyRetention { .. })
+    }
 }
 
 pub(crate) enum WriteKind {
@@ -145,7 +154,7 @@ impl WriteCounters {
         self.records_written
             .fetch_add(report.records_written, Ordering::Relaxed);
         self.rows_upserted
-            .fetch_add(report.rows_upserted, Ordering::Relaxed);
+            .fetch_add(report.upserted_positions.len() as u64, Ordering::Relaxed);
         self.last_batch_size
             .store(report.operations, Ordering::Relaxed);
         self.last_commit_latency_us
@@ -168,8 +177,8 @@ struct BatchReport {
     operations: u64,
     /// Put operations in the batch, including those superseded by a later put of the same id.
     records_written: u64,
-    /// Rows actually written: the last put of each execution id in the batch.
-    rows_upserted: u64,
+    /// Where in the batch the puts that were written are: the last put of each execution id.
+    upserted_positions: Vec<usize>,
 }
 
 /// Which executions retention deletes.
@@ -251,7 +260,7 @@ impl Writer {
             self.retry_backoff = (self.retry_backoff * 2).min(MAXIMUM_RETRY_BACKOFF);
         }
         self.drain_into(&mut batch);
-        // Nobody waits for this batch to be durable (no durable put, flush or delete in it): let
+        // Nobody waits for this batch (no durable put, flush, delete or retention run in it): let
         // more writes gather for a moment, so steady sync traffic costs one fsync per window
         // instead of one per handful of records. A waiter arriving meanwhile ends the wait: its
         // sender unparks this thread. Parking rather than polling keeps the writer from waking
@@ -261,7 +270,7 @@ impl Writer {
             let now = Instant::now();
             if self.channel_closed
                 || batch.len() >= self.max_batch
-                || batch.iter().any(|operation| operation.committed.is_some())
+                || batch.iter().any(WriteOperation::has_waiter)
                 || now >= deadline
             {
                 break;
@@ -302,19 +311,15 @@ impl Writer {
         self.shared
             .counters
             .record_commit(&report, commit_latency_us);
-        self.records_since_retention += report.rows_upserted;
-        // Summaries are made before the lock is taken, so callers queueing puts wait only for
-        // the swaps; only the last put of each execution in the batch can still be its newest.
-        let mut summarised: HashSet<&str> = HashSet::new();
-        let committed_summaries: Vec<(u64, ExecutionRecord)> = batch
+        self.records_since_retention += report.upserted_positions.len() as u64;
+        // Summaries of the puts that were written (the last of each execution in the batch; an
+        // earlier one cannot be its newest version), made before the lock is taken, so callers
+        // queueing puts wait only for the swaps.
+        let committed_summaries: Vec<(u64, ExecutionRecord)> = report
+            .upserted_positions
             .iter()
-            .rev()
-            .filter_map(|operation| match &operation.kind {
-                WriteKind::PutExecution { record, version }
-                    if summarised.insert(&record.execution_id) =>
-                {
-                    Some((*version, summary_of(record)))
-                }
+            .filter_map(|&position| match &batch[position].kind {
+                WriteKind::PutExecution { record, version } => Some((*version, summary_of(record))),
                 _ => None,
             })
             .collect();
@@ -416,7 +421,7 @@ fn write_batch(
     let mut report = BatchReport {
         operations: batch.len() as u64,
         records_written: 0,
-        rows_upserted: 0,
+        upserted_positions: Vec::new(),
     };
     let mut highest_sequence: Option<u64> = None;
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -431,7 +436,7 @@ fn write_batch(
                         continue;
                     }
                     schema::upsert_execution(&mut upsert, record)?;
-                    report.rows_upserted += 1;
+                    report.upserted_positions.push(position);
                     highest_sequence = highest_sequence.max(Some(record.sequence));
                 }
                 WriteKind::DeleteExecutionsOfTask { task_id } => {
@@ -502,6 +507,33 @@ mod tests {
     /// A second connection holds the write lock, so the writer's commit fails: the waiter hears
     /// about it, the record stays readable, and once the lock is released the retried write
     /// lands and a flush succeeds.
+    /// Only a batch nobody waits on gathers more writes: a queued sync record does not end the
+    /// window, a durable put, a flush or an explicit retention run does.
+    #[test]
+    fn operations_with_a_waiter_end_the_gathering_window() {
+        let put = |committed| WriteOperation {
+            kind: WriteKind::PutExecution {
+                record: Arc::new(pending_record(1)),
+                version: 1,
+            },
+            committed,
+        };
+        assert!(!put(None).has_waiter());
+        assert!(put(Some(oneshot::channel().0)).has_waiter());
+        let flush = WriteOperation {
+            kind: WriteKind::Flush,
+            committed: Some(oneshot::channel().0),
+        };
+        assert!(flush.has_waiter());
+        let retention = WriteOperation {
+            kind: WriteKind::ApplyRetention {
+                deleted: oneshot::channel().0,
+            },
+            committed: None,
+        };
+        assert!(retention.has_waiter());
+    }
+
     #[test]
     fn a_failed_commit_is_reported_and_retried() {
         let directory = tempfile::tempdir().unwrap();
