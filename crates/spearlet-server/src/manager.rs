@@ -426,8 +426,9 @@ impl TaskExecutionManager {
     }
 
     /// The whole life of an accepted execution as one future: wait for an instance, run, write
-    /// the terminal record and publish it on the `finished` channel. Spawned for async and
-    /// stream executions, polled by the caller itself for sync ones.
+    /// the terminal record and return it, publishing it on the `finished` channel when anybody
+    /// else waits. Spawned for async and stream executions, polled by the caller itself for sync
+    /// ones.
     fn execution_future(
         self: &Arc<Self>,
         request: ExecutionRequest,
@@ -1072,6 +1073,7 @@ pub async fn wait_finished(
 
 /// An execution's whole life, boxed so that moving it (into a task, or out of a dropped caller)
 /// moves a pointer rather than a large state machine.
+///
 /// Its output is the terminal record, or `None` when a shutdown left an async execution for the
 /// next start.
 type ExecutionFuture = Pin<Box<dyn Future<Output = Option<ExecutionRecord>> + Send + 'static>>;
