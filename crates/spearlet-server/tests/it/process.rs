@@ -1,7 +1,7 @@
 //! Process tasks, checked from outside: a real node on 127.0.0.1:0 running shell-script
 //! functions in exec mode, archives, limits and bad artifacts.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 

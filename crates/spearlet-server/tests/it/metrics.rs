@@ -2,7 +2,7 @@
 //! exactly their number, cold starts are counted once per instance, and `promtool check metrics`
 //! accepts the text (when promtool is installed).
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::io::Write as _;

@@ -2,7 +2,7 @@
 //! invoke sync → async → poll → cancel), the error model, streaming, probes, metrics and the
 //! OpenAPI document.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

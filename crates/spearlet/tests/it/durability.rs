@@ -12,7 +12,7 @@
 //! restarted node runs with `--no-examples`, so `sleep` can only come back from the durable
 //! store, under the same task id.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! The execution lifecycle from outside: async acceptance and polling, waiting, streaming,
 //! cancellation of pending and running work, and records and tasks surviving a restart.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

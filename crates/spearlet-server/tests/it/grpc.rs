@@ -1,7 +1,7 @@
 //! The FunctionService contract, checked from outside: a real node on 127.0.0.1:0, a generated
 //! client, real wasm guests (the bundled examples and small WAT modules).
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

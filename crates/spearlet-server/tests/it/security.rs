@@ -1,7 +1,7 @@
 //! Bearer tokens with scopes, TLS on both listeners, and the refusal to expose an unprotected
 //! node, against a real node over gRPC and HTTP.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Instance pools, scheduling, the priority queue and autoscaling, checked from outside: a real
 //! node on 127.0.0.1:0, the generated client, the bundled example guests.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

@@ -8,7 +8,7 @@
 //!   caller's trace id and parent, the ids as attributes, and `service.name`; queued spans are
 //!   flushed when the node stops on SIGTERM.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

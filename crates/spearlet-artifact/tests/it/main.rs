@@ -1,0 +1,3 @@
+//! The artifact crate's integration tests, one test binary.
+
+mod fetch;

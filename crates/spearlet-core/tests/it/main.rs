@@ -1,0 +1,3 @@
+//! The core crate's integration tests, one test binary.
+
+mod tidy;

@@ -1,0 +1,5 @@
+//! The process runtime's integration tests, one test binary: real processes, archives and Lambda workers.
+
+mod archive;
+mod exec;
+mod runtime_api;
