@@ -23,4 +23,4 @@ pub use process_settings::{PROCESS_DEFAULT_MEMORY_LIMIT_MB, ProcessMode, Process
 pub use record::{
     ArtifactRecord, ExecutionRecord, ResultEncoding, StoredRequest, TaskRecord, TimelineEntry,
 };
-pub use task_config::{TaskConfig, TaskConfigDefaults};
+pub use task_config::{RuntimeKind, TaskConfig, TaskConfigDefaults};

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::execution::{ErrorCode, ExecutionMode, ExecutionStatus};
+use crate::execution::{ErrorCode, ExecutionMode, ExecutionStatus, Outcome};
 
 /// An artifact as the client described it, plus what the node learned (its digest).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,9 +65,13 @@ pub struct ExecutionRecord {
     pub completed_at_us: Option<i64>,
     /// Run time of the guest (not counting queue wait), in milliseconds.
     pub execution_time_ms: i64,
-    /// Peak linear memory (wasm), in bytes.
+    /// Peak memory of the guest in bytes where the runtime measures it (a wasm instance's
+    /// linear memory); 0 where it does not (process tasks) — then `metrics` has no
+    /// `memory_used_bytes` entry.
     pub memory_used_bytes: i64,
     pub output: Bytes,
+    /// `application/octet-stream` unless the runtime reported the output's type (a Lambda
+    /// worker's `Content-Type`).
     pub output_content_type: String,
     pub result_encoding: ResultEncoding,
     /// Guest stderr, up to the log cap.
@@ -111,7 +115,61 @@ pub struct TimelineEntry {
     pub note: String,
 }
 
+/// The record's transitions: the only way an execution's status, attempt and timeline change,
+/// so every change leaves its timeline entry.
 impl ExecutionRecord {
+    /// PENDING → RUNNING: the guest starts now (unix microseconds).
+    pub fn start(&mut self, now_us: i64) {
+        self.status = ExecutionStatus::Running;
+        self.started_at_us = Some(now_us);
+        self.timeline.push(TimelineEntry {
+            at_us: now_us,
+            status: ExecutionStatus::Running,
+            attempt: self.attempt,
+            note: String::new(),
+        });
+    }
+
+    /// The current attempt failed with `failure` and another one follows: the failed attempt's
+    /// end, then PENDING for the next.
+    pub fn retry(&mut self, now_us: i64, failure: &str, reason: String) {
+        self.timeline.push(TimelineEntry {
+            at_us: now_us,
+            status: ExecutionStatus::Failed,
+            attempt: self.attempt,
+            note: failure.to_owned(),
+        });
+        self.begin_next_attempt(now_us, reason);
+    }
+
+    /// Back to PENDING as the next attempt (after a failed attempt, or one a restart
+    /// interrupted), saying why.
+    pub fn begin_next_attempt(&mut self, now_us: i64, reason: String) {
+        self.attempt += 1;
+        self.status = ExecutionStatus::Pending;
+        self.started_at_us = None;
+        self.timeline.push(TimelineEntry {
+            at_us: now_us,
+            status: ExecutionStatus::Pending,
+            attempt: self.attempt,
+            note: reason,
+        });
+    }
+
+    /// The terminal transition: status, error and end time from `outcome`.
+    pub fn finish(&mut self, now_us: i64, outcome: &Outcome) {
+        self.status = outcome.status();
+        self.error_code = outcome.error_code();
+        self.error_message = outcome.error_message().to_owned();
+        self.completed_at_us = Some(now_us);
+        self.timeline.push(TimelineEntry {
+            at_us: now_us,
+            status: self.status,
+            attempt: self.attempt,
+            note: self.error_message.clone(),
+        });
+    }
+
     /// Submit-to-end time in milliseconds, when the execution has ended.
     pub fn response_time_ms(&self) -> Option<f64> {
         self.completed_at_us

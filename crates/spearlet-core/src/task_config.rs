@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::error::{SpearError, SpearResult};
 use crate::pool_settings::{Isolation, PoolSettings, SchedulingPolicy};
-use crate::process_settings::{ProcessMode, ProcessSettings};
+use crate::process_settings::{PROCESS_DEFAULT_MEMORY_LIMIT_MB, ProcessMode, ProcessSettings};
 
 /// The prefix that marks a metadata key as configuration.
 pub const CONFIG_KEY_PREFIX: &str = "spearlet.";
@@ -72,7 +72,57 @@ pub struct TaskConfig {
     pub process: ProcessSettings,
 }
 
+/// Which runtime a task's artifact runs on; decides which keys apply and some defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeKind {
+    Wasm,
+    Process,
+}
+
 impl TaskConfig {
+    /// Resolves a task's configuration for its runtime: refuses keys of the other runtime by
+    /// name, records a lambda task's handler (`default_handler` when the task names none) in
+    /// `metadata` so it is stored, restored and compared with the rest, and applies the process
+    /// runtime's defaults and rules (its own memory default; a lambda worker serves one
+    /// invocation at a time and keeps its state between them).
+    pub fn for_runtime(
+        metadata: &mut BTreeMap<String, String>,
+        runtime: RuntimeKind,
+        default_handler: &str,
+        defaults: &TaskConfigDefaults,
+    ) -> SpearResult<TaskConfig> {
+        check_keys_fit_the_runtime(metadata, runtime)?;
+        if runtime == RuntimeKind::Process
+            && metadata
+                .get("spearlet.process.mode")
+                .is_some_and(|mode| mode == "lambda")
+            && !metadata.contains_key("spearlet.process.handler")
+        {
+            metadata.insert(
+                "spearlet.process.handler".into(),
+                default_handler.to_owned(),
+            );
+        }
+        let mut config = TaskConfig::from_metadata(metadata.iter(), defaults)?;
+        if runtime == RuntimeKind::Process {
+            if !metadata.contains_key("spearlet.memory_limit_mb") {
+                config.memory_limit_mb = PROCESS_DEFAULT_MEMORY_LIMIT_MB;
+            }
+            if config.process.mode == ProcessMode::Lambda {
+                if config.pool.instance_capacity != 1 {
+                    return Err(SpearError::invalid_argument(format!(
+                        "artifact_spec.metadata[\"spearlet.pool.instance_capacity\"] = {} needs \
+                         spearlet.process.mode = exec: a lambda worker serves one invocation at a \
+                         time",
+                        config.pool.instance_capacity
+                    )));
+                }
+                config.pool.isolation = Isolation::Reuse;
+            }
+        }
+        Ok(config)
+    }
+
     /// Resolves the `spearlet.*` keys of `metadata` over `defaults`.
     pub fn from_metadata<'a>(
         metadata: impl IntoIterator<Item = (&'a String, &'a String)>,
@@ -341,6 +391,30 @@ fn validate_environment_name(key: &str, name: &str) -> SpearResult<()> {
         "artifact_spec.metadata[{key:?}]: {name:?} is not a valid environment variable name \
          (letters, digits and _, not starting with a digit)"
     )))
+}
+
+/// Process keys on a wasm task, or wasm-only keys on a process task, are mistakes: refuse them by
+/// name rather than ignore them.
+fn check_keys_fit_the_runtime(
+    metadata: &BTreeMap<String, String>,
+    runtime: RuntimeKind,
+) -> SpearResult<()> {
+    for key in metadata.keys() {
+        let process_key = key.starts_with("spearlet.process.");
+        let wasm_only_key = key == "spearlet.isolation" || key.starts_with(PREOPEN_KEY_PREFIX);
+        if process_key && runtime != RuntimeKind::Process {
+            return Err(SpearError::invalid_argument(format!(
+                "artifact_spec.metadata[{key:?}] applies only to artifact_type process"
+            )));
+        }
+        if wasm_only_key && runtime == RuntimeKind::Process {
+            return Err(SpearError::invalid_argument(format!(
+                "artifact_spec.metadata[{key:?}] applies only to wasm tasks; a process task \
+                 chooses per-call processes or warm workers with spearlet.process.mode"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -751,5 +825,80 @@ mod tests {
             assert_eq!(error.kind, ErrorKind::InvalidArgument);
             assert!(error.message.contains(key), "{}", error.message);
         }
+    }
+
+    fn for_runtime(
+        pairs: &[(&str, &str)],
+        runtime: RuntimeKind,
+    ) -> (SpearResult<TaskConfig>, BTreeMap<String, String>) {
+        let mut metadata: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        let config = TaskConfig::for_runtime(
+            &mut metadata,
+            runtime,
+            "registering-function",
+            &TaskConfigDefaults::default(),
+        );
+        (config, metadata)
+    }
+
+    #[test]
+    fn keys_of_the_other_runtime_are_refused_by_name() {
+        let cases = [
+            ("spearlet.process.mode", "exec", RuntimeKind::Wasm),
+            ("spearlet.isolation", "reuse", RuntimeKind::Process),
+            ("spearlet.wasi.preopen.data", "/srv", RuntimeKind::Process),
+        ];
+        for (key, value, runtime) in cases {
+            let error = for_runtime(&[(key, value)], runtime).0.unwrap_err();
+            assert_eq!(error.kind, ErrorKind::InvalidArgument, "{key}");
+            assert!(error.message.contains(key), "{}", error.message);
+        }
+    }
+
+    #[test]
+    fn process_tasks_get_the_process_runtime_rules() {
+        let (config, metadata) = for_runtime(&[], RuntimeKind::Process);
+        assert_eq!(
+            config.unwrap().memory_limit_mb,
+            PROCESS_DEFAULT_MEMORY_LIMIT_MB
+        );
+        assert!(!metadata.contains_key("spearlet.process.handler"));
+
+        let (config, metadata) =
+            for_runtime(&[("spearlet.process.mode", "lambda")], RuntimeKind::Process);
+        let config = config.unwrap();
+        assert_eq!(config.pool.isolation, Isolation::Reuse);
+        assert_eq!(
+            config.process.handler.as_deref(),
+            Some("registering-function")
+        );
+        assert_eq!(
+            metadata["spearlet.process.handler"], "registering-function",
+            "the default handler is recorded with the task"
+        );
+
+        let error = for_runtime(
+            &[
+                ("spearlet.process.mode", "lambda"),
+                ("spearlet.pool.instance_capacity", "4"),
+            ],
+            RuntimeKind::Process,
+        )
+        .0
+        .unwrap_err();
+        assert!(
+            error.message.contains("instance_capacity"),
+            "{}",
+            error.message
+        );
+
+        let (config, _) = for_runtime(&[], RuntimeKind::Wasm);
+        assert_eq!(
+            config.unwrap().memory_limit_mb,
+            TaskConfigDefaults::default().memory_limit_mb
+        );
     }
 }

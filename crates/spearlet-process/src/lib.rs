@@ -7,6 +7,10 @@
 //!   the crate (`pre_exec`).
 //! - `exec`: mode `exec`, a new process per call (input on stdin, output on stdout).
 //! - `runtime_api`: the AWS Lambda Runtime API (2018-06-01) served to one warm worker.
+//! - `task`: a process task as its instances run it, and the process environment and argv of
+//!   an exec call, built from the runtime-neutral `FunctionCall`.
+//! - `lambda_worker`: mode `lambda`, one warm worker process per instance, with its Runtime API
+//!   server and its log drain.
 //!
 //! Architecture invariants:
 //! - A guest failure (non-zero exit, signal, timeout, crash, reported error) is an
@@ -15,5 +19,7 @@
 //!   its call or worker ends: no zombies, no strays.
 pub mod archive;
 pub mod exec;
+pub mod lambda_worker;
 pub mod runtime_api;
 pub mod sandbox;
+pub mod task;

@@ -123,8 +123,12 @@ pub struct LambdaInvocation {
 /// How an invocation ended, as far as the Runtime API can tell.
 #[derive(Debug, PartialEq, Eq)]
 pub enum LambdaOutcome {
-    /// The worker posted a result (for a streamed response: every chunk, concatenated).
-    Response { body: Bytes },
+    /// The worker posted a result (for a streamed response: every chunk, concatenated), with
+    /// the `Content-Type` it declared, if any.
+    Response {
+        body: Bytes,
+        content_type: Option<String>,
+    },
     /// The worker reported an error (`/error`, or the error trailers of a streamed response), or
     /// the server ended the invocation on the worker's behalf. `body` is the worker's JSON error
     /// document when there is one. Error types the server itself produces:
@@ -722,6 +726,7 @@ async fn receive_invocation_answer(
             .get(RESPONSE_MODE_HEADER)
             .is_some_and(|mode| mode.as_bytes().eq_ignore_ascii_case(b"streaming"));
     let header_error_type = header_text(headers, FUNCTION_ERROR_TYPE_HEADER);
+    let content_type = header_text(headers, CONTENT_TYPE.as_str());
     let chunk_forwarding = if is_streaming {
         output_chunks.as_ref()
     } else {
@@ -772,6 +777,7 @@ async fn receive_invocation_answer(
                 }
                 LambdaOutcome::Response {
                     body: received.body,
+                    content_type,
                 }
             }
         },

@@ -14,7 +14,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 
 /// Receives each chunk of stdout as the guest writes it (for streaming executions).
-pub type OutputChunkSender = tokio::sync::mpsc::UnboundedSender<Bytes>;
+pub use spearlet_runtime::OutputChunkSender;
 
 /// A capped in-memory capture of one guest stream. Clones share the buffer.
 #[derive(Clone)]

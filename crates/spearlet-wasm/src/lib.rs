@@ -18,17 +18,22 @@
 //!   modules the node cannot load or cannot use in the requested mode.
 //! - Host calls are async (wasmtime's async WASI) and busy guests yield at every epoch tick, so a
 //!   call future is always promptly droppable: that is how timeouts and cancellation stop it.
+//! - The runtime boundary is `spearlet-runtime`'s `FunctionCall` and `CallReport`
+//!   ([`WasmModule::run_call`], [`ReusableInstance::run_call`]); the WASI argv and environment
+//!   are composed here, from the call, and nowhere else.
 //! - No global state: the engine, the linker and the compiled-module cache are owned values.
 
 #![deny(unsafe_code)]
 
 mod compiled_module_cache;
 mod engine;
+mod function_call;
 mod guest_io;
 mod module;
 mod reusable;
 
 pub use engine::{WasmEngine, WasmEngineConfig};
+pub use function_call::WasmTaskSettings;
 pub use guest_io::OutputChunkSender;
 pub use module::{CompileSource, EntryPoint, RunReport, WasmInvocation, WasmModule};
 pub use reusable::{

@@ -2,4 +2,5 @@
 
 mod archive;
 mod exec;
+mod lambda_worker;
 mod runtime_api;

@@ -320,7 +320,10 @@ async fn joined<T>(task: JoinHandle<T>) -> T {
 async fn expect_response(pending_invocation: JoinHandle<LambdaOutcome>, body: impl Into<Bytes>) {
     assert_eq!(
         joined(pending_invocation).await,
-        LambdaOutcome::Response { body: body.into() }
+        LambdaOutcome::Response {
+            body: body.into(),
+            content_type: None,
+        }
     );
 }
 
@@ -487,7 +490,7 @@ mod runtime_api {
                 invocation(&request_id, &format!(r#"{{"n":{invocation_number}}}"#));
             this_invocation.deadline_unix_ms += invocation_number as u64;
             let outcome = within_deadline(server.invoke(this_invocation)).await;
-            let LambdaOutcome::Response { body } = outcome else {
+            let LambdaOutcome::Response { body, .. } = outcome else {
                 panic!("invocation {invocation_number} ended with {outcome:?}");
             };
             let echoed: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -619,6 +622,11 @@ mod runtime_api {
                 body,
                 expected_outcome: LambdaOutcome::Response {
                     body: Bytes::from_static(body.as_bytes()),
+                    // The worker's declared media type travels with the answer.
+                    content_type: headers
+                        .iter()
+                        .find(|(header, _)| header.eq_ignore_ascii_case("content-type"))
+                        .map(|(_, value)| (*value).to_owned()),
                 },
             }
         }
