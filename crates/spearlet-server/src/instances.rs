@@ -1,5 +1,5 @@
-//! What an instance of a task is, per runtime, how the pool starts one, and how one call runs
-//! on it.
+//! The kinds of instance a pool holds, how the pool starts one, and the one place a call is
+//! dispatched to a runtime.
 //!
 //! - `per_call` wasm: the instance is the task's linked module (an `InstancePre`) plus its
 //!   capacity; every call instantiates it into a fresh `Store`. Starting one costs nothing.
@@ -8,33 +8,32 @@
 //! - process `exec`: the instance is the unpacked artifact plus its capacity; every call starts
 //!   a new process.
 //! - process `lambda`: one warm worker process speaking the AWS Lambda Runtime API to its own
-//!   loopback server; starting it waits for the worker's first poll.
+//!   loopback server (`spearlet_process::lambda_worker`); starting it waits for the worker's
+//!   first poll.
+//!
+//! Every runtime takes the same [`FunctionCall`] and returns the same [`CallReport`]
+//! (`spearlet-runtime`); what a guest needs from the call (WASI argv and environment, a process
+//! environment, a Runtime API invocation) is built by the runtime's own crate. Adding a runtime
+//! means a variant here and a module in its crate.
 //!
 //! Invariants: a reuse instance or a worker serves one call at a time (capacity 1, enforced at
 //! task registration); an instance whose call did not end normally (trap, exit, crash, timeout,
 //! cancellation) reports itself unusable and the pool replaces it.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
-use spearlet_core::{ErrorCode, Isolation, Outcome, ProcessMode, ProcessSettings, TaskConfig};
+use spearlet_core::{ErrorCode, Isolation, ProcessMode, TaskConfig};
 use spearlet_pool::{InstanceFactory, InstanceStartError};
-use spearlet_process::exec::{ProcessCall, run_exec};
-use spearlet_process::sandbox::ProcessLimits;
+use spearlet_process::lambda_worker::LambdaWorker;
+use spearlet_process::task::ProcessTask;
+use spearlet_runtime::{CallReport, FunctionCall};
 use spearlet_wasm::{
-    EntryPoint, OutputChunkSender, ReusableInstance, ReusableInstanceSetup, WasmInvocation,
-    WasmModule,
+    EntryPoint, ReusableInstance, ReusableInstanceSetup, WasmModule, WasmTaskSettings,
 };
-use tokio_util::sync::CancellationToken;
-
-use crate::lambda::LambdaWorker;
-use crate::trace_context::TraceContext;
 
 /// What a call runs, resolved from its `function_name` before the execution exists.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,152 +43,47 @@ pub enum CallTarget {
     Process,
 }
 
-/// A process task: its unpacked artifact and how to run it.
-#[derive(Debug)]
-pub struct ProcessTask {
-    /// `LAMBDA_TASK_ROOT`: where the artifact was unpacked.
-    pub root: PathBuf,
-    pub entrypoint: PathBuf,
-    pub settings: ProcessSettings,
-    pub limits: ProcessLimits,
-    /// The handler a lambda worker serves (`_HANDLER`).
-    pub handler: String,
-    /// Per-instance working directories are created under it.
-    pub workdir_base: PathBuf,
-    pub task_name: String,
-    pub version: String,
-    /// Synthesised, stable per task.
-    pub function_arn: String,
-}
-
 /// The runtime behind one pool instance.
 pub enum InstanceRuntime {
-    WasmPerCall(WasmModule),
-    WasmReuse(Mutex<Option<ReusableInstance>>),
+    WasmPerCall {
+        module: WasmModule,
+        settings: Arc<WasmTaskSettings>,
+    },
+    WasmReuse {
+        /// Taken by the call that runs on it; put back when the instance may serve again.
+        instance: Mutex<Option<ReusableInstance>>,
+        settings: Arc<WasmTaskSettings>,
+    },
     ProcessExec(Arc<ProcessTask>),
     LambdaWorker(Box<LambdaWorker>),
 }
 
-/// One call, as every runtime needs it.
-pub struct InstanceCall {
-    pub target: CallTarget,
-    pub execution_id: String,
-    pub stdin: Bytes,
-    /// `[task_name, function_name]` for wasm (argv), `[function_name]` after the program for
-    /// exec processes.
-    pub arguments: Vec<String>,
-    pub environment: Vec<(String, String)>,
-    pub preopened_directories: Vec<(PathBuf, String)>,
-    pub memory_limit_bytes: u64,
-    pub max_output_bytes: u64,
-    pub max_log_bytes: u64,
-    pub deadline: tokio::time::Instant,
-    pub cancellation: CancellationToken,
-    pub output_chunks: Option<OutputChunkSender>,
-    /// The execution's trace context. Wasm and exec guests get it as `SPEAR_TRACEPARENT` in
-    /// `environment`; a lambda worker as the `Lambda-Runtime-Trace-Id` header.
-    pub trace: TraceContext,
-}
-
-/// What a call produced, whatever ran it.
-#[derive(Debug)]
-pub struct CallReport {
-    pub outcome: Outcome,
-    pub output: Bytes,
-    pub logs: Bytes,
-    pub peak_memory_bytes: u64,
-    /// Time spent instantiating (wasm per call) or spawning (exec) for this call.
-    pub start_duration: Duration,
-    /// Runtime-specific figures for the record's metrics (`error_type`, `process_id`, …).
-    pub metrics: BTreeMap<String, String>,
-    /// False when the instance must not serve again.
-    pub instance_still_usable: bool,
-}
-
-impl CallReport {
-    pub fn failed(code: ErrorCode, message: impl Into<String>, usable: bool) -> CallReport {
-        CallReport {
-            outcome: Outcome::Failed {
-                code,
-                message: message.into(),
-            },
-            output: Bytes::new(),
-            logs: Bytes::new(),
-            peak_memory_bytes: 0,
-            start_duration: Duration::ZERO,
-            metrics: BTreeMap::new(),
-            instance_still_usable: usable,
-        }
-    }
-}
-
 impl InstanceRuntime {
     /// Runs one call on this instance.
-    pub async fn run(&self, call: InstanceCall) -> CallReport {
-        match (self, &call.target) {
-            (InstanceRuntime::WasmPerCall(module), CallTarget::Wasm(entry_point)) => {
-                let report = module.run(wasm_invocation(entry_point.clone(), call)).await;
-                CallReport {
-                    outcome: report.outcome,
-                    output: report.output,
-                    logs: report.logs,
-                    peak_memory_bytes: report.peak_memory_bytes,
-                    start_duration: report.instantiate_duration,
-                    metrics: BTreeMap::new(),
-                    instance_still_usable: true,
-                }
+    pub async fn run(&self, target: &CallTarget, call: FunctionCall) -> CallReport {
+        match (self, target) {
+            (InstanceRuntime::WasmPerCall { module, settings }, CallTarget::Wasm(entry_point)) => {
+                module.run_call(entry_point.clone(), settings, call).await
             }
-            (InstanceRuntime::WasmReuse(slot), CallTarget::Wasm(entry_point)) => {
-                let taken = slot.lock().take();
-                let Some(mut instance) = taken else {
+            (InstanceRuntime::WasmReuse { instance, settings }, CallTarget::Wasm(entry_point)) => {
+                let taken = instance.lock().take();
+                let Some(mut live_instance) = taken else {
                     return CallReport::failed(
                         ErrorCode::InitFailed,
                         "the instance was lost by an earlier call",
                         false,
                     );
                 };
-                let call = instance
-                    .call(wasm_invocation(entry_point.clone(), call))
+                let report = live_instance
+                    .run_call(entry_point.clone(), settings, call)
                     .await;
-                if call.instance_still_usable {
-                    *slot.lock() = Some(instance);
+                if report.instance_still_usable {
+                    *instance.lock() = Some(live_instance);
                 }
-                CallReport {
-                    outcome: call.report.outcome,
-                    output: call.report.output,
-                    logs: call.report.logs,
-                    peak_memory_bytes: call.report.peak_memory_bytes,
-                    start_duration: Duration::ZERO,
-                    metrics: BTreeMap::new(),
-                    instance_still_usable: call.instance_still_usable,
-                }
+                report
             }
             (InstanceRuntime::ProcessExec(task), CallTarget::Process) => {
-                let report = run_exec(
-                    &task.entrypoint,
-                    ProcessCall {
-                        stdin: call.stdin,
-                        arguments: call.arguments,
-                        environment: call.environment,
-                        max_output_bytes: call.max_output_bytes,
-                        max_log_bytes: call.max_log_bytes,
-                        deadline: call.deadline,
-                        cancellation: call.cancellation,
-                        output_chunks: call.output_chunks,
-                    },
-                    &task.limits,
-                    &task.workdir_base,
-                )
-                .await;
-                CallReport {
-                    outcome: report.outcome,
-                    output: report.output,
-                    logs: report.logs,
-                    peak_memory_bytes: 0,
-                    start_duration: report.spawn_duration,
-                    metrics: [("process_id".to_owned(), report.process_id.to_string())].into(),
-                    instance_still_usable: true,
-                }
+                task.run_exec_call(call).await
             }
             (InstanceRuntime::LambdaWorker(worker), CallTarget::Process) => {
                 worker.invoke(call).await
@@ -203,29 +97,12 @@ impl InstanceRuntime {
     }
 }
 
-fn wasm_invocation(entry_point: EntryPoint, call: InstanceCall) -> WasmInvocation {
-    WasmInvocation {
-        entry_point,
-        stdin: call.stdin,
-        arguments: call.arguments,
-        environment: call.environment,
-        preopened_directories: call.preopened_directories,
-        memory_limit_bytes: call.memory_limit_bytes,
-        max_output_bytes: call.max_output_bytes,
-        max_log_bytes: call.max_log_bytes,
-        deadline: call.deadline,
-        cancellation: call.cancellation,
-        output_chunks: call.output_chunks,
-    }
-}
-
 /// Starts instances of one wasm task.
 pub struct WasmInstanceFactory {
     module: WasmModule,
     isolation: Isolation,
     memory_limit_bytes: u64,
-    preopened_directories: Vec<(PathBuf, String)>,
-    environment: Vec<(String, String)>,
+    settings: Arc<WasmTaskSettings>,
     /// How long instantiation plus `_initialize` may take: the task's default call timeout.
     start_timeout: Duration,
 }
@@ -234,18 +111,13 @@ impl WasmInstanceFactory {
     pub fn new(
         module: WasmModule,
         config: &TaskConfig,
-        preopened_directories: Vec<(PathBuf, String)>,
+        settings: Arc<WasmTaskSettings>,
     ) -> WasmInstanceFactory {
         WasmInstanceFactory {
             module,
             isolation: config.pool.isolation,
             memory_limit_bytes: u64::from(config.memory_limit_mb) * 1024 * 1024,
-            preopened_directories,
-            environment: config
-                .environment
-                .iter()
-                .map(|(name, value)| (name.clone(), value.clone()))
-                .collect(),
+            settings,
             start_timeout: Duration::from_millis(config.timeout_ms),
         }
     }
@@ -254,21 +126,30 @@ impl WasmInstanceFactory {
 impl InstanceFactory<InstanceRuntime> for WasmInstanceFactory {
     fn create_instance(&self) -> BoxFuture<'static, Result<InstanceRuntime, InstanceStartError>> {
         match self.isolation {
-            Isolation::PerCall => {
-                futures::future::ready(Ok(InstanceRuntime::WasmPerCall(self.module.clone())))
-                    .boxed()
-            }
+            Isolation::PerCall => futures::future::ready(Ok(InstanceRuntime::WasmPerCall {
+                module: self.module.clone(),
+                settings: self.settings.clone(),
+            }))
+            .boxed(),
             Isolation::Reuse => {
                 let module = self.module.clone();
+                let settings = self.settings.clone();
                 let setup = ReusableInstanceSetup {
                     memory_limit_bytes: self.memory_limit_bytes,
-                    preopened_directories: self.preopened_directories.clone(),
-                    environment: self.environment.clone(),
+                    preopened_directories: settings.preopened_directories.clone(),
+                    environment: settings
+                        .environment
+                        .iter()
+                        .map(|(name, value)| (name.clone(), value.clone()))
+                        .collect(),
                     deadline: tokio::time::Instant::now() + self.start_timeout,
                 };
                 async move {
                     match module.instantiate_reusable(setup).await {
-                        Ok(instance) => Ok(InstanceRuntime::WasmReuse(Mutex::new(Some(instance)))),
+                        Ok(instance) => Ok(InstanceRuntime::WasmReuse {
+                            instance: Mutex::new(Some(instance)),
+                            settings,
+                        }),
                         Err(failure) => Err(InstanceStartError {
                             message: format!("the instance could not start: {}", failure.message),
                         }),
@@ -282,7 +163,9 @@ impl InstanceFactory<InstanceRuntime> for WasmInstanceFactory {
     fn is_healthy(&self, runtime: &InstanceRuntime) -> bool {
         match runtime {
             // Idle and empty means a call took the instance and never gave it back.
-            InstanceRuntime::WasmReuse(slot) => slot.try_lock().is_none_or(|slot| slot.is_some()),
+            InstanceRuntime::WasmReuse { instance, .. } => {
+                instance.try_lock().is_none_or(|slot| slot.is_some())
+            }
             _ => true,
         }
     }
@@ -291,8 +174,6 @@ impl InstanceFactory<InstanceRuntime> for WasmInstanceFactory {
 /// Starts instances of one process task.
 pub struct ProcessInstanceFactory {
     pub task: Arc<ProcessTask>,
-    /// The worker's environment (lambda mode): declared variables plus the runtime's own.
-    pub worker_environment: Vec<(String, String)>,
     pub max_response_bytes: u64,
     pub max_log_bytes: u64,
 }
@@ -305,13 +186,15 @@ impl InstanceFactory<InstanceRuntime> for ProcessInstanceFactory {
             }
             ProcessMode::Lambda => {
                 let task = self.task.clone();
-                let environment = self.worker_environment.clone();
                 let max_response_bytes = self.max_response_bytes;
                 let max_log_bytes = self.max_log_bytes;
                 async move {
-                    LambdaWorker::start(task, environment, max_response_bytes, max_log_bytes)
+                    LambdaWorker::start(task, max_response_bytes, max_log_bytes)
                         .await
                         .map(|worker| InstanceRuntime::LambdaWorker(Box::new(worker)))
+                        .map_err(|error| InstanceStartError {
+                            message: error.message,
+                        })
                 }
                 .boxed()
             }

@@ -19,7 +19,6 @@ pub mod connection_io;
 pub mod errors;
 pub mod gateway;
 pub mod instances;
-pub mod lambda;
 pub mod manager;
 pub mod metrics;
 pub mod node;

@@ -1,13 +1,22 @@
 //! The TaskExecutionManager: owns every execution from submission to its terminal record.
 //!
 //! Data path of one call: [`TaskExecutionManager::submit`] (async, stream) or
-//! [`TaskExecutionManager::execute`] (sync) checks idempotency and capacity (a sync or stream call
-//! takes its place in the dispatcher's queue here, so a full queue refuses it at once), writes the
-//! PENDING record (durably for async executions, before the client hears "accepted") and then
-//! drives the execution future: spawned for async and stream executions, polled inside the
-//! caller's own task for sync ones. That future waits for an instance of the task's pool (an async
-//! execution enters the queue only now), writes RUNNING, runs the guest on the instance, gives the
-//! instance back and writes the terminal record. Other waiters watch a channel.
+//! [`TaskExecutionManager::execute`] (sync) admits it — idempotency by client execution id, then
+//! capacity (a sync or stream call takes its place in the dispatcher's queue here, so a full
+//! queue refuses it at once; async work is bounded by `max_async_pending`) — and writes the
+//! PENDING record (durably for async executions, before the client hears "accepted"). The
+//! execution future then runs, spawned for async and stream executions, polled inside the
+//! caller's own task for sync ones, as four named steps per attempt:
+//! - `lease`: wait for an instance of the task's pool (async work enters the queue only now),
+//!   racing the deadline, cancellation and, for async work, a graceful shutdown;
+//! - `start`: note the instance and cold start, write RUNNING, tell a stream caller;
+//! - `call`: build the runtime-neutral `FunctionCall` and run it on the instance
+//!   (`InstanceRuntime::run`); the instance goes back before anything is written;
+//! - retry (a warm worker crashed and attempts remain: `ExecutionRecord::retry`, next attempt)
+//!   or `finish` (the terminal record, queued for the writer; counters).
+//!
+//! The record owns its transitions (`start`, `retry`, `begin_next_attempt`, `finish` in
+//! `spearlet-core`); nothing here pushes timeline entries by hand. Other waiters watch a channel.
 //!
 //! Invariants:
 //! - Every execution that exists has a record; every live (pending or running) execution is in
@@ -30,7 +39,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use foldhash::{HashMap, HashMapExt};
@@ -41,17 +50,18 @@ use spearlet_core::{
     ErrorCode, ExecutionMode, ExecutionRecord, ExecutionStatus, Outcome, Priority, ResultEncoding,
     SpearError, SpearResult, StoredRequest, TimelineEntry,
 };
-use spearlet_pool::{AcquireRequest, Dispatcher, Rejection, Ticket};
+use spearlet_pool::{AcquireRequest, Dispatcher, InstanceLease, Rejection, Ticket};
+use spearlet_runtime::{CallReport, FunctionCall, OutputChunkSender};
 use spearlet_store::DurableStore;
-use spearlet_wasm::OutputChunkSender;
 use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::clock::unix_us;
-use crate::instances::{CallReport, CallTarget, InstanceCall, InstanceRuntime};
+use crate::instances::{CallTarget, InstanceRuntime};
 use crate::metrics::NodeMetrics;
-use crate::registry::{LoadedTask, TaskRegistry, TaskRuntime};
+use crate::registry::{LoadedTask, TaskRegistry};
 use crate::trace_context::{self, TRACEPARENT_METADATA_KEY, TraceContext};
 
 /// One invocation as the manager needs it, decoded from the wire.
@@ -59,17 +69,12 @@ pub struct ExecutionRequest {
     pub task: Arc<LoadedTask>,
     pub function_name: String,
     pub target: CallTarget,
-    pub input: Bytes,
+    /// The input and call context, as the record keeps them (`max_retries` as the caller asked;
+    /// the manager caps it).
+    pub call: StoredRequest,
     pub result_encoding: ResultEncoding,
     /// A client-supplied execution id (idempotency key), if any.
     pub execution_id: Option<String>,
-    pub session_id: String,
-    pub environment: BTreeMap<String, String>,
-    pub headers: BTreeMap<String, String>,
-    /// `context.timeout_ms` as sent (≤ 0 = none).
-    pub requested_timeout_ms: i64,
-    /// `context.max_retries` as sent (capped by the node).
-    pub requested_max_retries: i32,
     pub mode: ExecutionMode,
     pub metadata: BTreeMap<String, String>,
     /// `invocation_metadata["priority"]`, parsed.
@@ -86,7 +91,8 @@ pub struct ExecutionRequest {
 
 /// The live side of a streaming execution.
 pub struct StreamSink {
-    pub started: oneshot::Sender<()>,
+    /// Fired when the guest starts; taken by the first start.
+    pub started: Option<oneshot::Sender<()>>,
     pub chunks: OutputChunkSender,
 }
 
@@ -314,9 +320,7 @@ impl TaskExecutionManager {
             .execution_id
             .clone()
             .unwrap_or_else(|| random_id("exec", rand::random()));
-        let max_retries = u32::try_from(request.requested_max_retries.max(0))
-            .unwrap_or(0)
-            .min(self.config.max_retries);
+        let max_retries = request.call.max_retries.min(self.config.max_retries);
         let now_us = unix_us();
         let record = ExecutionRecord {
             execution_id,
@@ -347,15 +351,12 @@ impl TaskExecutionManager {
                 // Only async executions can run again after a restart; a sync caller is gone
                 // by then, so its input is not kept.
                 input: if is_async {
-                    request.input.clone()
+                    request.call.input.clone()
                 } else {
                     Bytes::new()
                 },
-                session_id: request.session_id.clone(),
-                environment: request.environment.clone(),
-                headers: request.headers.clone(),
-                requested_timeout_ms: request.requested_timeout_ms,
                 max_retries,
+                ..request.call.clone()
             },
             timeline: vec![TimelineEntry {
                 at_us: now_us,
@@ -497,8 +498,9 @@ impl TaskExecutionManager {
         Box::pin(execution.instrument(span))
     }
 
-    /// Runs one attempt. Returns the terminal record, or `None` when the node is shutting down
-    /// and the (async) execution was left for the next start.
+    /// Runs the execution to its end, attempt after attempt: lease an instance, start, call,
+    /// then retry or finish. Returns the terminal record, or `None` when the node is shutting
+    /// down and the (async) execution was left for the next start.
     async fn run(
         &self,
         mut request: ExecutionRequest,
@@ -509,71 +511,31 @@ impl TaskExecutionManager {
         cancel_reason: &Mutex<Option<String>>,
     ) -> Option<ExecutionRecord> {
         let task = request.task.clone();
-        let is_async = record.mode == ExecutionMode::Async;
         let submitted = Instant::now();
         let timeout_ms = task
             .config
             .effective_timeout_ms(record.request.requested_timeout_ms);
-        let deadline =
-            tokio::time::Instant::from_std(submitted) + Duration::from_millis(timeout_ms);
-
+        let deadline = submitted + Duration::from_millis(timeout_ms);
+        // A stream caller has seen output by the time an attempt fails: it is never retried.
         let streaming = request.stream.is_some();
         let mut pending_ticket = ticket;
-        // One pass per attempt: a call whose worker crashed runs again while attempts remain.
         loop {
-            let ticket = match pending_ticket.take() {
-                Some(ticket) => Ok(ticket),
-                // Async work enters the queue when it can run; it does not count against
-                // max_queue_length (max_async_pending bounds it) and so is never refused here.
-                None => self
-                    .dispatcher
-                    .enqueue(&task.pool, acquire_request(&request, false)),
-            };
-            let granted = match ticket {
-                Err(rejection) => Some(Err(Outcome::Failed {
-                    code: ErrorCode::InitFailed,
-                    message: rejection.to_string(),
-                })),
-                Ok(ticket) => tokio::select! {
-                    lease = ticket.ready() => Some(lease.map_err(|error| Outcome::Failed {
-                        code: ErrorCode::InitFailed,
-                        message: error.message,
-                    })),
-                    () = tokio::time::sleep_until(deadline) => None,
-                    () = cancellation.cancelled() => None,
-                    () = self.wait_for_shutdown(is_async) => {
-                        self.live.lock().remove(&record.execution_id);
-                        task.counters.live.fetch_sub(1, Ordering::Relaxed);
-                        return None;
-                    }
-                },
-            };
-            let queue_wait_ms = submitted.elapsed().as_secs_f64() * 1000.0;
-            record
-                .metrics
-                .insert("queue_wait_ms".into(), format!("{queue_wait_ms:.3}"));
-            record
-                .metrics
-                .insert("attempt".into(), record.attempt.to_string());
-            if request.cold_start {
-                record
-                    .metrics
-                    .insert("load_ms".into(), format!("{:.3}", task.load_ms));
-            }
-
-            let mut lease = match granted {
-                Some(Ok(lease)) => lease,
-                Some(Err(outcome)) => {
-                    return Some(
-                        self.finish(record, &task, outcome, RunFigures::default())
-                            .await,
-                    );
-                }
-                None => {
+            let ticket = pending_ticket.take();
+            let lease = match self
+                .lease(
+                    &request,
+                    &mut record,
+                    ticket,
+                    submitted,
+                    deadline,
+                    cancellation,
+                )
+                .await
+            {
+                Leased::Granted(lease) => lease,
+                Leased::Ended => {
                     let outcome = if cancellation.is_cancelled() {
-                        Outcome::Cancelled {
-                            reason: cancel_reason.lock().clone().unwrap_or_default(),
-                        }
+                        cancelled_outcome(cancel_reason)
                     } else {
                         Outcome::TimedOut {
                             message: format!(
@@ -581,168 +543,195 @@ impl TaskExecutionManager {
                             ),
                         }
                     };
-                    return Some(
-                        self.finish(record, &task, outcome, RunFigures::default())
-                            .await,
-                    );
+                    return Some(self.finish(record, &task, outcome, None).await);
+                }
+                Leased::Refused(outcome) => {
+                    return Some(self.finish(record, &task, outcome, None).await);
+                }
+                Leased::ShuttingDown => {
+                    self.live.lock().remove(&record.execution_id);
+                    task.counters.live.fetch_sub(1, Ordering::Relaxed);
+                    return None;
                 }
             };
-            record.instance_id = lease.instance_id().to_owned();
-            self.metrics.queue_wait.observe_duration(lease.queue_wait());
-            tracing::Span::current().record("instance_id", record.instance_id.as_str());
-            let instance_cold_start = lease.cold_start();
-            record.metrics.insert(
-                "cold_start".into(),
-                (request.cold_start || instance_cold_start.is_some()).to_string(),
-            );
-            if let Some(start) = instance_cold_start {
-                record.metrics.insert(
-                    "instance_start_ms".into(),
-                    format!("{:.3}", start.as_secs_f64() * 1000.0),
-                );
-                task.counters
-                    .metrics
-                    .record_cold_start(&record.function_name, start);
-            }
-
-            // Counted as running from here, before the RUNNING write, so a graceful shutdown waits
-            // for an execution that has taken its instance.
-            self.running.fetch_add(1, Ordering::Relaxed);
-            task.counters.running.fetch_add(1, Ordering::Relaxed);
-            record.status = ExecutionStatus::Running;
-            let started_us = unix_us();
-            record.started_at_us = Some(started_us);
-            record.timeline.push(TimelineEntry {
-                at_us: started_us,
-                status: ExecutionStatus::Running,
-                attempt: record.attempt,
-                note: String::new(),
-            });
-            let running_write = if is_async {
-                self.store.put_execution_durable(record.clone()).await
-            } else {
-                self.store.put_execution_volatile(record.clone());
-                Ok(())
-            };
-            if let Err(error) = running_write {
-                tracing::warn!(execution_id = %record.execution_id, "recording RUNNING failed: {error}");
-            }
-            let (output_chunks, started_signal) = match request.stream.take() {
-                Some(sink) => (Some(sink.chunks), Some(sink.started)),
-                None => (None, None),
-            };
-            if let Some(started_signal) = started_signal {
-                let _ = started_signal.send(());
-            }
-            tracing::debug!("execution started");
-            let (arguments, environment) = match &task.runtime {
-                TaskRuntime::Wasm(_) => (
-                    vec![task.record.task_name.clone(), record.function_name.clone()],
-                    guest_environment(&task, &record, &trace),
-                ),
-                TaskRuntime::Process(process) => {
-                    let mut environment = guest_environment(&task, &record, &trace);
-                    environment.extend([
-                        ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
-                        (
-                            "LAMBDA_TASK_ROOT".to_owned(),
-                            process.root.display().to_string(),
-                        ),
-                    ]);
-                    (vec![record.function_name.clone()], environment)
-                }
-            };
-            let call = InstanceCall {
-                target: request.target.clone(),
-                execution_id: record.execution_id.clone(),
-                stdin: request.input.clone(),
-                arguments,
-                environment,
-                preopened_directories: task.preopened_directories.clone(),
-                memory_limit_bytes: u64::from(task.config.memory_limit_mb) * 1024 * 1024,
-                max_output_bytes: task.config.max_output_bytes,
-                max_log_bytes: task.config.max_log_bytes,
-                deadline,
-                cancellation: cancellation.clone(),
-                output_chunks,
-                trace,
-            };
-            let run_started = Instant::now();
-            let report = lease.runtime().run(call).await;
-            if !report.instance_still_usable {
-                lease.discard_instance();
-            }
-            let run_ms = run_started.elapsed().as_secs_f64() * 1000.0;
-            let CallReport {
-                outcome,
-                output,
-                logs,
-                peak_memory_bytes,
-                start_duration,
-                metrics,
-                ..
-            } = report;
-            if matches!(outcome, Outcome::Failed { .. }) {
-                lease.record_failure();
-            }
-            // The instance goes back (or is replaced) before the record is written.
-            drop(lease);
-            self.running.fetch_sub(1, Ordering::Relaxed);
-            task.counters.running.fetch_sub(1, Ordering::Relaxed);
-            record.metrics.insert(
-                "instantiate_us".into(),
-                start_duration.as_micros().to_string(),
-            );
-            record.metrics.extend(metrics);
-            let outcome = match outcome {
-                Outcome::Cancelled { .. } => Outcome::Cancelled {
-                    reason: cancel_reason.lock().clone().unwrap_or_default(),
-                },
+            self.start(&mut record, &mut request, &lease).await;
+            let (report, run_duration) = self
+                .call(&mut request, &record, lease, &trace, deadline, cancellation)
+                .await;
+            let outcome = match report.outcome {
+                Outcome::Cancelled { .. } => cancelled_outcome(cancel_reason),
                 Outcome::TimedOut { .. } => Outcome::TimedOut {
                     message: format!("the call exceeded its timeout of {timeout_ms} ms"),
                 },
-                other => other,
+                ref other => other.clone(),
             };
-            if let Outcome::Failed {
-                code: ErrorCode::WorkerCrashed,
-                message,
-            } = &outcome
+            if let Some(failure) = retryable_failure(&outcome)
                 && !streaming
                 && record.attempt <= record.request.max_retries
                 && !cancellation.is_cancelled()
-                && tokio::time::Instant::now() < deadline
+                && Instant::now() < deadline
             {
-                let now_us = unix_us();
-                record.timeline.push(TimelineEntry {
-                    at_us: now_us,
-                    status: ExecutionStatus::Failed,
-                    attempt: record.attempt,
-                    note: message.clone(),
-                });
-                record.attempt += 1;
-                tracing::Span::current().record("attempt", record.attempt);
-                record.status = ExecutionStatus::Pending;
-                record.started_at_us = None;
-                record.timeline.push(TimelineEntry {
-                    at_us: now_us,
-                    status: ExecutionStatus::Pending,
-                    attempt: record.attempt,
-                    note: format!(
+                record.retry(
+                    unix_us(),
+                    failure,
+                    format!(
                         "retrying after {} (context.max_retries = {})",
                         ErrorCode::WorkerCrashed.as_str(),
                         record.request.max_retries
                     ),
-                });
+                );
+                tracing::Span::current().record("attempt", record.attempt);
                 continue;
             }
-            let figures = RunFigures {
-                output,
-                logs,
-                run_ms,
-                memory_used_bytes: peak_memory_bytes as i64,
+            let attempt = AttemptEnd {
+                report,
+                run_duration,
             };
-            return Some(self.finish(record, &task, outcome, figures).await);
+            return Some(self.finish(record, &task, outcome, Some(attempt)).await);
         }
+    }
+
+    /// Waits for an instance of the task's pool: the ticket a sync or stream call took at
+    /// acceptance, or a place in the queue now (async work enters when it can run; it does not
+    /// count against `max_queue_length`, which `max_async_pending` bounds instead). Races the
+    /// deadline, cancellation and (for async work) a graceful shutdown.
+    async fn lease(
+        &self,
+        request: &ExecutionRequest,
+        record: &mut ExecutionRecord,
+        ticket: Option<Ticket<InstanceRuntime>>,
+        submitted: Instant,
+        deadline: Instant,
+        cancellation: &CancellationToken,
+    ) -> Leased {
+        let task = &request.task;
+        let ticket = match ticket {
+            Some(ticket) => Ok(ticket),
+            None => self
+                .dispatcher
+                .enqueue(&task.pool, acquire_request(request, false)),
+        };
+        let granted = match ticket {
+            Err(rejection) => Err(Outcome::Failed {
+                code: ErrorCode::InitFailed,
+                message: rejection.to_string(),
+            }),
+            Ok(ticket) => tokio::select! {
+                lease = ticket.ready() => lease.map_err(|error| Outcome::Failed {
+                    code: ErrorCode::InitFailed,
+                    message: error.message,
+                }),
+                () = tokio::time::sleep_until(deadline) => return Leased::Ended,
+                () = cancellation.cancelled() => return Leased::Ended,
+                () = self.wait_for_shutdown(record.mode == ExecutionMode::Async) => {
+                    return Leased::ShuttingDown;
+                }
+            },
+        };
+        let queue_wait_ms = submitted.elapsed().as_secs_f64() * 1000.0;
+        record
+            .metrics
+            .insert("queue_wait_ms".into(), format!("{queue_wait_ms:.3}"));
+        record
+            .metrics
+            .insert("attempt".into(), record.attempt.to_string());
+        if request.cold_start {
+            record
+                .metrics
+                .insert("load_ms".into(), format!("{:.3}", task.load_ms));
+        }
+        match granted {
+            Ok(lease) => Leased::Granted(lease),
+            Err(outcome) => Leased::Refused(outcome),
+        }
+    }
+
+    /// The instance is leased: record which one and whether it was a cold start, count the
+    /// execution as running (before the RUNNING write, so a graceful shutdown waits for it),
+    /// write RUNNING (durably for async work) and tell a stream caller the guest starts.
+    async fn start(
+        &self,
+        record: &mut ExecutionRecord,
+        request: &mut ExecutionRequest,
+        lease: &InstanceLease<InstanceRuntime>,
+    ) {
+        let task = &request.task;
+        record.instance_id = lease.instance_id().to_owned();
+        self.metrics.queue_wait.observe_duration(lease.queue_wait());
+        tracing::Span::current().record("instance_id", record.instance_id.as_str());
+        let instance_cold_start = lease.cold_start();
+        record.metrics.insert(
+            "cold_start".into(),
+            (request.cold_start || instance_cold_start.is_some()).to_string(),
+        );
+        if let Some(start) = instance_cold_start {
+            record.metrics.insert(
+                "instance_start_ms".into(),
+                format!("{:.3}", start.as_secs_f64() * 1000.0),
+            );
+            task.counters
+                .metrics
+                .record_cold_start(&record.function_name, start);
+        }
+        self.running.fetch_add(1, Ordering::Relaxed);
+        task.counters.running.fetch_add(1, Ordering::Relaxed);
+        record.start(unix_us());
+        let running_write = if record.mode == ExecutionMode::Async {
+            self.store.put_execution_durable(record.clone()).await
+        } else {
+            self.store.put_execution_volatile(record.clone());
+            Ok(())
+        };
+        if let Err(error) = running_write {
+            tracing::warn!(execution_id = %record.execution_id, "recording RUNNING failed: {error}");
+        }
+        if let Some(started) = request.stream.as_mut().and_then(|sink| sink.started.take()) {
+            let _ = started.send(());
+        }
+        tracing::debug!("execution started");
+    }
+
+    /// Runs the guest on the leased instance, then gives the instance back (or drains it, if
+    /// the call left it unusable or failed) before anything is written.
+    async fn call(
+        &self,
+        request: &mut ExecutionRequest,
+        record: &ExecutionRecord,
+        mut lease: InstanceLease<InstanceRuntime>,
+        trace: &TraceContext,
+        deadline: Instant,
+        cancellation: &CancellationToken,
+    ) -> (CallReport, Duration) {
+        let task = &request.task;
+        let call = FunctionCall {
+            execution_id: record.execution_id.clone(),
+            task_id: task.record.task_id.clone(),
+            task_name: task.record.task_name.clone(),
+            function_name: record.function_name.clone(),
+            session_id: request.call.session_id.clone(),
+            input: request.call.input.clone(),
+            caller_environment: request.call.environment.clone(),
+            caller_headers: request.call.headers.clone(),
+            trace: *trace,
+            limits: task.call_limits,
+            deadline,
+            cancellation: cancellation.clone(),
+            // Moved into the call: the stream ends when the guest's output does.
+            output_chunks: request.stream.take().map(|sink| sink.chunks),
+        };
+        let run_started = Instant::now();
+        let report = lease.runtime().run(&request.target, call).await;
+        let run_duration = run_started.elapsed();
+        if !report.instance_still_usable {
+            lease.discard_instance();
+        }
+        if matches!(report.outcome, Outcome::Failed { .. }) {
+            lease.record_failure();
+        }
+        drop(lease);
+        self.running.fetch_sub(1, Ordering::Relaxed);
+        task.counters.running.fetch_sub(1, Ordering::Relaxed);
+        (report, run_duration)
     }
 
     /// Resolves when a graceful shutdown begins, for async executions; never for sync and stream
@@ -755,35 +744,46 @@ impl TaskExecutionManager {
         }
     }
 
+    /// The terminal step: the record takes the attempt's output, logs and figures and its end
+    /// (`ExecutionRecord::finish`), is queued for the writer, and the task's counters move.
+    /// `attempt` is `None` when the execution ended before a guest ran (in the queue, or
+    /// refused an instance).
     async fn finish(
         &self,
         mut record: ExecutionRecord,
         task: &LoadedTask,
         outcome: Outcome,
-        figures: RunFigures,
+        attempt: Option<AttemptEnd>,
     ) -> ExecutionRecord {
-        let completed_us = unix_us();
-        record.status = outcome.status();
-        record.error_code = outcome.error_code();
-        record.error_message = outcome.error_message().to_owned();
-        record.output = figures.output;
-        record.output_content_type = "application/octet-stream".into();
-        record.logs = figures.logs;
-        record.execution_time_ms = figures.run_ms.round() as i64;
+        let run_ms = attempt
+            .as_ref()
+            .map_or(0.0, |attempt| attempt.run_duration.as_secs_f64() * 1000.0);
+        record.output_content_type = OCTET_STREAM.to_owned();
+        if let Some(AttemptEnd { report, .. }) = attempt {
+            record.metrics.insert(
+                "instantiate_us".into(),
+                report.start_duration.as_micros().to_string(),
+            );
+            record.metrics.extend(report.metrics);
+            record.output = report.output;
+            record.logs = report.logs;
+            // Not measured stays 0 on the wire field, documented as such.
+            record.memory_used_bytes = report
+                .memory_used_bytes
+                .map_or(0, |bytes| i64::try_from(bytes).unwrap_or(i64::MAX));
+            if let Some(content_type) = report.output_content_type {
+                record.output_content_type = content_type;
+            }
+        }
+        record.execution_time_ms = run_ms.round() as i64;
         record.metrics.insert(
             "execution_time_us".into(),
-            ((figures.run_ms * 1000.0) as i64).to_string(),
+            ((run_ms * 1000.0) as i64).to_string(),
         );
-        record.memory_used_bytes = figures.memory_used_bytes;
-        record.completed_at_us = Some(completed_us);
-        record.timeline.push(TimelineEntry {
-            at_us: completed_us,
-            status: record.status,
-            attempt: record.attempt,
-            note: record.error_message.clone(),
-        });
+        record.finish(unix_us(), &outcome);
         // Queued, not awaited for durability: a sync reply may go out before its record is on
         // disk; an async execution that ends now and is lost in a crash is retried by policy.
+        // (The queue is bounded: when the writer is that far behind, this waits for room.)
         if let Err(error) = self.store.put_execution(record.clone()).await {
             tracing::error!(execution_id = %record.execution_id, "recording the result failed: {error}");
         }
@@ -792,13 +792,13 @@ impl TaskExecutionManager {
         // Only runs of the guest say how long the task takes; an execution that ended in the
         // queue (timeout, cancellation) has no run time.
         if record.started_at_us.is_some() {
-            task.counters.record_duration(figures.run_ms);
+            task.counters.record_duration(run_ms);
         }
         task.counters.metrics.record_finished(
             &record.function_name,
             record.status,
             record.error_code,
-            record.started_at_us.map(|_| figures.run_ms / 1000.0),
+            record.started_at_us.map(|_| run_ms / 1000.0),
         );
         self.live.lock().remove(&record.execution_id);
         tracing::debug!(
@@ -925,18 +925,11 @@ impl TaskExecutionManager {
             };
             let mut start_delay = Duration::ZERO;
             if record.status == ExecutionStatus::Running {
-                record.timeline.push(TimelineEntry {
-                    at_us: unix_us(),
-                    status: ExecutionStatus::Pending,
-                    attempt: record.attempt + 1,
-                    note: format!(
-                        "attempt {} was interrupted by a node restart; retrying",
-                        record.attempt
-                    ),
-                });
-                record.attempt += 1;
-                record.status = ExecutionStatus::Pending;
-                record.started_at_us = None;
+                let interrupted = record.attempt;
+                record.begin_next_attempt(
+                    unix_us(),
+                    format!("attempt {interrupted} was interrupted by a node restart; retrying"),
+                );
                 start_delay = retry_backoff(record.attempt);
                 summary.retried += 1;
             } else {
@@ -946,14 +939,9 @@ impl TaskExecutionManager {
                 task: task.clone(),
                 function_name: record.function_name.clone(),
                 target,
-                input: record.request.input.clone(),
+                call: record.request.clone(),
                 result_encoding: record.result_encoding,
                 execution_id: Some(record.execution_id.clone()),
-                session_id: record.request.session_id.clone(),
-                environment: record.request.environment.clone(),
-                headers: record.request.headers.clone(),
-                requested_timeout_ms: record.request.requested_timeout_ms,
-                requested_max_retries: record.request.max_retries as i32,
                 mode: record.mode,
                 priority: record
                     .metadata
@@ -981,17 +969,13 @@ impl TaskExecutionManager {
     }
 
     async fn fail_unrecoverable(&self, mut record: ExecutionRecord, message: String) {
-        let now = unix_us();
-        record.status = ExecutionStatus::Failed;
-        record.error_code = Some(ErrorCode::NodeRestarted);
-        record.error_message = message.clone();
-        record.completed_at_us = Some(now);
-        record.timeline.push(TimelineEntry {
-            at_us: now,
-            status: ExecutionStatus::Failed,
-            attempt: record.attempt,
-            note: message,
-        });
+        record.finish(
+            unix_us(),
+            &Outcome::Failed {
+                code: ErrorCode::NodeRestarted,
+                message,
+            },
+        );
         if let Err(error) = self.store.put_execution(record.clone()).await {
             tracing::error!(execution_id = %record.execution_id, "recording NODE_RESTARTED failed: {error}");
         }
@@ -1044,12 +1028,43 @@ struct ExecutionHandle {
     finished_sender: watch::Sender<Option<ExecutionRecord>>,
 }
 
-#[derive(Default)]
-struct RunFigures {
-    output: Bytes,
-    logs: Bytes,
-    run_ms: f64,
-    memory_used_bytes: i64,
+/// How an attempt that ran a guest ended: the runtime's report and how long the call took.
+struct AttemptEnd {
+    report: CallReport,
+    run_duration: Duration,
+}
+
+/// What waiting for an instance came to.
+enum Leased {
+    Granted(InstanceLease<InstanceRuntime>),
+    /// The deadline passed or the execution was cancelled while it waited.
+    Ended,
+    /// No instance could be had (the pool could not start one, or refused the call).
+    Refused(Outcome),
+    /// A graceful shutdown began; the async execution stays PENDING for the next start.
+    ShuttingDown,
+}
+
+/// The media type of an output whose runtime reported none.
+const OCTET_STREAM: &str = "application/octet-stream";
+
+/// An attempt's failure that another attempt may fix: the warm worker serving it crashed.
+/// Returns the failure's message.
+fn retryable_failure(outcome: &Outcome) -> Option<&str> {
+    match outcome {
+        Outcome::Failed {
+            code: ErrorCode::WorkerCrashed,
+            message,
+        } => Some(message),
+        _ => None,
+    }
+}
+
+/// A cancellation's outcome, with the reason the canceller gave.
+fn cancelled_outcome(cancel_reason: &Mutex<Option<String>>) -> Outcome {
+    Outcome::Cancelled {
+        reason: cancel_reason.lock().clone().unwrap_or_default(),
+    }
 }
 
 fn non_empty_reason(reason: &str) -> String {
@@ -1164,7 +1179,7 @@ fn request_fingerprint(request: &ExecutionRequest) -> String {
     hasher.update([0]);
     hasher.update(request.function_name.as_bytes());
     hasher.update([0]);
-    hasher.update(&request.input);
+    hasher.update(&request.call.input);
     hex::encode(hasher.finalize())
 }
 
@@ -1177,53 +1192,9 @@ fn record_metadata(request: &ExecutionRequest) -> BTreeMap<String, String> {
     metadata
 }
 
-/// The guest's environment: task variables, then the call's, then spearlet's own (which win).
-fn guest_environment(
-    task: &LoadedTask,
-    record: &ExecutionRecord,
-    trace: &TraceContext,
-) -> Vec<(String, String)> {
-    let mut environment: BTreeMap<String, String> = task.config.environment.clone();
-    environment.extend(
-        record
-            .request
-            .environment
-            .iter()
-            .map(|(name, value)| (name.clone(), value.clone())),
-    );
-    for (name, value) in &record.request.headers {
-        environment.insert(format!("SPEAR_HEADER_{}", upper_snake(name)), value.clone());
-    }
-    environment.insert("SPEAR_EXECUTION_ID".into(), record.execution_id.clone());
-    environment.insert("SPEAR_TASK_ID".into(), task.record.task_id.clone());
-    environment.insert("SPEAR_FUNCTION_NAME".into(), record.function_name.clone());
-    environment.insert("SPEAR_SESSION_ID".into(), record.request.session_id.clone());
-    environment.insert("SPEAR_TRACEPARENT".into(), trace.traceparent());
-    environment.into_iter().collect()
-}
-
-/// `x-request-id` → `X_REQUEST_ID`.
-pub fn upper_snake(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn header_names_become_upper_snake() {
-        assert_eq!(upper_snake("x-request-id"), "X_REQUEST_ID");
-        assert_eq!(upper_snake("Content.Type"), "CONTENT_TYPE");
-    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -1,10 +1,16 @@
 //! The task registry: registered tasks with their loaded (compiled and linked) modules, and the
 //! artifact catalog that keeps artifact ids honest.
 //!
-//! Invariant: a task in the registry is always runnable: its artifact was fetched, verified,
-//! compiled and linked before it was inserted. Expensive work (fetch, compile) happens outside
-//! the registry lock and is single-flight per digest; the lock is held only to apply the
-//! naming and versioning rules and swap the entry.
+//! Registration is three steps: validate (names, artifact type, the configuration keys for that
+//! runtime — `TaskConfig::for_runtime` owns the per-runtime key rules), load (fetch, verify,
+//! compile or unpack; single-flight per digest, no lock held) and commit (the naming and
+//! versioning rules, the durable write, the swap).
+//!
+//! Invariants: a task in the registry is always runnable: its artifact was fetched, verified,
+//! compiled and linked before it was inserted. The state lock is held only to read the rules'
+//! inputs and to swap an entry — never across a fetch, a compile or a disk write, so resolving
+//! a task on the call path never waits for any of them. Commits and removals are serialised by
+//! an async lock of their own, and their SQLite writes run off the async workers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -19,19 +25,19 @@ use spearlet_artifact::ArtifactFetcher;
 use spearlet_core::ids::{random_id, validate_id, validate_task_name};
 use spearlet_core::task_config::configuration_keys;
 use spearlet_core::{
-    ArtifactRecord, ExecutionStatus, Isolation, PROCESS_DEFAULT_MEMORY_LIMIT_MB, ProcessMode,
-    SpearError, SpearResult, TaskConfig, TaskConfigDefaults, TaskRecord,
+    ArtifactRecord, ExecutionStatus, Isolation, ProcessMode, RuntimeKind, SpearError, SpearResult,
+    TaskConfig, TaskConfigDefaults, TaskRecord,
 };
 use spearlet_pool::{Dispatcher, InstanceFactory, PoolHandle};
 use spearlet_process::archive::{ProcessArtifactFormat, UnpackLimits, prepare_process_artifact};
 use spearlet_process::sandbox::{ProcessLimits, RunAs};
+use spearlet_process::task::ProcessTask;
+use spearlet_runtime::CallLimits;
 use spearlet_store::DurableStore;
-use spearlet_wasm::{EntryPoint, WasmEngine, WasmModule};
+use spearlet_wasm::{EntryPoint, WasmEngine, WasmModule, WasmTaskSettings};
 
 use crate::clock::unix_ms;
-use crate::instances::{
-    CallTarget, InstanceRuntime, ProcessInstanceFactory, ProcessTask, WasmInstanceFactory,
-};
+use crate::instances::{CallTarget, InstanceRuntime, ProcessInstanceFactory, WasmInstanceFactory};
 
 /// The artifact types this node runs (`binary` and `executable` are aliases of `process`).
 pub const SUPPORTED_ARTIFACT_TYPES: &[&str] = &["wasm", "process", "binary", "executable"];
@@ -49,7 +55,11 @@ pub struct ProcessRuntimeConfig {
 
 /// What runs a task's calls.
 pub enum TaskRuntime {
-    Wasm(WasmModule),
+    Wasm {
+        module: WasmModule,
+        /// The task's environment and preopened directories, shared by every instance.
+        settings: Arc<WasmTaskSettings>,
+    },
     Process(Arc<ProcessTask>),
 }
 
@@ -163,8 +173,8 @@ pub struct LoadedTask {
     pub runtime: TaskRuntime,
     /// The task's InstancePool; dropping the task (update or removal) retires it.
     pub pool: PoolHandle<InstanceRuntime>,
-    /// Preopened directories with host paths resolved under the allowed roots.
-    pub preopened_directories: Vec<(PathBuf, String)>,
+    /// The caps every call of this version runs under, from `config`.
+    pub call_limits: CallLimits,
     pub counters: Arc<TaskCounters>,
     /// Milliseconds spent fetching, verifying, compiling and linking when this version loaded.
     pub load_ms: f64,
@@ -174,7 +184,7 @@ impl LoadedTask {
     /// Resolves a call's `function_name` to what it runs, or an `InvalidArgument` naming it.
     pub fn resolve_call_target(&self, function_name: &str) -> SpearResult<CallTarget> {
         match &self.runtime {
-            TaskRuntime::Wasm(module) => {
+            TaskRuntime::Wasm { module, .. } => {
                 let entry_point = module.resolve_entry_point(function_name)?;
                 if entry_point == EntryPoint::Start
                     && self.config.pool.isolation == Isolation::Reuse
@@ -207,7 +217,7 @@ impl LoadedTask {
     /// What the task can be asked to run, for listings: wasm exports or the lambda handler.
     pub fn callable_functions(&self) -> Vec<String> {
         match &self.runtime {
-            TaskRuntime::Wasm(module) => module.exported_functions().to_vec(),
+            TaskRuntime::Wasm { module, .. } => module.exported_functions().to_vec(),
             TaskRuntime::Process(process) if process.settings.mode == ProcessMode::Lambda => {
                 vec![process.handler.clone()]
             }
@@ -236,6 +246,9 @@ pub struct TaskRegistry {
     defaults: TaskConfigDefaults,
     modules_by_digest: Mutex<HashMap<String, WasmModule>>,
     loads_in_flight: Mutex<HashMap<String, InFlightLoad>>,
+    /// Serialises commits and removals, so the rules decided under the read lock still hold
+    /// when the entry is swapped in, without holding the state lock across the disk write.
+    commits: tokio::sync::Mutex<()>,
 }
 
 impl TaskRegistry {
@@ -257,6 +270,7 @@ impl TaskRegistry {
             defaults,
             modules_by_digest: Mutex::new(HashMap::new()),
             loads_in_flight: Mutex::new(HashMap::new()),
+            commits: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -313,10 +327,6 @@ impl TaskRegistry {
         self.state.read().tasks_by_id.values().cloned().collect()
     }
 
-    pub fn task_count(&self) -> usize {
-        self.state.read().tasks_by_id.len()
-    }
-
     /// Distinct artifact contents currently loaded.
     pub fn artifact_count(&self) -> usize {
         let state = self.state.read();
@@ -328,20 +338,37 @@ impl TaskRegistry {
         digests.len()
     }
 
-    /// Registers, updates or reuses the task named in `registration` (the NEW_TASK rules).
+    /// Registers, updates or reuses the task named in `registration` (the NEW_TASK rules), in
+    /// three steps: validate the request, load the artifact (fetch, verify, compile or unpack;
+    /// no lock held), then commit under the naming and versioning rules.
     pub async fn register(
         &self,
         registration: TaskRegistration,
     ) -> SpearResult<(Arc<LoadedTask>, RegistrationOutcome)> {
         let load_started = Instant::now();
+        let validated = self.validate(&registration)?;
+        let artifact = self
+            .fetcher
+            .fetch(&registration.location, &registration.checksum)
+            .await?;
+        let runtime = self
+            .load_runtime(&registration, &validated, &artifact.digest, artifact.bytes)
+            .await?;
+        let load_ms = load_started.elapsed().as_secs_f64() * 1000.0;
+        self.commit(registration, validated, artifact.digest, runtime, load_ms)
+            .await
+    }
+
+    /// Checks everything about a registration that needs no artifact: names, ids, the artifact
+    /// type and the configuration keys for that runtime.
+    fn validate(&self, registration: &TaskRegistration) -> SpearResult<ValidatedRegistration> {
         validate_task_name("task_name", &registration.task_name)?;
         if let Some(task_id) = &registration.requested_task_id {
             validate_id("task_id", task_id)?;
         }
-        let artifact_type = match registration.artifact_type.as_str() {
-            "" => "wasm",
-            "binary" | "executable" => "process",
-            supported if SUPPORTED_ARTIFACT_TYPES.contains(&supported) => supported,
+        let artifact_type: &'static str = match registration.artifact_type.as_str() {
+            "" | "wasm" => "wasm",
+            "process" | "binary" | "executable" => "process",
             other => {
                 return Err(SpearError::invalid_argument(format!(
                     "artifact_spec.artifact_type {other:?} is not supported; supported types: {}",
@@ -349,41 +376,22 @@ impl TaskRegistry {
                 )));
             }
         };
-        let is_process = artifact_type == "process";
+        let runtime_kind = if artifact_type == "process" {
+            RuntimeKind::Process
+        } else {
+            RuntimeKind::Wasm
+        };
+        let default_handler = if registration.function_name.is_empty() {
+            &registration.task_name
+        } else {
+            &registration.function_name
+        };
         let mut metadata = registration.metadata.clone();
-        check_keys_fit_the_runtime(&metadata, is_process)?;
-        if is_process {
-            let mode = metadata
-                .get("spearlet.process.mode")
-                .map_or("exec", String::as_str);
-            if mode == "lambda" && !metadata.contains_key("spearlet.process.handler") {
-                // The handler is part of the task's configuration: recorded with it, restored
-                // with it, compared on re-registration.
-                let handler = if registration.function_name.is_empty() {
-                    registration.task_name.clone()
-                } else {
-                    registration.function_name.clone()
-                };
-                metadata.insert("spearlet.process.handler".into(), handler);
-            }
-        }
-        let mut config = TaskConfig::from_metadata(&metadata, &self.defaults)?;
-        if is_process {
-            if !metadata.contains_key("spearlet.memory_limit_mb") {
-                config.memory_limit_mb = PROCESS_DEFAULT_MEMORY_LIMIT_MB;
-            }
-            if config.process.mode == ProcessMode::Lambda {
-                if config.pool.instance_capacity != 1 {
-                    return Err(SpearError::invalid_argument(format!(
-                        "artifact_spec.metadata[\"spearlet.pool.instance_capacity\"] = {} needs \
-                         spearlet.process.mode = exec: a lambda worker serves one invocation at a \
-                         time",
-                        config.pool.instance_capacity
-                    )));
-                }
-                config.pool.isolation = Isolation::Reuse;
-            }
-        } else if config.memory_limit_mb > self.engine.max_memory_limit_mb() {
+        let config =
+            TaskConfig::for_runtime(&mut metadata, runtime_kind, default_handler, &self.defaults)?;
+        if runtime_kind == RuntimeKind::Wasm
+            && config.memory_limit_mb > self.engine.max_memory_limit_mb()
+        {
             return Err(SpearError::invalid_argument(format!(
                 "artifact_spec.metadata[\"spearlet.memory_limit_mb\"] = {} exceeds the node's \
                  wasm.max_memory_limit_mb ({})",
@@ -393,150 +401,118 @@ impl TaskRegistry {
         }
         let preopened_directories = self.resolve_preopens(&config)?;
         let configuration_keys = configuration_keys(&metadata);
+        Ok(ValidatedRegistration {
+            artifact_type,
+            runtime_kind,
+            metadata,
+            config,
+            preopened_directories,
+            configuration_keys,
+        })
+    }
 
-        let artifact = self
-            .fetcher
-            .fetch(&registration.location, &registration.checksum)
-            .await?;
-        let runtime = if is_process {
-            TaskRuntime::Process(Arc::new(
-                self.prepare_process(&registration, &config, &artifact.digest, artifact.bytes)
+    /// Turns fetched, verified bytes into something runnable: a compiled and linked module, or
+    /// an unpacked process artifact.
+    async fn load_runtime(
+        &self,
+        registration: &TaskRegistration,
+        validated: &ValidatedRegistration,
+        digest: &str,
+        bytes: bytes::Bytes,
+    ) -> SpearResult<TaskRuntime> {
+        match validated.runtime_kind {
+            RuntimeKind::Process => Ok(TaskRuntime::Process(Arc::new(
+                self.prepare_process(registration, &validated.config, digest, bytes)
                     .await?,
-            ))
-        } else {
-            let module = self.load_module(&artifact.digest, artifact.bytes).await?;
-            if config.pool.isolation == Isolation::Reuse {
-                module.check_reusable()?;
+            ))),
+            RuntimeKind::Wasm => {
+                let module = self.load_module(digest, bytes).await?;
+                if validated.config.pool.isolation == Isolation::Reuse {
+                    module.check_reusable()?;
+                }
+                Ok(TaskRuntime::Wasm {
+                    module,
+                    settings: Arc::new(WasmTaskSettings {
+                        environment: validated.config.environment.clone(),
+                        preopened_directories: validated.preopened_directories.clone(),
+                    }),
+                })
             }
-            TaskRuntime::Wasm(module)
-        };
-        let load_ms = load_started.elapsed().as_secs_f64() * 1000.0;
+        }
+    }
 
+    /// Applies the naming and versioning rules to a loaded registration and, unless it changes
+    /// nothing, writes the task durably and installs it. One commit at a time; the state lock is
+    /// held only to read the rules' inputs and to swap the entry, never across the disk write,
+    /// which runs off the async workers.
+    async fn commit(
+        &self,
+        registration: TaskRegistration,
+        validated: ValidatedRegistration,
+        digest: String,
+        runtime: TaskRuntime,
+        load_ms: f64,
+    ) -> SpearResult<(Arc<LoadedTask>, RegistrationOutcome)> {
+        let _one_commit_at_a_time = self.commits.lock().await;
         let artifact_id = if registration.artifact_id.is_empty() {
-            format!("sha256:{}", artifact.digest)
+            format!("sha256:{digest}")
         } else {
             registration.artifact_id.clone()
         };
-        let artifact_record = ArtifactRecord {
-            artifact_id: artifact_id.clone(),
-            artifact_type: artifact_type.to_owned(),
-            location: registration.location.clone(),
-            version: registration.version.clone(),
-            checksum: registration.checksum.clone(),
-            metadata: metadata.clone(),
-            digest: artifact.digest.clone(),
+        let decision = {
+            let state = self.state.read();
+            check_artifact_catalog(&state, &artifact_id, &registration.version, &digest)?;
+            decide_registration(&state, &registration, &validated, &digest)?
         };
-
-        let mut state = self.state.write();
-        check_artifact_catalog(
-            &state,
-            &artifact_id,
-            &registration.version,
-            &artifact.digest,
-        )?;
-        let existing = state
-            .task_id_by_name
-            .get(&registration.task_name)
-            .and_then(|task_id| state.tasks_by_id.get(task_id))
-            .cloned();
+        let (task_id, created_at_ms, counters, outcome) = match decision {
+            RegistrationDecision::Unchanged(existing) => {
+                return Ok((existing, RegistrationOutcome::Unchanged));
+            }
+            RegistrationDecision::Install {
+                task_id,
+                created_at_ms,
+                counters,
+                outcome,
+            } => (task_id, created_at_ms, counters, outcome),
+        };
         let now = unix_ms();
-        let (task_record, counters, outcome) = match existing {
-            Some(existing) => {
-                if let Some(requested) = &registration.requested_task_id
-                    && requested != &existing.record.task_id
-                {
-                    return Err(SpearError::already_exists(format!(
-                        "task_name {:?} is already registered under task_id {:?}",
-                        registration.task_name, existing.record.task_id
-                    )));
-                }
-                let same_artifact = existing.record.artifact.digest == artifact.digest;
-                let same_config = existing.configuration_keys == configuration_keys;
-                if same_artifact && same_config {
-                    return Ok((existing, RegistrationOutcome::Unchanged));
-                }
-                let existing_version = &existing.record.artifact.version;
-                if !same_artifact {
-                    match compare_versions(&registration.version, existing_version) {
-                        std::cmp::Ordering::Greater => {}
-                        std::cmp::Ordering::Equal => {
-                            return Err(SpearError::already_exists(format!(
-                                "task {:?} already has artifact version {:?} with digest \
-                                 sha256:{}; different content (sha256:{}) needs a new \
-                                 artifact_spec.version",
-                                registration.task_name,
-                                existing_version,
-                                existing.record.artifact.digest,
-                                artifact.digest
-                            )));
-                        }
-                        std::cmp::Ordering::Less => {
-                            return Err(SpearError::failed_precondition(format!(
-                                "artifact_spec.version {:?} is older than the registered \
-                                 version {:?} of task {:?}",
-                                registration.version, existing_version, registration.task_name
-                            )));
-                        }
-                    }
-                }
-                let record = TaskRecord {
-                    task_id: existing.record.task_id.clone(),
-                    task_name: registration.task_name.clone(),
-                    description: registration.description.clone(),
-                    artifact: artifact_record,
-                    created_at_ms: existing.record.created_at_ms,
-                    updated_at_ms: now,
-                };
-                (
-                    record,
-                    existing.counters.clone(),
-                    RegistrationOutcome::Updated,
-                )
-            }
-            None => {
-                let task_id = match &registration.requested_task_id {
-                    Some(task_id) => {
-                        if state.tasks_by_id.contains_key(task_id) {
-                            return Err(SpearError::already_exists(format!(
-                                "task_id {task_id:?} is already used by another task"
-                            )));
-                        }
-                        task_id.clone()
-                    }
-                    None => random_id("task", rand::random()),
-                };
-                let (created_at_ms, updated_at_ms) =
-                    registration.restored_timestamps.unwrap_or((now, now));
-                let record = TaskRecord {
-                    task_id,
-                    task_name: registration.task_name.clone(),
-                    description: registration.description.clone(),
-                    artifact: artifact_record,
-                    created_at_ms,
-                    updated_at_ms,
-                };
-                (
-                    record,
-                    Arc::new(TaskCounters::default()),
-                    RegistrationOutcome::Created,
-                )
-            }
+        let updated_at_ms = match registration.restored_timestamps {
+            Some((_, updated_at_ms)) if outcome == RegistrationOutcome::Created => updated_at_ms,
+            _ => now,
         };
-        self.store.put_task(&task_record)?;
-        state
-            .artifact_versions
-            .entry(artifact_id)
-            .or_default()
-            .insert(registration.version.clone(), artifact.digest.clone());
+        let task_record = TaskRecord {
+            task_id,
+            task_name: registration.task_name.clone(),
+            description: registration.description.clone(),
+            artifact: ArtifactRecord {
+                artifact_id: artifact_id.clone(),
+                artifact_type: validated.artifact_type.to_owned(),
+                location: registration.location.clone(),
+                version: registration.version.clone(),
+                checksum: registration.checksum.clone(),
+                metadata: validated.metadata,
+                digest: digest.clone(),
+            },
+            created_at_ms: created_at_ms.unwrap_or(now),
+            updated_at_ms,
+        };
+        let store = self.store.clone();
+        let written = task_record.clone();
+        tokio::task::spawn_blocking(move || store.put_task(&written))
+            .await
+            .map_err(|error| {
+                SpearError::internal(format!("recording the task panicked: {error}"))
+            })??;
+
+        let config = validated.config;
         let factory: Arc<dyn InstanceFactory<InstanceRuntime>> = match &runtime {
-            TaskRuntime::Wasm(module) => Arc::new(WasmInstanceFactory::new(
+            TaskRuntime::Wasm { module, settings } => Arc::new(WasmInstanceFactory::new(
                 module.clone(),
                 &config,
-                preopened_directories.clone(),
+                settings.clone(),
             )),
             TaskRuntime::Process(process) => Arc::new(ProcessInstanceFactory {
                 task: process.clone(),
-                worker_environment: lambda_worker_environment(process, &config),
                 max_response_bytes: config.max_output_bytes,
                 max_log_bytes: config.max_log_bytes,
             }),
@@ -547,19 +523,31 @@ impl TaskRegistry {
         let task = Arc::new(LoadedTask {
             pool,
             runtime,
+            call_limits: CallLimits {
+                memory_limit_bytes: u64::from(config.memory_limit_mb) * 1024 * 1024,
+                max_output_bytes: config.max_output_bytes,
+                max_log_bytes: config.max_log_bytes,
+            },
             record: task_record,
             config,
-            configuration_keys,
-            preopened_directories,
+            configuration_keys: validated.configuration_keys,
             counters,
             load_ms,
         });
-        state
-            .task_id_by_name
-            .insert(task.record.task_name.clone(), task.record.task_id.clone());
-        state
-            .tasks_by_id
-            .insert(task.record.task_id.clone(), task.clone());
+        {
+            let mut state = self.state.write();
+            state
+                .artifact_versions
+                .entry(artifact_id)
+                .or_default()
+                .insert(registration.version.clone(), digest);
+            state
+                .task_id_by_name
+                .insert(task.record.task_name.clone(), task.record.task_id.clone());
+            state
+                .tasks_by_id
+                .insert(task.record.task_id.clone(), task.clone());
+        }
         tracing::info!(
             task_id = %task.record.task_id,
             task_name = %task.record.task_name,
@@ -605,8 +593,10 @@ impl TaskRegistry {
         restored
     }
 
-    /// Removes a task; returns it when it existed.
-    pub fn remove(&self, task_id: &str) -> SpearResult<Option<Arc<LoadedTask>>> {
+    /// Removes a task; returns it when it existed. The durable delete runs off the async
+    /// workers, with no registry lock held.
+    pub async fn remove(&self, task_id: &str) -> SpearResult<Option<Arc<LoadedTask>>> {
+        let _one_commit_at_a_time = self.commits.lock().await;
         let removed = {
             let mut state = self.state.write();
             let Some(task) = state.tasks_by_id.remove(task_id) else {
@@ -624,7 +614,13 @@ impl TaskRegistry {
             }
             task
         };
-        self.store.delete_task(task_id)?;
+        let store = self.store.clone();
+        let task_id = task_id.to_owned();
+        tokio::task::spawn_blocking(move || store.delete_task(&task_id))
+            .await
+            .map_err(|error| {
+                SpearError::internal(format!("deleting the task panicked: {error}"))
+            })??;
         Ok(Some(removed))
     }
 
@@ -698,6 +694,8 @@ impl TaskRegistry {
             root: prepared.root,
             entrypoint: prepared.entrypoint,
             settings: config.process.clone(),
+            environment: config.environment.clone(),
+            memory_limit_mb: config.memory_limit_mb,
             limits: ProcessLimits {
                 memory_limit_mb: config.memory_limit_mb,
                 max_pids: config.process.max_pids,
@@ -756,6 +754,105 @@ impl TaskRegistry {
     }
 }
 
+/// A registration whose request is valid, before its artifact is loaded.
+struct ValidatedRegistration {
+    artifact_type: &'static str,
+    runtime_kind: RuntimeKind,
+    /// The request's metadata plus what the runtime records (a lambda task's handler).
+    metadata: BTreeMap<String, String>,
+    config: TaskConfig,
+    preopened_directories: Vec<(PathBuf, String)>,
+    /// The `spearlet.*` keys, for comparing re-registrations.
+    configuration_keys: BTreeMap<String, String>,
+}
+
+/// What the naming and versioning rules decided for a loaded registration.
+enum RegistrationDecision {
+    /// The task already exists with the same artifact and configuration.
+    Unchanged(Arc<LoadedTask>),
+    /// Install the task under `task_id`: a new task, or a new version of an existing one
+    /// (which keeps its creation time and counters).
+    Install {
+        task_id: String,
+        created_at_ms: Option<i64>,
+        counters: Arc<TaskCounters>,
+        outcome: RegistrationOutcome,
+    },
+}
+
+/// The NEW_TASK rules: a new name creates a task; an existing name with the same artifact and
+/// configuration is unchanged; different content needs a newer version (the same version is
+/// ALREADY_EXISTS, an older one FAILED_PRECONDITION); a requested task id must match.
+fn decide_registration(
+    state: &RegistryState,
+    registration: &TaskRegistration,
+    validated: &ValidatedRegistration,
+    digest: &str,
+) -> SpearResult<RegistrationDecision> {
+    let existing = state
+        .task_id_by_name
+        .get(&registration.task_name)
+        .and_then(|task_id| state.tasks_by_id.get(task_id));
+    let Some(existing) = existing else {
+        let task_id = match &registration.requested_task_id {
+            Some(task_id) if state.tasks_by_id.contains_key(task_id) => {
+                return Err(SpearError::already_exists(format!(
+                    "task_id {task_id:?} is already used by another task"
+                )));
+            }
+            Some(task_id) => task_id.clone(),
+            None => random_id("task", rand::random()),
+        };
+        return Ok(RegistrationDecision::Install {
+            task_id,
+            created_at_ms: registration
+                .restored_timestamps
+                .map(|(created_at_ms, _)| created_at_ms),
+            counters: Arc::new(TaskCounters::default()),
+            outcome: RegistrationOutcome::Created,
+        });
+    };
+    if let Some(requested) = &registration.requested_task_id
+        && requested != &existing.record.task_id
+    {
+        return Err(SpearError::already_exists(format!(
+            "task_name {:?} is already registered under task_id {:?}",
+            registration.task_name, existing.record.task_id
+        )));
+    }
+    let same_artifact = existing.record.artifact.digest == digest;
+    let same_config = existing.configuration_keys == validated.configuration_keys;
+    if same_artifact && same_config {
+        return Ok(RegistrationDecision::Unchanged(existing.clone()));
+    }
+    let existing_version = &existing.record.artifact.version;
+    if !same_artifact {
+        match compare_versions(&registration.version, existing_version) {
+            std::cmp::Ordering::Greater => {}
+            std::cmp::Ordering::Equal => {
+                return Err(SpearError::already_exists(format!(
+                    "task {:?} already has artifact version {:?} with digest sha256:{}; \
+                     different content (sha256:{digest}) needs a new artifact_spec.version",
+                    registration.task_name, existing_version, existing.record.artifact.digest,
+                )));
+            }
+            std::cmp::Ordering::Less => {
+                return Err(SpearError::failed_precondition(format!(
+                    "artifact_spec.version {:?} is older than the registered version {:?} of \
+                     task {:?}",
+                    registration.version, existing_version, registration.task_name
+                )));
+            }
+        }
+    }
+    Ok(RegistrationDecision::Install {
+        task_id: existing.record.task_id.clone(),
+        created_at_ms: Some(existing.record.created_at_ms),
+        counters: existing.counters.clone(),
+        outcome: RegistrationOutcome::Updated,
+    })
+}
+
 fn check_artifact_catalog(
     state: &RegistryState,
     artifact_id: &str,
@@ -788,63 +885,6 @@ pub fn compare_versions(left: &str, right: &str) -> std::cmp::Ordering {
         (Some(left_parts), Some(right_parts)) => left_parts.cmp(&right_parts),
         _ => left.cmp(right),
     }
-}
-
-/// Process keys on a wasm task, or wasm-only keys on a process task, are mistakes: refuse them by
-/// name rather than ignore them.
-fn check_keys_fit_the_runtime(
-    metadata: &BTreeMap<String, String>,
-    is_process: bool,
-) -> SpearResult<()> {
-    for key in metadata.keys() {
-        let process_key = key.starts_with("spearlet.process.");
-        let wasm_only_key =
-            key == "spearlet.isolation" || key.starts_with("spearlet.wasi.preopen.");
-        if process_key && !is_process {
-            return Err(SpearError::invalid_argument(format!(
-                "artifact_spec.metadata[{key:?}] applies only to artifact_type process"
-            )));
-        }
-        if wasm_only_key && is_process {
-            return Err(SpearError::invalid_argument(format!(
-                "artifact_spec.metadata[{key:?}] applies only to wasm tasks; a process task \
-                 chooses per-call processes or warm workers with spearlet.process.mode"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// The environment of a lambda worker: the task's declared variables plus what the Runtime API
-/// clients expect (`AWS_LAMBDA_RUNTIME_API` is added when the worker starts).
-fn lambda_worker_environment(process: &ProcessTask, config: &TaskConfig) -> Vec<(String, String)> {
-    let mut environment: BTreeMap<String, String> = config.environment.clone();
-    let root = process.root.display().to_string();
-    for (name, value) in [
-        ("PATH", "/usr/local/bin:/usr/bin:/bin".to_owned()),
-        ("LANG", "C.UTF-8".to_owned()),
-        ("TZ", ":UTC".to_owned()),
-        ("LAMBDA_TASK_ROOT", root.clone()),
-        ("LAMBDA_RUNTIME_DIR", root),
-        ("_HANDLER", process.handler.clone()),
-        ("AWS_LAMBDA_FUNCTION_NAME", process.task_name.clone()),
-        ("AWS_LAMBDA_FUNCTION_VERSION", process.version.clone()),
-        (
-            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
-            config.memory_limit_mb.to_string(),
-        ),
-        (
-            "AWS_LAMBDA_LOG_GROUP_NAME",
-            format!("/spearlet/{}", process.task_name),
-        ),
-        ("AWS_LAMBDA_LOG_STREAM_NAME", process.task_name.clone()),
-        ("AWS_REGION", "spearlet".to_owned()),
-        ("AWS_DEFAULT_REGION", "spearlet".to_owned()),
-        ("AWS_EXECUTION_ENV", "spearlet".to_owned()),
-    ] {
-        environment.insert(name.to_owned(), value);
-    }
-    environment.into_iter().collect()
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures::Stream;
 use spearlet_core::{
     ExecutionMode, ExecutionRecord, ExecutionStatus, Priority, SpearError, SpearResult,
+    StoredRequest,
 };
 use spearlet_proto as proto;
 use spearlet_proto::function_service_server::FunctionService;
@@ -99,14 +100,17 @@ impl FunctionServiceHandler {
             task,
             function_name: request.function_name.clone(),
             target,
-            input,
+            call: StoredRequest {
+                input,
+                session_id: context.session_id.clone(),
+                environment: wire::to_btree(&context.environment),
+                headers: wire::to_btree(&context.headers),
+                requested_timeout_ms: context.timeout_ms,
+                // Negative means none; the manager caps it by the node's limit.
+                max_retries: u32::try_from(context.max_retries).unwrap_or(0),
+            },
             result_encoding,
             execution_id,
-            session_id: context.session_id.clone(),
-            environment: wire::to_btree(&context.environment),
-            headers: wire::to_btree(&context.headers),
-            requested_timeout_ms: context.timeout_ms,
-            requested_max_retries: context.max_retries,
             mode,
             metadata: wire::to_btree(&request.invocation_metadata),
             priority,
@@ -183,7 +187,7 @@ impl FunctionServiceHandler {
                 &request,
                 ExecutionMode::Stream,
                 Some(StreamSink {
-                    started: started_sender,
+                    started: Some(started_sender),
                     chunks: chunk_sender,
                 }),
                 traceparent,
@@ -636,7 +640,7 @@ impl FunctionServiceHandler {
                 .cancel(execution_id, "the task was deleted")
                 .await;
         }
-        self.node.registry.remove(&task_id)?;
+        self.node.registry.remove(&task_id).await?;
         let cleaned_executions = if request.cleanup_executions {
             self.node
                 .manager

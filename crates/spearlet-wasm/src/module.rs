@@ -2,7 +2,9 @@
 //! a call (WASI context, store, deadline race, outcome) that reuse isolation shares.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use spearlet_core::{ErrorCode, Outcome, SpearError, SpearResult};

@@ -15,7 +15,9 @@
 //! it is refused without running guest code.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use spearlet_core::{SpearError, SpearResult};

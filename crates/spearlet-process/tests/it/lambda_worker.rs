@@ -53,11 +53,7 @@ fn python3() -> PathBuf {
 
 fn worker_task(directory: &std::path::Path) -> ProcessTask {
     let program = directory.join("worker");
-    std::fs::write(
-        &program,
-        format!("#!{}\n{WORKER}", python3().display()),
-    )
-    .unwrap();
+    std::fs::write(&program, format!("#!{}\n{WORKER}", python3().display())).unwrap();
     std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
     let workdirs = directory.join("workdirs");
     std::fs::create_dir_all(&workdirs).unwrap();

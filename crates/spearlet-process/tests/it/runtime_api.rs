@@ -369,7 +369,7 @@ async fn start_server_with_invocation_handed_out(
 }
 
 /// The tests sit in a module named after the server, so `cargo test runtime_api` selects them.
-mod runtime_api {
+mod served_to_one_worker {
     use super::*;
 
     #[tokio::test]
