@@ -2,7 +2,7 @@
 //! on the official `lambda_runtime` crate) as warm workers and is called over gRPC; and, when the
 //! `awslambdaric` Python client is installed, a Python function the same way.
 
-#[path = "../../../crates/spearlet-server/tests/support/mod.rs"]
+#[path = "../../../crates/spearlet-server/tests/it/support/mod.rs"]
 mod support;
 
 use std::path::Path;
