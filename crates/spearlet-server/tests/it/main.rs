@@ -1,6 +1,5 @@
 //! The node's integration tests, one test binary: each module starts a real node on 127.0.0.1:0 and talks gRPC or HTTP to it.
 
-mod support;
 mod grpc;
 mod grpcurl;
 mod http;
@@ -8,4 +7,6 @@ mod lifecycle;
 mod metrics;
 mod pools;
 mod process;
+mod retention;
 mod security;
+mod support;
