@@ -9,4 +9,5 @@ mod pools;
 mod process;
 mod retention;
 mod security;
+mod sse;
 mod support;
