@@ -9,6 +9,7 @@ mod metrics;
 mod pools;
 mod process;
 mod retention;
+mod scheduling;
 mod security;
 mod sse;
 mod support;
