@@ -11,5 +11,6 @@ mod process;
 mod retention;
 mod scheduling;
 mod security;
+mod shutdown;
 mod sse;
 mod support;
