@@ -26,7 +26,8 @@
 //! write, so queue order equals index order. The writer thread drains up to `max_batch`
 //! operations, applies them in one transaction, commits (one fsync), answers the callers of
 //! [`DurableStore::put_execution_durable`] and [`DurableStore::flush`], and drops the committed
-//! versions from the unflushed map. Retention runs on the same thread between batches.
+//! versions from the unflushed map. Retention runs on the same thread between batches and on a
+//! timer while no write arrives.
 //!
 //! Architecture invariants:
 //! - Only the writer thread writes executions; task writes are rare and synchronous on a second
@@ -63,11 +64,13 @@ pub struct DurableStoreConfig {
     pub path: PathBuf,
     /// Beyond this many executions, the oldest terminal ones are deleted. Pending and running
     /// executions are never deleted, so the store can hold more while they are outstanding.
-    /// Enforced between batches, so the count can briefly exceed it by about a thousand.
+    /// Enforced between batches, at most about once a second (and a second after the last write
+    /// when the store then goes idle), so the count can briefly exceed it by about a thousand.
     pub max_execution_records: usize,
     /// Terminal executions that completed longer ago than this are deleted. `None` keeps them
-    /// until `max_execution_records` pushes them out. Enforced after writes and at open: an idle
-    /// store keeps expired records until its next write.
+    /// until `max_execution_records` pushes them out. Enforced after writes, at open, and on a
+    /// timer while the store is idle (every tenth of the TTL, at least every second), so an idle
+    /// store drops an expired record within about a tenth of the TTL (or a second) of its expiry.
     pub execution_ttl: Option<Duration>,
     /// How many writes may wait for the writer thread. When full, `put_execution` waits for a
     /// slot: backpressure instead of unbounded memory when the disk cannot keep up. Each queued

@@ -3,7 +3,9 @@
 //! It takes one operation from the bounded queue, drains up to `max_batch - 1` more without
 //! waiting, applies them all in one transaction and commits once (group commit: one fsync for
 //! the whole batch). Only then does it answer the callers waiting for durability and drop the
-//! committed versions from the index's unflushed map. Retention runs here too, between batches.
+//! committed versions from the index's unflushed map. Retention runs here too, between batches,
+//! and on a timer while the queue is idle (after a burst of writes, and every so often when a TTL
+//! is set), so an idle store never waits for its next write to drop what it no longer keeps.
 //!
 //! When a commit fails, the callers waiting on that batch get the error, and the batch's writes
 //! are retried (with backoff) in front of the next batch, so a flush that later succeeds still
@@ -11,6 +13,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,6 +39,12 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(1);
 /// ...or once this many records were written since, whichever comes first. Between runs the
 /// store may hold this many records beyond `max_execution_records`.
 const RETENTION_EVERY_RECORDS: u64 = 1024;
+/// With a TTL set, an idle writer wakes to run retention this long after the last run at the
+/// earliest, so an idle store wakes about once a second at most...
+const MINIMUM_IDLE_RETENTION_INTERVAL: Duration = Duration::from_secs(1);
+/// ...or after this fraction of the TTL, whichever is longer: a record outlives its TTL by at
+/// most about a tenth of it (or a second) on an idle store, and a long TTL costs few wake-ups.
+const IDLE_RETENTION_INTERVALS_PER_TTL: u32 = 10;
 
 /// The first pause before retrying a failed batch; it doubles up to [`MAXIMUM_RETRY_BACKOFF`].
 const INITIAL_RETRY_BACKOFF: Duration = Duration::from_millis(10);
@@ -229,7 +238,10 @@ impl Writer {
 
     /// Runs until the store is dropped (the queue closes), committing everything queued.
     pub(crate) fn run(mut self) {
-        while let Some(batch) = self.next_batch() {
+        // Wakes this thread when an operation is queued while it waits with a time limit for
+        // the idle retention timer. Made once: the thread never changes.
+        let queue_waker = Waker::from(Arc::new(UnparkThread(thread::current())));
+        while let Some(batch) = self.next_batch(&queue_waker) {
             self.commit_batch(batch);
             let retention_due = self.last_retention.elapsed() >= RETENTION_INTERVAL
                 || self.records_since_retention >= RETENTION_EVERY_RECORDS;
@@ -241,10 +253,11 @@ impl Writer {
 
     /// Waits for work and returns the next batch: the writes to retry first, then whatever is
     /// queued, up to `max_batch` operations. Returns `None` when the queue is closed and drained.
-    fn next_batch(&mut self) -> Option<Vec<WriteOperation>> {
+    /// While it waits for the first operation, the idle retention timer may run retention.
+    fn next_batch(&mut self, queue_waker: &Waker) -> Option<Vec<WriteOperation>> {
         let mut batch = std::mem::take(&mut self.retry);
         if batch.is_empty() {
-            batch.push(self.receiver.blocking_recv()?);
+            batch.push(self.next_operation_running_idle_retention(queue_waker)?);
         } else {
             if self.channel_closed {
                 if self.retries_after_close >= RETRIES_AFTER_CLOSE {
@@ -279,6 +292,59 @@ impl Writer {
             self.drain_into(&mut batch);
         }
         Some(batch)
+    }
+
+    /// Waits for the next queued operation; `None` when the queue is closed. Retention is due
+    /// again while the queue is idle in two cases, and the wait ends then to run it:
+    /// - records were written since the last run, which was too recent to run again after their
+    ///   commit: retention runs once [`RETENTION_INTERVAL`] after the last run, so a burst that
+    ///   overshot `max_execution_records` is trimmed without waiting for the next write;
+    /// - a TTL is set: records expire with time and not only with writes, so retention runs every
+    ///   [`idle_retention_interval`].
+    ///
+    /// Otherwise nothing can be due before a write arrives, and the thread sleeps until one does.
+    fn next_operation_running_idle_retention(
+        &mut self,
+        queue_waker: &Waker,
+    ) -> Option<WriteOperation> {
+        let mut context = Context::from_waker(queue_waker);
+        loop {
+            let Some(retention_deadline) = self.idle_retention_deadline() else {
+                return self.receiver.blocking_recv();
+            };
+            // Polling registers the waker, so a send after a `Pending` unparks the park below.
+            if let Poll::Ready(operation) = self.receiver.poll_recv(&mut context) {
+                return operation;
+            }
+            let now = Instant::now();
+            if now < retention_deadline {
+                // A spurious or early unpark only leads to another poll.
+                thread::park_timeout(retention_deadline - now);
+                continue;
+            }
+            // Retention resets `last_retention` and `records_since_retention`, so the next
+            // deadline is a TTL interval away (or none), whether or not this run deleted
+            // anything. When nothing is due, the run is one scan of the oldest summaries under
+            // the index lock and touches no file.
+            if let Err(error) = self.apply_retention() {
+                tracing::warn!(%error, "idle store retention failed; it runs again later");
+            }
+        }
+    }
+
+    /// When an idle writer must run retention next, or `None` when nothing can be due before
+    /// the next write (no TTL, and nothing written since the last run).
+    fn idle_retention_deadline(&self) -> Option<Instant> {
+        let after_writes =
+            (self.records_since_retention > 0).then(|| self.last_retention + RETENTION_INTERVAL);
+        let after_expiry = self
+            .retention
+            .execution_ttl
+            .map(|ttl| self.last_retention + idle_retention_interval(ttl));
+        match (after_writes, after_expiry) {
+            (Some(after_writes), Some(after_expiry)) => Some(after_writes.min(after_expiry)),
+            (after_writes, after_expiry) => after_writes.or(after_expiry),
+        }
     }
 
     /// Moves queued operations into `batch` without waiting, up to `max_batch`.
@@ -402,6 +468,26 @@ impl Writer {
             .records_deleted_by_retention
             .fetch_add(victims.len() as u64, Ordering::Relaxed);
         Ok(victims.len())
+    }
+}
+
+/// How long an idle writer waits between retention runs for a store with this TTL: a tenth of
+/// the TTL, and at least [`MINIMUM_IDLE_RETENTION_INTERVAL`].
+fn idle_retention_interval(execution_ttl: Duration) -> Duration {
+    (execution_ttl / IDLE_RETENTION_INTERVALS_PER_TTL).max(MINIMUM_IDLE_RETENTION_INTERVAL)
+}
+
+/// A waker that unparks one thread: the writer's way to sleep on the queue with a time limit,
+/// which tokio's `blocking_recv` has no form of.
+struct UnparkThread(thread::Thread);
+
+impl Wake for UnparkThread {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
     }
 }
 

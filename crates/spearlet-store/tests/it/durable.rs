@@ -541,6 +541,70 @@ async fn retention_deletes_terminal_records_older_than_the_ttl() {
     assert_eq!(recovered.unfinished_executions.len(), 1);
 }
 
+/// Records expire with time, not with writes: an idle store (one write, then none) drops a
+/// record past its TTL on its own, by the writer's idle retention timer.
+#[tokio::test]
+async fn an_idle_store_drops_records_past_the_ttl_without_another_write() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut expiring = config(directory.path());
+    expiring.execution_ttl = Some(Duration::from_secs(1));
+    let (store, _) = open(expiring);
+    let now_us = unix_now_us();
+    store
+        .put_execution(ExecutionRecord {
+            submitted_at_ms: now_us / 1000,
+            completed_at_us: Some(now_us),
+            ..record(1, "t", ExecutionStatus::Completed)
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.execution_count().unwrap(), 1);
+    store.flush().await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store.execution_count().unwrap() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the expired record is still stored 15 s after its write on an idle store"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(store.execution("exec-00000001").unwrap().is_none());
+    assert_eq!(store.write_stats().records_deleted_by_retention, 1);
+}
+
+/// A burst that overshoots `max_execution_records` right after a retention run is trimmed by
+/// the writer on its own once the store is idle, not left over the limit until the next write.
+#[tokio::test]
+async fn an_idle_store_trims_a_burst_beyond_the_record_limit_without_another_write() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut limited = config(directory.path());
+    limited.max_execution_records = 2;
+    let (store, _) = open(limited);
+    for sequence in 1..=5 {
+        store
+            .put_execution(record(sequence, "t", ExecutionStatus::Completed))
+            .await
+            .unwrap();
+    }
+    store.flush().await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store.execution_count().unwrap() > 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the store still holds {} records 15 s after the burst",
+            store.execution_count().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut remaining = Vec::new();
+    store
+        .visit_executions(&mut |visited| remaining.push(visited.sequence))
+        .unwrap();
+    assert_eq!(remaining, vec![4, 5], "the newest two are kept");
+}
+
 #[tokio::test]
 async fn deleting_a_task_history_is_durable() {
     let directory = tempfile::tempdir().unwrap();
