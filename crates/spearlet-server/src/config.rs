@@ -25,7 +25,8 @@ pub struct NodeConfig {
     /// Allow listening on a non-loopback address with neither `[auth]` tokens nor `[tls]`.
     /// Without it the node refuses to start in that setup.
     pub insecure: bool,
-    /// Where caches and (later) durable records live. Default `./spearlet-data`.
+    /// Where the artifact and compiled-module caches, unpacked process artifacts and the
+    /// SQLite record store (`spearlet.db`) live. Default `./spearlet-data`.
     pub data_dir: PathBuf,
     /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
     pub log_level: String,

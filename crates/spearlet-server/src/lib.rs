@@ -1,10 +1,12 @@
-//! The spearlet node: configuration, the task registry, the TaskExecutionManager and the gRPC
-//! `spearlet.FunctionService`.
+//! The spearlet node: configuration, the task registry, the TaskExecutionManager, the gRPC
+//! `spearlet.FunctionService` and the HTTP/JSON gateway in front of the same handler, with
+//! authentication, TLS, health, statistics and metrics.
 //!
 //! Architecture invariants:
 //! - The request path reads top-down: `service` decodes → `registry` resolves the task →
 //!   `manager` takes an instance of the task's pool (`spearlet-pool`) and runs the call on it
-//!   (`instances`) → `wire` encodes. No hop calls back up.
+//!   (`instances`, through the runtime crates) → `wire` encodes. No module on that path imports
+//!   one above it (the manager imports neither `service` nor `node`).
 //! - `errors` is the only place that turns a `SpearError` into a wire status.
 //! - Guest failures are records with a status, never transport errors.
 //! - Configuration is assembled once (`config`) and passed down; nothing reads the environment

@@ -295,8 +295,8 @@ impl TaskExecutionManager {
         }
         let is_async = request.mode == ExecutionMode::Async;
         // A sync or stream call takes its place in the queue now, so a full queue refuses it
-        // before anything is recorded; an async execution waits in its own durable queue and
-        // enters the dispatcher's when it runs.
+        // before anything is recorded; an async execution (bounded by max_async_pending) is
+        // spawned at once and enters the dispatcher's queue when it asks for an instance.
         let ticket = if is_async {
             let pending = self.async_pending.load(Ordering::Relaxed);
             let limit = self.config.max_async_pending;

@@ -78,7 +78,8 @@ impl FunctionServiceHandler {
         Ok(final_response(&record))
     }
 
-    /// Everything before an execution exists: input, task, export. Every refusal happens here.
+    /// Everything before an execution exists: input, task, export. Refusals that need no live
+    /// state happen here; idempotency and capacity are the manager's admission.
     async fn execution_request(
         &self,
         request: &proto::InvokeFunctionRequest,
