@@ -220,11 +220,12 @@ pub fn running_under_ci() -> bool {
 /// returns. Use it as `return missing_prerequisite(..)`.
 ///
 /// The test is named by its thread, which libtest names after the test.
+#[track_caller]
 pub fn missing_prerequisite(what: &str, how_to_get_it: &str) {
     let current_thread = std::thread::current();
     let test = current_thread.name().unwrap_or("this test");
     if running_under_ci() {
-        panic!("{test}: {what} is missing under CI=true ({how_to_get_it}); .ci/run installs it");
+        panic!("{test}: {what} is missing under CI=true ({how_to_get_it})");
     }
     let mut stderr = std::io::stderr().lock();
     let _ = writeln!(
