@@ -17,9 +17,11 @@ use crate::registry::LoadedTask;
 const DEGRADED_QUEUE_RATIO: f64 = 0.8;
 const MOST_ACTIVE_TASKS: usize = 5;
 
-/// Whether the node should receive traffic: it is not shutting down (a degraded node still
-/// serves). Drives `/readyz` and `grpc.health.v1.Health`. The record store exposes no failure
-/// state to consult, so a failing disk does not show here (its writes are retried).
+/// Whether the node should receive traffic: it is not shutting down. Drives `/readyz` and
+/// `grpc.health.v1.Health`. A degraded node still serves, and so does one whose record store
+/// cannot commit (GetHealth says "unhealthy"): sync calls still run (their records wait in
+/// memory and are retried), only async submissions are refused, so taking the node out of
+/// rotation would refuse more than the failure does.
 pub fn is_ready(node: &Node) -> bool {
     !node.manager.is_shutting_down()
 }
@@ -32,16 +34,24 @@ pub fn health(node: &Node, include_details: bool) -> SpearResult<proto::GetHealt
         .dispatcher()
         .snapshot()
         .instance_failures_last_minute;
-    let (status, message) = match manager.store().execution_count() {
-        Err(error) => (
+    // Worst first: a store that cannot commit loses durability for every async call (they are
+    // refused), failing instances and a filling queue only slow calls down.
+    let (status, message) = match manager.store().write_failure() {
+        Some(failure) => (
             "unhealthy",
-            format!("the record store is unavailable: {error}"),
+            format!(
+                "the record store cannot commit: {} commits in a row failed over the last {} s \
+                 (writes are kept in memory and retried; async calls are refused): {}",
+                failure.consecutive_failed_commits,
+                (unix_ms() - failure.failing_since_unix_ms).max(0) / 1000,
+                failure.error
+            ),
         ),
-        Ok(_) if instance_failures > 0 => (
+        None if instance_failures > 0 => (
             "degraded",
             format!("{instance_failures} instances failed in the last minute"),
         ),
-        Ok(_) if queue_ratio > DEGRADED_QUEUE_RATIO => (
+        None if queue_ratio > DEGRADED_QUEUE_RATIO => (
             "degraded",
             format!(
                 "the execution queue is {:.0}% full ({queued} of {})",
@@ -49,7 +59,7 @@ pub fn health(node: &Node, include_details: bool) -> SpearResult<proto::GetHealt
                 manager.max_queue_length()
             ),
         ),
-        Ok(_) => ("healthy", "serving".to_owned()),
+        None => ("healthy", "serving".to_owned()),
     };
     let details = include_details.then(|| {
         let tasks = node.registry.all();
@@ -73,12 +83,18 @@ pub fn health(node: &Node, include_details: bool) -> SpearResult<proto::GetHealt
 fn system_info(node: &Node) -> HashMap<String, String> {
     [
         ("version", env!("CARGO_PKG_VERSION").to_owned()),
-        ("runtimes", "wasm,process".to_owned()),
+        ("runtimes", available_runtimes().to_owned()),
         (
             "process_limits",
             spearlet_process::sandbox::detect_enforcement().description,
         ),
-        ("wasm_engine", "wasmtime 48".to_owned()),
+        (
+            "wasm_engine",
+            match spearlet_wasm::WASMTIME_VERSION {
+                Some(version) => format!("wasmtime {version}"),
+                None => "wasmtime (version not recorded at build time)".to_owned(),
+            },
+        ),
         ("cpu_count", node.observer.cpu_count().to_string()),
         ("os", std::env::consts::OS.to_owned()),
         ("arch", std::env::consts::ARCH.to_owned()),
@@ -90,6 +106,14 @@ fn system_info(node: &Node) -> HashMap<String, String> {
     .into_iter()
     .map(|(key, value)| (key.to_owned(), value))
     .collect()
+}
+
+/// The runtimes this node can run tasks on, comma-separated. wasm always: wasmtime runs in the
+/// node's process. process too: the process runtime needs only `clone` and `exec`, which every
+/// Linux node (the only platform spearlet builds for) has; what differs between nodes is which
+/// limits it can enforce, reported separately as `process_limits`.
+fn available_runtimes() -> &'static str {
+    "wasm,process"
 }
 
 /// A task with at least one pending or running execution.

@@ -18,7 +18,9 @@
 mod durable;
 mod memory;
 
-pub use durable::{DurableStore, DurableStoreConfig, Recovered, WriteDistributions, WriteStats};
+pub use durable::{
+    DurableStore, DurableStoreConfig, Recovered, StoreFailure, WriteDistributions, WriteStats,
+};
 pub use memory::MemoryStore;
 
 use spearlet_core::{ExecutionRecord, ExecutionStatus, SpearResult, TaskRecord};

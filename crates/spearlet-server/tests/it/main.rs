@@ -3,6 +3,7 @@
 mod gateway_transport;
 mod grpc;
 mod grpcurl;
+mod health;
 mod http;
 mod lifecycle;
 mod metrics;

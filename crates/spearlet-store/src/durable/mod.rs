@@ -139,6 +139,20 @@ pub struct WriteStats {
     pub queue_depth: usize,
 }
 
+/// Why the writer thread cannot commit right now: set when a batch's commit fails, cleared when a
+/// commit succeeds again (the failed batch's writes are retried until one does). While it is set,
+/// durable puts, flushes and task history deletions return errors, and queued writes wait in
+/// memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreFailure {
+    /// The error of the most recent failed commit, as SQLite reported it.
+    pub error: String,
+    /// When the first commit of this run of failures failed, in Unix milliseconds.
+    pub failing_since_unix_ms: i64,
+    /// How many commits have failed in a row.
+    pub consecutive_failed_commits: u64,
+}
+
 /// Distributions of the writer thread's committed batches, for metrics: one observation per
 /// batch, from the same measurements as [`WriteStats`].
 #[derive(Clone, Debug, PartialEq)]
@@ -197,6 +211,7 @@ impl DurableStore {
         let shared = Arc::new(SharedState {
             index: RwLock::new(ExecutionIndex::from_summaries(loaded.summaries)),
             counters: WriteCounters::default(),
+            write_failure: Mutex::new(None),
         });
         let (operation_sender, operation_receiver) = mpsc::channel(config.write_queue_capacity);
         let mut writer = Writer::new(
@@ -374,6 +389,11 @@ impl DurableStore {
             sender.max_capacity().saturating_sub(sender.capacity())
         });
         self.shared.counters.snapshot(queue_depth)
+    }
+
+    /// The writer's current failure: `Some` from a failed commit until a commit succeeds.
+    pub fn write_failure(&self) -> Option<StoreFailure> {
+        self.shared.write_failure.lock().clone()
     }
 
     /// The commit latency and batch size histograms of the writer. Lock-free.

@@ -9,7 +9,8 @@
 //!
 //! When a commit fails, the callers waiting on that batch get the error, and the batch's writes
 //! are retried (with backoff) in front of the next batch, so a flush that later succeeds still
-//! means "everything queued before me is on disk".
+//! means "everything queued before me is on disk". Until a commit succeeds again the failure is
+//! kept in [`SharedState::write_failure`], for the node's health.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,15 +19,15 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use foldhash::{HashMap, HashMapExt};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use rusqlite::{Connection, TransactionBehavior};
 use spearlet_core::histogram::{DURATION_SECONDS_BOUNDS, Histogram};
 use spearlet_core::{ExecutionRecord, SpearError, SpearResult};
 use tokio::sync::{mpsc, oneshot};
 
-use super::WriteStats;
 use super::index::{ExecutionIndex, summary_of};
 use super::schema;
+use super::{StoreFailure, WriteStats};
 
 /// How long a batch that nobody waits on may gather more writes before it commits.
 const COALESCE_WINDOW: Duration = Duration::from_millis(5);
@@ -91,6 +92,34 @@ pub(crate) enum WriteKind {
 pub(crate) struct SharedState {
     pub index: RwLock<ExecutionIndex>,
     pub counters: WriteCounters,
+    /// Set by the writer when a batch's commit fails, cleared by the next commit that succeeds.
+    pub write_failure: Mutex<Option<StoreFailure>>,
+}
+
+impl SharedState {
+    /// Keeps the failing since-time of an ongoing failure and replaces its error with the newest.
+    fn record_commit_failure(&self, error: &rusqlite::Error) {
+        let mut write_failure = self.write_failure.lock();
+        let failure = write_failure.get_or_insert_with(|| StoreFailure {
+            error: String::new(),
+            failing_since_unix_ms: unix_now_us() / 1000,
+            consecutive_failed_commits: 0,
+        });
+        failure.error = error.to_string();
+        failure.consecutive_failed_commits += 1;
+    }
+
+    /// Ends an ongoing failure, if there is one: a commit just succeeded.
+    fn record_commit_success(&self) {
+        let mut write_failure = self.write_failure.lock();
+        if let Some(failure) = write_failure.take() {
+            tracing::info!(
+                failed_commits = failure.consecutive_failed_commits,
+                "the store commits again after failing since {} (Unix ms)",
+                failure.failing_since_unix_ms
+            );
+        }
+    }
 }
 
 /// Lock-free write statistics. Each counter is updated on its own, so a snapshot taken while a
@@ -374,6 +403,7 @@ impl Writer {
             }
         };
         self.retry_backoff = INITIAL_RETRY_BACKOFF;
+        self.shared.record_commit_success();
         self.shared
             .counters
             .record_commit(&report, commit_latency_us);
@@ -416,6 +446,7 @@ impl Writer {
             .counters
             .failed_batches
             .fetch_add(1, Ordering::Relaxed);
+        self.shared.record_commit_failure(error);
         tracing::error!(%error, operations = batch.len(), "committing a store batch failed; retrying");
         let failure = SpearError::internal(format!(
             "committing a batch of {} store operations failed (the writes are retried): {error}",
@@ -633,6 +664,7 @@ mod tests {
         let shared = Arc::new(SharedState {
             index: RwLock::new(ExecutionIndex::default()),
             counters: WriteCounters::default(),
+            write_failure: Mutex::new(None),
         });
         let (sender, receiver) = mpsc::channel(16);
         let writer = Writer::new(
@@ -660,6 +692,14 @@ mod tests {
         assert_eq!(error.kind, ErrorKind::Internal);
         assert!(error.message.contains("retried"), "{error}");
         assert!(shared.index.read().unflushed_record("exec-1").is_some());
+        let failure = shared
+            .write_failure
+            .lock()
+            .clone()
+            .expect("a failed commit is kept as the store's failure");
+        assert!(failure.error.contains("locked"), "{failure:?}");
+        assert!(failure.consecutive_failed_commits >= 1);
+        assert!(failure.failing_since_unix_ms > 0);
 
         blocker.execute_batch("ROLLBACK").unwrap();
         let (waiter, committed) = oneshot::channel();
@@ -671,6 +711,11 @@ mod tests {
             .unwrap();
         committed.blocking_recv().unwrap().unwrap();
         assert!(shared.index.read().unflushed_record("exec-1").is_none());
+        assert_eq!(
+            *shared.write_failure.lock(),
+            None,
+            "a successful commit clears the failure"
+        );
         let rows: i64 = blocker
             .query_row("SELECT count(*) FROM executions", [], |row| row.get(0))
             .unwrap();
