@@ -268,6 +268,11 @@ impl TaskExecutionManager {
             self.live.lock().remove(&record.execution_id);
             if is_async {
                 self.async_pending.fetch_sub(1, Ordering::Relaxed);
+                // The client hears "failed": the record the writer keeps retrying must not
+                // come back as a PENDING execution that runs after all (or after a restart).
+                if let Err(withdraw_error) = self.store.withdraw_execution(&record).await {
+                    tracing::error!(execution_id = %record.execution_id, "withdrawing an unrecorded acceptance failed: {withdraw_error}");
+                }
             }
             return Err(error);
         }

@@ -50,8 +50,9 @@ fn async_echo(execution_id: &str) -> proto::InvokeFunctionRequest {
 /// While another connection holds the SQLite file's write lock, the store's commits fail (after
 /// its busy timeout): an async call, whose PENDING record must be on disk before it is
 /// acknowledged, is refused with an error naming the store; GetHealth says "unhealthy" and why;
-/// sync calls are still served. Once the lock is released, health returns to "healthy" and what
-/// was acknowledged before is still there.
+/// sync calls are still served. Once the lock is released, health returns to "healthy", what
+/// was acknowledged before is still there, and the refused acceptance is nowhere (its id can be
+/// used again).
 #[tokio::test]
 async fn health_is_unhealthy_while_the_store_cannot_commit() {
     let mut node = start_node().await;
@@ -110,6 +111,30 @@ async fn health_is_unhealthy_while_the_store_cannot_commit() {
         acknowledged.result.unwrap().status,
         proto::ExecutionStatus::Completed as i32
     );
+    // The refused acceptance left nothing behind: not in the node's answers, not on disk
+    // (where a restart would have resumed it), and its id is free to be submitted again.
+    let unknown = status_of(&mut node, "submitted-while-locked").await;
+    assert!(!unknown.found, "{unknown:?}");
+    let database = rusqlite::Connection::open(node.data_dir.path().join("spearlet.db")).unwrap();
+    let rows: i64 = database
+        .query_row(
+            "SELECT COUNT(*) FROM executions WHERE execution_id = 'submitted-while-locked'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 0, "the refused acceptance is not on disk");
+    drop(database);
+    node.client
+        .invoke_function(async_echo("submitted-while-locked"))
+        .await
+        .unwrap();
+    wait_for_status(
+        &mut node,
+        "submitted-while-locked",
+        proto::ExecutionStatus::Completed,
+    )
+    .await;
     // Async calls are accepted again.
     node.client
         .invoke_function(async_echo("submitted-after-the-lock"))

@@ -152,6 +152,17 @@ impl ExecutionIndex {
         }
     }
 
+    /// Forgets one execution: its summary, its id and any queued version. Returns whether it was
+    /// known.
+    pub(crate) fn remove_execution(&mut self, execution_id: &str) -> bool {
+        let Some(sequence) = self.sequence_by_execution_id.remove(execution_id) else {
+            return false;
+        };
+        self.summaries.remove(&sequence);
+        self.unflushed.remove(execution_id);
+        true
+    }
+
     /// Removes every execution of the task and returns how many there were.
     pub(crate) fn remove_task(&mut self, task_id: &str) -> usize {
         let victims: Vec<(u64, String)> = self

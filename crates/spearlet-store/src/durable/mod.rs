@@ -357,6 +357,27 @@ impl DurableStore {
         Ok(deleted_count)
     }
 
+    /// Withdraws an execution whose acceptance could not be made durable
+    /// ([`DurableStore::put_execution_durable`] failed, and its caller was told so): it leaves the
+    /// index at once, and a delete of its row is queued behind the put that the writer keeps
+    /// retrying, so the execution never reappears — not now, and not after a restart, where it
+    /// would otherwise be resumed although its client was told it failed.
+    pub async fn withdraw_execution(&self, record: &ExecutionRecord) -> SpearResult<()> {
+        let permit = self.reserve_queue_slot().await?;
+        {
+            let mut index = self.shared.index.write();
+            index.remove_execution(&record.execution_id);
+            permit.send(WriteOperation {
+                kind: WriteKind::DeleteExecution {
+                    sequence: record.sequence,
+                },
+                committed: None,
+            });
+        }
+        self.wake_writer();
+        Ok(())
+    }
+
     /// Returns once everything queued before the call is committed.
     pub async fn flush(&self) -> SpearResult<()> {
         let permit = self.reserve_queue_slot().await?;

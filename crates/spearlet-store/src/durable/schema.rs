@@ -127,6 +127,8 @@ pub(crate) const UPSERT_EXECUTION: &str = concat!(
 
 pub(crate) const DELETE_EXECUTIONS_OF_TASK: &str = "DELETE FROM executions WHERE task_id = ?1";
 
+pub(crate) const DELETE_EXECUTION: &str = "DELETE FROM executions WHERE sequence = ?1";
+
 const DELETE_EXECUTION_SEQUENCE_RANGE: &str =
     "DELETE FROM executions WHERE sequence BETWEEN ?1 AND ?2";
 

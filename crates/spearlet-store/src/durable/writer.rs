@@ -80,6 +80,11 @@ pub(crate) enum WriteKind {
     DeleteExecutionsOfTask {
         task_id: String,
     },
+    /// Deletes one execution's row (a withdrawn acceptance; see
+    /// `DurableStore::withdraw_execution`).
+    DeleteExecution {
+        sequence: u64,
+    },
     /// Writes nothing; its waiter is answered when everything queued before it is committed.
     Flush,
     /// Runs retention now, after committing everything queued before it.
@@ -457,7 +462,9 @@ impl Writer {
                 let _ = waiter.send(Err(failure.clone()));
             }
             match kind {
-                WriteKind::PutExecution { .. } | WriteKind::DeleteExecutionsOfTask { .. } => {
+                WriteKind::PutExecution { .. }
+                | WriteKind::DeleteExecutionsOfTask { .. }
+                | WriteKind::DeleteExecution { .. } => {
                     self.retry.push(WriteOperation {
                         kind,
                         committed: None,
@@ -545,6 +552,7 @@ fn write_batch(
     {
         let mut upsert = transaction.prepare_cached(schema::UPSERT_EXECUTION)?;
         let mut delete_of_task = transaction.prepare_cached(schema::DELETE_EXECUTIONS_OF_TASK)?;
+        let mut delete_one = transaction.prepare_cached(schema::DELETE_EXECUTION)?;
         for (position, operation) in batch.iter().enumerate() {
             match &operation.kind {
                 WriteKind::PutExecution { record, .. } => {
@@ -558,6 +566,9 @@ fn write_batch(
                 }
                 WriteKind::DeleteExecutionsOfTask { task_id } => {
                     delete_of_task.execute([task_id])?;
+                }
+                WriteKind::DeleteExecution { sequence } => {
+                    delete_one.execute([schema::sequence_to_sql(*sequence)?])?;
                 }
                 WriteKind::Flush | WriteKind::ApplyRetention { .. } => {}
             }
