@@ -7,7 +7,9 @@
 //! Invariants of these tests:
 //! - Every wait is bounded by [`within_deadline`], so a broken server fails a test instead of
 //!   hanging it.
-//! - "Has not happened yet" is asserted only after a real pause (100 ms), never inferred.
+//! - "Has not happened yet" is asserted only after a real pause (100 ms), never inferred. Such a
+//!   pause is the behaviour under test ("nothing happens meanwhile"), never synchronisation:
+//!   ordering waits for something observable ([`wait_for_polls`], [`queue_invocation`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -353,6 +355,32 @@ fn spawn_invoke(
     tokio::spawn(async move { server.invoke(invocation).await })
 }
 
+/// Queues `invocation` on the server before returning, then lets it wait for its outcome in a
+/// task of its own. `invoke` queues on its first poll (it only awaits after queueing), so calls
+/// made one after another reach the queue in that order.
+async fn queue_invocation(
+    server: &Arc<RuntimeApiServer>,
+    invocation: LambdaInvocation,
+) -> JoinHandle<LambdaOutcome> {
+    let server = server.clone();
+    let mut pending_invocation = Box::pin(async move { server.invoke(invocation).await });
+    assert!(
+        futures::poll!(&mut pending_invocation).is_pending(),
+        "the invocation ended before any worker could take it"
+    );
+    tokio::spawn(pending_invocation)
+}
+
+/// Waits (within the deadline) until `count` `/next` polls in all have reached the server.
+async fn wait_for_polls(server: &RuntimeApiServer, count: u64) {
+    within_deadline(async {
+        while server.next_polls_received() < count {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
 /// A server with one invocation already handed out to the worker (on a connection of its own),
 /// so the test can go straight to answering it.
 async fn start_server_with_invocation_handed_out(
@@ -400,8 +428,8 @@ mod runtime_api {
             let server = server.clone();
             tokio::spawn(async move { server.wait_until_ready().await })
         };
-        let pending_invocation = spawn_invoke(&server, invocation("before-init-error", "{}"));
-        tokio::time::sleep(PAUSE_LONG_ENOUGH_TO_NOTICE).await;
+        let pending_invocation =
+            queue_invocation(&server, invocation("before-init-error", "{}")).await;
 
         let reply = post_init_error(
             server.address(),
@@ -510,9 +538,7 @@ mod runtime_api {
         let request_ids = ["first", "second", "third"];
         let mut invocations = Vec::new();
         for request_id in request_ids {
-            invocations.push(spawn_invoke(&server, invocation(request_id, "{}")));
-            // Submission order is the order the tasks reach the queue.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            invocations.push(queue_invocation(&server, invocation(request_id, "{}")).await);
         }
         let mut connection = WorkerConnection::open(server.address()).await;
         for expected_request_id in request_ids {
@@ -532,6 +558,8 @@ mod runtime_api {
         let server = start_server(GENEROUS_MAX_RESPONSE_BYTES).await;
         let address = server.address();
         let parked_poll = spawn_poll_next(address);
+        wait_for_polls(&server, 1).await;
+        // The pause is what is tested: the poll, which has arrived, stays unanswered meanwhile.
         tokio::time::sleep(PAUSE_LONG_ENOUGH_TO_NOTICE).await;
         assert!(
             !parked_poll.is_finished(),
@@ -704,8 +732,8 @@ mod runtime_api {
         let (server, pending_invocation) = start_server_with_invocation_handed_out(streaming).await;
         let (frame_sender, streaming_post) =
             spawn_streamed_response(server.address(), "streamed", &[CHUNKED_TRANSFER]);
+        // Each chunk is sent only after the previous one reached the caller.
         for chunk in ["first,", "second,", "third"] {
-            tokio::time::sleep(Duration::from_millis(50)).await;
             send_data(&frame_sender, chunk);
             let forwarded_chunk = within_deadline(output_chunk_receiver.recv()).await.unwrap();
             assert_eq!(forwarded_chunk, Bytes::from(chunk));
@@ -790,8 +818,8 @@ mod runtime_api {
     /// trailer lines, with a base64 plain-text message.
     #[tokio::test]
     async fn lambda_runtime_in_body_error_trailer_is_recognised() {
-        let (server, pending_invocation) =
-            start_server_with_invocation_handed_out(invocation("in-body-trailer", "{}")).await;
+        let (streaming, mut output_chunk_receiver) = streaming_invocation("in-body-trailer");
+        let (server, pending_invocation) = start_server_with_invocation_handed_out(streaming).await;
 
         let in_body_trailer = format!(
             "Lambda-Runtime-Function-Error-Type: Runtime.StreamError\r\nLambda-Runtime-Function-Error-Body: {}\r\n",
@@ -800,7 +828,11 @@ mod runtime_api {
         let (frame_sender, streaming_post) =
             spawn_streamed_response(server.address(), "in-body-trailer", &[]);
         send_data(&frame_sender, "some output");
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // The trailer goes out as a chunk of its own: only after the output reached the caller.
+        assert_eq!(
+            within_deadline(output_chunk_receiver.recv()).await,
+            Some(Bytes::from_static(b"some output"))
+        );
         send_data(&frame_sender, in_body_trailer);
         drop(frame_sender);
         assert_status(&joined(streaming_post).await, StatusCode::ACCEPTED);
@@ -989,9 +1021,9 @@ mod runtime_api {
         let server = start_server(GENEROUS_MAX_RESPONSE_BYTES).await;
         let address = server.address();
         let older_poll = spawn_poll_next(address);
-        tokio::time::sleep(PAUSE_LONG_ENOUGH_TO_NOTICE).await;
+        wait_for_polls(&server, 1).await;
         let newer_poll = spawn_poll_next(address);
-        tokio::time::sleep(PAUSE_LONG_ENOUGH_TO_NOTICE).await;
+        wait_for_polls(&server, 2).await;
 
         let pending_invocation = spawn_invoke(&server, invocation("for-the-newest", "{}"));
         assert_request_id(&joined(newer_poll).await, "for-the-newest");
@@ -1036,6 +1068,8 @@ mod runtime_api {
         tokio::io::AsyncWriteExt::write_all(&mut stream, request_head.as_bytes())
             .await
             .unwrap();
+        // The pause is what is tested: a half-sent answer does not end the invocation. It is not
+        // needed for ordering: the bytes written reach the server before the hang-up does.
         tokio::time::sleep(PAUSE_LONG_ENOUGH_TO_NOTICE).await;
         assert!(!pending_invocation.is_finished());
         drop(stream);
@@ -1064,7 +1098,7 @@ mod runtime_api {
                 .await
                 .map(|_| ())
         });
-        tokio::time::sleep(PAUSE_LONG_ENOUGH_TO_NOTICE).await;
+        wait_for_polls(&server, 1).await;
         drop(server);
 
         let parked_poll_result = joined(parked_poll).await;
