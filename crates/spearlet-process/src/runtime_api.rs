@@ -174,6 +174,12 @@ impl RuntimeApiServer {
         self.listening_address
     }
 
+    /// How many `/next` polls have reached the server so far, counted as each one arrives (before
+    /// it parks). Lets a test know a poll has arrived before it makes the next move.
+    pub fn next_polls_received(&self) -> u64 {
+        self.shared_state.book.lock().newest_poll_number
+    }
+
     /// Resolves when the worker first polls `/next` (it is initialised) or reports `/init/error`.
     /// An init error is terminal: once reported, every later call returns it too.
     pub async fn wait_until_ready(&self) -> Result<(), WorkerInitError> {

@@ -166,7 +166,11 @@ async fn errors_crashes_timeouts_and_init_failures_are_outcomes() {
         let victim = answer(&call(&mut node, "echo-lambda", "{}").await)["pid"]
             .as_u64()
             .unwrap();
-        let mut request = invoke("echo-lambda", br#"{"sleep_ms": 500}"#);
+        let execution_id = format!("killed-mid-call-{max_retries}");
+        let mut request = with_execution_id(
+            invoke("echo-lambda", br#"{"sleep_ms": 500}"#),
+            &execution_id,
+        );
         request
             .context
             .get_or_insert_with(Default::default)
@@ -176,7 +180,8 @@ async fn errors_crashes_timeouts_and_init_failures_are_outcomes() {
             tokio::spawn(
                 async move { client.invoke_function(request).await.unwrap().into_inner() },
             );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The kill lands once the node runs the call, not after a guessed delay.
+        wait_until_running(&node.client, &execution_id).await;
         let killed = std::process::Command::new("kill")
             .args(["-9", &victim.to_string()])
             .status()

@@ -114,6 +114,19 @@ async fn survivors(pids: &[u32]) -> Vec<u32> {
     }
 }
 
+/// Waits (10 s at most) until `path` exists, e.g. a marker a script leaves once it runs.
+async fn wait_for_file(path: &Path) {
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(
+            Instant::now() < give_up,
+            "{} never appeared",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The pids of every process in `/proc` whose entry satisfies `select`.
 fn processes_matching(select: impl Fn(&std::fs::DirEntry) -> bool) -> Vec<u32> {
     std::fs::read_dir("/proc")
@@ -316,19 +329,25 @@ async fn background_descendants_die_after_a_normal_exit() {
 #[tokio::test]
 async fn cancellation_stops_the_call_promptly() {
     let scratch = Scratch::new();
-    let program = scratch.script("slow.sh", "sleep 30");
+    let started_marker = scratch.directory.path().join("started");
+    let program = scratch.script(
+        "slow.sh",
+        &format!("touch '{}'; sleep 30", started_marker.display()),
+    );
     let call = new_call("");
     let cancellation = call.cancellation.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // Cancels once the process is surely running (it has left its marker), and says when.
+    let canceller = tokio::spawn(async move {
+        wait_for_file(&started_marker).await;
         cancellation.cancel();
+        Instant::now()
     });
-    let started = Instant::now();
     let report = scratch.run(&program, call).await;
+    let cancelled_at = canceller.await.unwrap();
     assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
+        cancelled_at.elapsed() < Duration::from_secs(2),
+        "the call ended {:?} after its cancellation",
+        cancelled_at.elapsed()
     );
     assert_eq!(report.outcome.error_code(), Some(ErrorCode::Cancelled));
     assert_eq!(survivors(&[report.process_id]).await, Vec::<u32>::new());
@@ -372,12 +391,28 @@ async fn a_stderr_flood_is_cut_at_the_cap() {
 #[tokio::test]
 async fn stdout_chunks_stream_as_written() {
     let scratch = Scratch::new();
-    let program = scratch.script("chunks.sh", "echo one; sleep 0.1; echo two");
+    // The script writes its second line only once the test has received the first and says so
+    // (by creating `go`), so the first line reaches the caller while the process still runs.
+    let go_marker = scratch.directory.path().join("go");
+    let program = scratch.script(
+        "chunks.sh",
+        &format!(
+            "echo one; while [ ! -e '{}' ]; do sleep 0.01; done; echo two",
+            go_marker.display()
+        ),
+    );
     let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
     let mut call = new_call("");
     call.output_chunks = Some(sender);
-    let report = scratch.run(&program, call).await;
-    let mut streamed = Vec::new();
+    let run = scratch.run(&program, call);
+    let first_chunk_then_go = async {
+        let first_chunk = receiver.recv().await;
+        std::fs::write(&go_marker, "").unwrap();
+        first_chunk
+    };
+    let (report, first_chunk) = tokio::join!(run, first_chunk_then_go);
+    assert_eq!(report.outcome, Outcome::Completed, "{}", text(&report.logs));
+    let mut streamed: Vec<Bytes> = first_chunk.into_iter().collect();
     while let Ok(chunk) = receiver.try_recv() {
         streamed.push(chunk);
     }

@@ -651,13 +651,12 @@ async fn running_executions_can_be_cancelled_by_id() {
 #[tokio::test]
 async fn a_caller_that_goes_away_cancels_its_execution() {
     let mut node = start_node().await;
-    let mut spin = invoke("spin", b"");
-    spin.context
-        .get_or_insert_with(Default::default)
-        .execution_id = "abandoned".into();
+    let spin = with_execution_id(invoke("spin", b""), "abandoned");
     let mut client = connect(node.server.grpc_addr).await;
     let call = tokio::spawn(async move { client.invoke_function(spin).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The caller goes away only once the node runs its call, so the cancellation is of a
+    // running guest rather than of a request that never arrived.
+    wait_until_running(&node.client, "abandoned").await;
     call.abort();
     let started = Instant::now();
     loop {
@@ -1033,12 +1032,10 @@ async fn create_task_registers_without_running() {
 async fn queue_wait_counts_against_the_timeout() {
     let mut node = start_node_with(|config| config.max_concurrent_executions = 1).await;
     let mut client = node.client.clone();
-    let blocker = tokio::spawn(async move {
-        client
-            .invoke_function(with_timeout(invoke("spin", b""), 1500))
-            .await
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The blocker holds the only slot until the test cancels it, however slow the machine.
+    let blocker_request = with_execution_id(with_timeout(invoke("spin", b""), 30_000), "blocker");
+    let blocker = tokio::spawn(async move { client.invoke_function(blocker_request).await });
+    wait_until_running(&node.client, "blocker").await;
     let queued = node
         .client
         .invoke_function(with_timeout(invoke("echo", b"late"), 300))
@@ -1046,7 +1043,22 @@ async fn queue_wait_counts_against_the_timeout() {
         .unwrap()
         .into_inner();
     assert_eq!(status(&queued), proto::ExecutionStatus::Timeout);
-    assert!(result(&queued).error_message.contains("queue"));
+    assert!(
+        result(&queued).error_message.contains("queue"),
+        "{:?}",
+        result(&queued).error_message
+    );
+    let cancelled = node
+        .client
+        .cancel_execution(proto::CancelExecutionRequest {
+            execution_id: "blocker".into(),
+            reason: "the queued call has timed out".into(),
+            force: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cancelled.success, "{}", cancelled.message);
     let blocked = blocker.await.unwrap().unwrap().into_inner();
-    assert_eq!(status(&blocked), proto::ExecutionStatus::Timeout);
+    assert_eq!(status(&blocked), proto::ExecutionStatus::Cancelled);
 }

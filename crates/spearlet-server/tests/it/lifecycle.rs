@@ -51,10 +51,15 @@ async fn async_with_wait_returns_the_final_state() {
     assert_eq!(status(&response), proto::ExecutionStatus::Completed);
     assert_eq!(output(&response), b"waited");
 
-    // A wait that outlasts the client's deadline answers with the current state instead.
-    let mut slow = asynchronous(invoke("sleep", b"3000"));
-    slow.wait = true;
-    let mut grpc_request = tonic::Request::new(slow);
+    // A wait that outlasts the client's deadline answers with the current state instead. The
+    // execution is known to run before the waiting repeat of it is sent, so the state it
+    // answers with is RUNNING however long the start took.
+    let slow = with_execution_id(asynchronous(invoke("sleep", b"60000")), "slow-waited");
+    node.client.invoke_function(slow.clone()).await.unwrap();
+    wait_until_running(&node.client, "slow-waited").await;
+    let mut waited_repeat = slow;
+    waited_repeat.wait = true;
+    let mut grpc_request = tonic::Request::new(waited_repeat);
     grpc_request.set_timeout(Duration::from_millis(500));
     let response = node
         .client
@@ -63,7 +68,19 @@ async fn async_with_wait_returns_the_final_state() {
         .unwrap()
         .into_inner();
     assert!(!response.success);
+    assert_eq!(response.execution_id, "slow-waited");
     assert_eq!(status(&response), proto::ExecutionStatus::Running);
+    let cancelled = node
+        .client
+        .cancel_execution(proto::CancelExecutionRequest {
+            execution_id: "slow-waited".into(),
+            reason: "the test is done with it".into(),
+            force: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cancelled.success, "{}", cancelled.message);
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use spearlet_proto::function_service_client::FunctionServiceClient;
 use spearlet_server::NodeConfig;
 use spearlet_server::auth::{Scope, SecretToken};
 use spearlet_server::config::{TlsConfig, TokenConfig};
-use support::{invoke, start_node_with};
+use support::{invoke, start_node_with, with_execution_id};
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
@@ -126,7 +126,7 @@ async fn grpc_calls_need_a_valid_token_and_the_right_scope() {
         .map(|task| task.task_name.as_str())
         .collect();
     assert_eq!(names, ["team-a-echo"]);
-    let denied = client
+    let read_by_reader = client
         .get_execution_status(with_bearer(
             proto::GetExecutionStatusRequest {
                 execution_id: answer.execution_id.clone(),
@@ -135,9 +135,14 @@ async fn grpc_calls_need_a_valid_token_and_the_right_scope() {
             READER,
         ))
         .await;
-    assert!(
-        denied.is_ok(),
-        "an unrestricted reader may read any execution"
+    let read = read_by_reader
+        .expect("an unrestricted reader may read any execution")
+        .into_inner();
+    assert!(read.found, "{}", read.message);
+    assert_eq!(
+        read.result.map(|result| result.status),
+        Some(proto::ExecutionStatus::Completed as i32),
+        "the reader sees the team's completed execution"
     );
 
     // The health service answers without a token (probes cannot send one).
@@ -325,36 +330,113 @@ async fn an_unprotected_node_refuses_to_listen_beyond_loopback() {
 #[tokio::test]
 async fn one_connection_cannot_take_more_than_its_share_of_requests() {
     let node = start_node_with(|config| config.max_requests_per_connection = 1).await;
-    let started = std::time::Instant::now();
-    // Two 400 ms calls on one connection run one after the other…
-    let sleeps: Vec<_> = (0..2)
-        .map(|_| {
+    // Two long calls on one connection (clones of one client share its connection). They end
+    // only when the test cancels them, so no timing decides what the test sees.
+    let execution_ids = ["connection-call-a", "connection-call-b"];
+    let calls: Vec<_> = execution_ids
+        .iter()
+        .map(|execution_id| {
             let mut client = node.client.clone();
-            tokio::spawn(async move {
-                client
-                    .invoke_function(invoke("sleep", b"400"))
-                    .await
-                    .unwrap();
-                started.elapsed()
-            })
+            let request = with_execution_id(invoke("sleep", b"60000"), execution_id);
+            tokio::spawn(async move { client.invoke_function(request).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // …while another connection is served at once.
+    // The observer uses a connection of its own, so its lookups are not held behind the limit.
+    let observer = support::connect(node.server.grpc_addr).await;
+    let first_running = first_running_of(&observer, &execution_ids).await;
+    let second = execution_ids
+        .into_iter()
+        .find(|execution_id| *execution_id != first_running)
+        .unwrap();
+
+    // Another connection is served while the first connection's slot is taken…
     let mut other = support::connect(node.server.grpc_addr).await;
-    other.invoke_function(invoke("echo", b"x")).await.unwrap();
-    let other_done = started.elapsed();
-    let mut sleep_done = Vec::new();
-    for sleep in sleeps {
-        sleep_done.push(sleep.await.unwrap());
+    let echoed = other
+        .invoke_function(invoke("echo", b"x"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(support::output(&echoed), b"x");
+    // …while the second call on the first connection has not even reached the node.
+    assert_eq!(
+        lookup(&observer, first_running)
+            .await
+            .map(|result| result.status),
+        Some(proto::ExecutionStatus::Running as i32)
+    );
+    assert_eq!(
+        lookup(&observer, second).await,
+        None,
+        "the second call on the connection should wait for the first"
+    );
+
+    // Once the first call ends, the second one runs.
+    cancel(&observer, first_running).await;
+    support::wait_until_running(&observer, second).await;
+    cancel(&observer, second).await;
+    for call in calls {
+        let response = call.await.unwrap().unwrap().into_inner();
+        assert_eq!(
+            support::status(&response),
+            proto::ExecutionStatus::Cancelled
+        );
     }
-    sleep_done.sort();
-    assert!(
-        other_done < sleep_done[0],
-        "{other_done:?} vs {sleep_done:?}"
-    );
-    assert!(
-        sleep_done[1] >= sleep_done[0] + Duration::from_millis(300),
-        "the second call on the connection should wait for the first: {sleep_done:?}"
-    );
+}
+
+/// Which of `execution_ids` the node runs first (waits up to 30 s for one to run).
+async fn first_running_of<'a>(
+    observer: &FunctionServiceClient<Channel>,
+    execution_ids: &[&'a str],
+) -> &'a str {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        for execution_id in execution_ids {
+            if lookup(observer, execution_id)
+                .await
+                .map(|result| result.status)
+                == Some(proto::ExecutionStatus::Running as i32)
+            {
+                return execution_id;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "none of {execution_ids:?} started running"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The execution's result, or `None` when the node has no such execution.
+async fn lookup(
+    observer: &FunctionServiceClient<Channel>,
+    execution_id: &str,
+) -> Option<proto::ExecutionResult> {
+    let status = observer
+        .clone()
+        .get_execution_status(proto::GetExecutionStatusRequest {
+            execution_id: execution_id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    if !status.found {
+        return None;
+    }
+    status.result
+}
+
+async fn cancel(observer: &FunctionServiceClient<Channel>, execution_id: &str) {
+    let cancelled = observer
+        .clone()
+        .cancel_execution(proto::CancelExecutionRequest {
+            execution_id: execution_id.into(),
+            reason: "the test is done with it".into(),
+            force: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cancelled.success, "{execution_id}: {}", cancelled.message);
 }

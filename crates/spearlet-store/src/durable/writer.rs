@@ -635,33 +635,6 @@ mod tests {
     /// A second connection holds the write lock, so the writer's commit fails: the waiter hears
     /// about it, the record stays readable, and once the lock is released the retried write
     /// lands and a flush succeeds.
-    /// Only a batch nobody waits on gathers more writes: a queued sync record does not end the
-    /// window, a durable put, a flush or an explicit retention run does.
-    #[test]
-    fn operations_with_a_waiter_end_the_gathering_window() {
-        let put = |committed| WriteOperation {
-            kind: WriteKind::PutExecution {
-                record: Arc::new(pending_record(1)),
-                version: 1,
-            },
-            committed,
-        };
-        assert!(!put(None).has_waiter());
-        assert!(put(Some(oneshot::channel().0)).has_waiter());
-        let flush = WriteOperation {
-            kind: WriteKind::Flush,
-            committed: Some(oneshot::channel().0),
-        };
-        assert!(flush.has_waiter());
-        let retention = WriteOperation {
-            kind: WriteKind::ApplyRetention {
-                deleted: oneshot::channel().0,
-            },
-            committed: None,
-        };
-        assert!(retention.has_waiter());
-    }
-
     #[test]
     fn a_failed_commit_is_reported_and_retried() {
         let directory = tempfile::tempdir().unwrap();

@@ -1,6 +1,6 @@
 //! Tests of [`DurableStore`] through its public API: round trips, read-your-writes, durability
 //! across reopen, listing semantics identical to [`MemoryStore`], retention, concurrency and
-//! group commit, plus a throughput measurement printed with `--nocapture`.
+//! group commit. Throughput is measured by `cargo bench -p spearlet-store --bench put_throughput`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -695,53 +695,4 @@ async fn configuration_errors_and_a_dropped_queue_are_reported() {
     too_large.sequence = u64::MAX;
     let error = store.put_execution(too_large).await.unwrap_err();
     assert_eq!(error.kind, spearlet_core::ErrorKind::InvalidArgument);
-}
-
-/// Not a pass/fail test: prints how fast 20 000 records of about 200 bytes are queued and made
-/// durable, one producer, default batch settings. Run with `--nocapture` to see the numbers.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn throughput_of_queued_puts() {
-    const RECORDS: u64 = 20_000;
-    let directory = tempfile::tempdir().unwrap();
-    let (store, _) = open(config(directory.path()));
-    let output = Bytes::from(vec![b'x'; 200]);
-    let started = Instant::now();
-    for sequence in 1..=RECORDS {
-        let mut written = record(sequence, "bench", ExecutionStatus::Completed);
-        written.output = output.clone();
-        written.logs = Bytes::new();
-        written.request.input = Bytes::new();
-        store.put_execution(written).await.unwrap();
-    }
-    let queued_after = started.elapsed();
-    store.flush().await.unwrap();
-    let durable_after = started.elapsed();
-    let stats = store.write_stats();
-    println!(
-        "throughput: {RECORDS} puts queued in {:?} ({:.0} records/s), durable in {:?} \
-         ({:.0} records/s); {} batches, mean batch {:.1}, max commit {} µs, mean commit {:.0} µs",
-        queued_after,
-        RECORDS as f64 / queued_after.as_secs_f64(),
-        durable_after,
-        RECORDS as f64 / durable_after.as_secs_f64(),
-        stats.batches_committed,
-        stats.mean_batch_size,
-        stats.max_commit_latency_us,
-        stats.total_commit_latency_us as f64 / stats.batches_committed.max(1) as f64,
-    );
-    assert_eq!(store.execution_count().unwrap(), RECORDS as usize);
-
-    // One durable put at a time: each waits for its own commit, so this is the fsync latency.
-    const DURABLE_PUTS: u64 = 100;
-    let started = Instant::now();
-    for sequence in RECORDS + 1..=RECORDS + DURABLE_PUTS {
-        store
-            .put_execution_durable(record(sequence, "bench", ExecutionStatus::Completed))
-            .await
-            .unwrap();
-    }
-    println!(
-        "durable put latency, one at a time: {:.0} µs mean over {DURABLE_PUTS}",
-        started.elapsed().as_micros() as f64 / DURABLE_PUTS as f64
-    );
 }

@@ -54,6 +54,10 @@ const REACTOR: &str = r#"
   (func (export "trap") unreachable)
   (func (export "exit_zero") (call $proc_exit (i32.const 0)))
   (func (export "spin") (loop $again (br $again)))
+  ;; Prints "1" (so the caller knows it runs), then spins.
+  (func (export "announce_then_spin")
+    (call $print_digit (i32.const 1))
+    (loop $again (br $again)))
   ;; Writes 1000 bytes at a time to stdout until the output cap stops it.
   (func (export "flood") (loop $again
     (call $write (i32.const 1) (i32.const 1000) (i32.const 1000))
@@ -304,8 +308,10 @@ async fn a_busy_call_can_be_cancelled() {
     let mut instance = start(&module).await;
     let cancellation = CancellationToken::new();
     let canceller = cancellation.clone();
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+    // Cancels once the guest has printed, that is once it surely runs.
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(receiver.recv().await, Some(Bytes::from_static(b"1")));
         canceller.cancel();
     });
     let report = call(
@@ -313,7 +319,8 @@ async fn a_busy_call_can_be_cancelled() {
         &module,
         Call {
             cancellation,
-            ..Call::of("spin")
+            output_chunks: Some(sender),
+            ..Call::of("announce_then_spin")
         },
     )
     .await;

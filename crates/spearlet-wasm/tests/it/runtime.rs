@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use spearlet_core::{ErrorCode, Outcome};
-use spearlet_wasm::{EntryPoint, RunReport, WasmEngine, WasmEngineConfig, WasmInvocation};
+use spearlet_wasm::{
+    EntryPoint, OutputChunkSender, RunReport, WasmEngine, WasmEngineConfig, WasmInvocation,
+};
 use tokio_util::sync::CancellationToken;
 
 /// Writes `len` bytes at `ptr` to fd 1 using an iovec at address 0.
@@ -38,6 +40,7 @@ struct Call<'a> {
     timeout: Duration,
     memory_limit_bytes: u64,
     max_output_bytes: u64,
+    output_chunks: Option<OutputChunkSender>,
 }
 
 impl Default for Call<'_> {
@@ -47,6 +50,7 @@ impl Default for Call<'_> {
             timeout: Duration::from_secs(10),
             memory_limit_bytes: 16 << 20,
             max_output_bytes: 1 << 20,
+            output_chunks: None,
         }
     }
 }
@@ -67,7 +71,7 @@ async fn run(wat: &str, call: Call<'_>, cancellation: CancellationToken) -> RunR
             max_log_bytes: 1 << 20,
             deadline: tokio::time::Instant::now() + call.timeout,
             cancellation,
-            output_chunks: None,
+            output_chunks: call.output_chunks,
         })
         .await
 }
@@ -276,19 +280,47 @@ async fn busy_and_sleeping_guests_time_out_promptly() {
     }
 }
 
+/// `body` (a `_start` export) as a guest that first prints "started\n" from a data segment at
+/// address 400, so the caller knows the guest runs.
+fn announcing(body: &str) -> String {
+    let announcing_start = body.replacen(
+        r#"(func (export "_start")"#,
+        r#"(func (export "_start") (call $write (i32.const 1) (i32.const 400) (i32.const 8))"#,
+        1,
+    );
+    guest(&format!(
+        r#"(data (i32.const 400) "started\n") {announcing_start}"#
+    ))
+}
+
 #[tokio::test]
 async fn busy_and_sleeping_guests_can_be_cancelled() {
     for (name, body) in [("busy", BUSY_LOOP), ("sleeping", SLEEP_IN_HOST)] {
         let cancellation = CancellationToken::new();
         let canceller = cancellation.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        // Cancels once the guest has printed, that is once it surely runs, and says when.
+        let cancelled = tokio::spawn(async move {
+            assert_eq!(
+                receiver.recv().await,
+                Some(Bytes::from_static(b"started\n"))
+            );
             canceller.cancel();
+            std::time::Instant::now()
         });
-        let started = std::time::Instant::now();
-        let report = run(&guest(body), Call::default(), cancellation).await;
+        let call = Call {
+            output_chunks: Some(sender),
+            ..Call::default()
+        };
+        let report = run(&announcing(body), call, cancellation).await;
         assert_eq!(failure_code(&report), Some(ErrorCode::Cancelled), "{name}");
-        assert!(started.elapsed() < Duration::from_secs(3), "{name}");
+        let cancelled_at = cancelled.await.unwrap();
+        // Generous margin: the behaviour under test is "stops", not "stops fast".
+        assert!(
+            cancelled_at.elapsed() < Duration::from_secs(3),
+            "{name} ran on for {:?} after its cancellation",
+            cancelled_at.elapsed()
+        );
     }
 }
 

@@ -240,3 +240,64 @@ pub fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").is_ok_and(|metadata| metadata.uid() == 0)
 }
+
+/// Polls `condition` every 10 ms until it returns true; fails the test with `description` (what
+/// did not happen) when `deadline` has passed first. The condition builds a fresh future each
+/// time, so it can clone a client into it: `|| { let mut client = client.clone(); async move {…} }`.
+pub async fn wait_until<Condition, Check>(
+    description: &str,
+    deadline: Duration,
+    mut condition: Condition,
+) where
+    Condition: FnMut() -> Check,
+    Check: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !condition().await {
+        assert!(
+            started.elapsed() < deadline,
+            "waited {deadline:?}, but {description} did not happen"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits (30 s at most) until the execution is RUNNING, through GetExecutionStatus on a clone of
+/// `client`, so a test can act on a call it knows is in progress.
+pub async fn wait_until_running(client: &FunctionServiceClient<Channel>, execution_id: &str) {
+    wait_until(
+        &format!("execution {execution_id} reaching RUNNING"),
+        Duration::from_secs(30),
+        || {
+            let mut client = client.clone();
+            let execution_id = execution_id.to_owned();
+            async move {
+                let status = client
+                    .get_execution_status(proto::GetExecutionStatusRequest {
+                        execution_id,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                status
+                    .result
+                    .is_some_and(|result| result.status == proto::ExecutionStatus::Running as i32)
+            }
+        },
+    )
+    .await;
+}
+
+/// The same request with a client-chosen execution id, so the test can look the call up while
+/// it runs.
+pub fn with_execution_id(
+    mut request: proto::InvokeFunctionRequest,
+    execution_id: &str,
+) -> proto::InvokeFunctionRequest {
+    request
+        .context
+        .get_or_insert_with(Default::default)
+        .execution_id = execution_id.into();
+    request
+}
