@@ -245,7 +245,7 @@ impl ExecutionIndex {
         victims
     }
 
-    /// One page of summaries with the same semantics as [`crate::MemoryStore`]: ascending by
+    /// One page of summaries with the semantics the tests' reference model (`tests/it/reference_store.rs`) spells out: ascending by
     /// sequence, after `after_sequence`, filtered by task and status, the oldest or newest
     /// `limit` matches.
     pub(crate) fn page(&self, query: &ExecutionQuery) -> ExecutionPage {

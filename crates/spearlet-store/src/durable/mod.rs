@@ -314,7 +314,7 @@ impl DurableStore {
         schema::read_execution(&connection, sequence, execution_id)
     }
 
-    /// A page of executions, with the same semantics as [`crate::MemoryStore`], served from the
+    /// A page of executions, with the semantics the tests' reference model (`tests/it/reference_store.rs`) spells out, served from the
     /// in-memory index. The records are summaries: their `output`, `logs`, `request` and
     /// `timeline` are empty; [`DurableStore::execution`] returns the full record.
     pub fn list_executions(&self, query: &ExecutionQuery) -> SpearResult<ExecutionPage> {

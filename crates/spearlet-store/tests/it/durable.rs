@@ -1,5 +1,5 @@
 //! Tests of [`DurableStore`] through its public API: round trips, read-your-writes, durability
-//! across reopen, listing semantics identical to [`MemoryStore`], retention, concurrency and
+//! across reopen, listing semantics identical to the reference model (`reference_store.rs`), retention, concurrency and
 //! group commit. Throughput is measured by `cargo bench -p spearlet-store --bench put_throughput`.
 
 use std::collections::BTreeMap;
@@ -12,9 +12,9 @@ use spearlet_core::{
     ArtifactRecord, ErrorCode, ExecutionMode, ExecutionRecord, ExecutionStatus, ResultEncoding,
     StoredRequest, TaskRecord, TimelineEntry,
 };
-use spearlet_store::{
-    DurableStore, DurableStoreConfig, ExecutionQuery, MemoryStore, Recovered, Store,
-};
+use spearlet_store::{DurableStore, DurableStoreConfig, ExecutionQuery, Recovered};
+
+use crate::reference_store::{MemoryStore, Store};
 
 /// A record with every field set to something recognisable, so a round trip that drops or
 /// swaps a column fails.

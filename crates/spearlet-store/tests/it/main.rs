@@ -2,3 +2,4 @@
 
 mod durable;
 mod durable_index_memory;
+mod reference_store;

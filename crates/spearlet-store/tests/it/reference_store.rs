@@ -1,11 +1,24 @@
-//! An in-memory [`Store`]: records live as long as the process.
+//! The reference model of the store's listing and retention semantics: an in-memory [`Store`]
+//! whose records live as long as the process, written to be obviously right rather than fast.
+//! `DurableStore` is tested against it; nothing but the tests uses it.
 
 use std::collections::{BTreeMap, HashMap};
 
 use parking_lot::RwLock;
-use spearlet_core::{ExecutionRecord, SpearResult, TaskRecord};
+use spearlet_core::{ExecutionRecord, SpearResult};
 
-use crate::{ExecutionPage, ExecutionQuery, Store};
+use spearlet_store::{ExecutionPage, ExecutionQuery};
+
+/// Storage of execution records, as the reference model sees it.
+pub trait Store: Send + Sync + 'static {
+    /// Inserts or replaces the record with this execution id.
+    fn put_execution(&self, record: &ExecutionRecord) -> SpearResult<()>;
+    fn execution(&self, execution_id: &str) -> SpearResult<Option<ExecutionRecord>>;
+    fn list_executions(&self, query: &ExecutionQuery) -> SpearResult<ExecutionPage>;
+    /// Deletes every record of the task and returns how many there were.
+    fn delete_executions_of_task(&self, task_id: &str) -> SpearResult<usize>;
+    fn execution_count(&self) -> SpearResult<usize>;
+}
 
 /// Keeps everything in maps behind one lock. Lock hold times are a map operation each.
 pub struct MemoryStore {
@@ -15,7 +28,6 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct MemoryState {
-    tasks: BTreeMap<String, TaskRecord>,
     executions: BTreeMap<u64, ExecutionRecord>,
     sequence_by_execution_id: HashMap<String, u64>,
 }
@@ -53,22 +65,6 @@ impl MemoryState {
 }
 
 impl Store for MemoryStore {
-    fn put_task(&self, task: &TaskRecord) -> SpearResult<()> {
-        self.state
-            .write()
-            .tasks
-            .insert(task.task_id.clone(), task.clone());
-        Ok(())
-    }
-
-    fn delete_task(&self, task_id: &str) -> SpearResult<bool> {
-        Ok(self.state.write().tasks.remove(task_id).is_some())
-    }
-
-    fn tasks(&self) -> SpearResult<Vec<TaskRecord>> {
-        Ok(self.state.read().tasks.values().cloned().collect())
-    }
-
     fn put_execution(&self, record: &ExecutionRecord) -> SpearResult<()> {
         let mut state = self.state.write();
         let state = &mut *state;
@@ -151,13 +147,6 @@ impl Store for MemoryStore {
             state.sequence_by_execution_id.remove(execution_id);
         }
         Ok(victims.len())
-    }
-
-    fn visit_executions(&self, visitor: &mut dyn FnMut(&ExecutionRecord)) -> SpearResult<()> {
-        for record in self.state.read().executions.values() {
-            visitor(record);
-        }
-        Ok(())
     }
 
     fn execution_count(&self) -> SpearResult<usize> {
