@@ -4,14 +4,19 @@
 # valgrind, warms it up, zeroes the counters, makes CALLS calls at 1 in flight, dumps and prints
 # Ir per call overall and for the main parts of the path (inclusive).
 #
+#   cargo build --profile profiling -p spearlet
 #   bench/callgrind.sh [path/to/spearlet] [CALLS]
+#
+# The default binary is the profiling build (the release build with line tables): the groups
+# below match the source paths callgrind_annotate prints, which the release binary, built
+# without debug info, does not carry.
 #
 # Needs valgrind (Debian: apt-get install valgrind). The pooling allocator's default 1000 slots
 # reserve more address space than valgrind allows, so the node runs with `[wasm] max_instances
 # = 4`; nothing else differs from the defaults. Under valgrind the kernel still does the work of
 # system calls, which callgrind does not count: the figures are user-space instructions.
 set -euo pipefail
-binary=${1:-target/release/spearlet}
+binary=${1:-target/profiling/spearlet}
 calls=${2:-2000}
 work=$(mktemp -d)
 trap 'kill "$node_pid" 2>/dev/null || true; rm -rf "$work"' EXIT

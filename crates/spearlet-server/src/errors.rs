@@ -1,9 +1,16 @@
-//! The one place where internal errors become wire status codes.
+//! The one place where internal errors become wire status codes, on both transports.
 //!
-//! Every handler returns `SpearResult`; this file decides what a client sees. Guest failures
-//! never come through here: they are `ExecutionResult`s with `success = false`.
+//! Every handler returns `SpearResult`; this file decides what a client sees: the gRPC status of
+//! a `SpearError`, the HTTP status and JSON error body the gateway answers for a gRPC status, the
+//! gateway's own refusals (413 for an oversized body, 405 for a wrong method), and how a
+//! synchronous HTTP call answers an execution that did not complete (502/504/409). Guest failures
+//! never become statuses over gRPC: they are `ExecutionResult`s with `success = false`.
 
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
 use spearlet_core::{ErrorKind, SpearError};
+use spearlet_proto as proto;
 use tonic::{Code, Status};
 
 pub fn grpc_code(kind: ErrorKind) -> Code {
@@ -22,8 +29,7 @@ pub fn grpc_code(kind: ErrorKind) -> Code {
 }
 
 /// The HTTP status the gateway answers for a gRPC status code.
-pub fn http_status(code: Code) -> http::StatusCode {
-    use http::StatusCode;
+pub fn http_status(code: Code) -> StatusCode {
     match code {
         Code::Ok => StatusCode::OK,
         Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
@@ -76,6 +82,82 @@ pub fn to_status(error: SpearError) -> Status {
             .insert("retry-after-ms", retry_after_ms.into());
     }
     status
+}
+
+/// The JSON body of every refused gateway request: `{"code": "<gRPC status name>", "message":
+/// "…"}`.
+#[derive(Serialize)]
+struct HttpErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+/// The gateway's answer for a refused request: the HTTP status of the gRPC code, the JSON error
+/// body, `WWW-Authenticate: Bearer` on 401, and, when the status carries a `retry-after-ms`
+/// hint, `Retry-After` (whole seconds, rounded up, at least 1) and `retry-after-ms` itself.
+pub fn http_error_response(status: &Status) -> Response {
+    let body = HttpErrorBody {
+        code: grpc_code_name(status.code()),
+        message: status.message(),
+    };
+    let mut response = (http_status(status.code()), axum::Json(body)).into_response();
+    let headers = response.headers_mut();
+    if status.code() == Code::Unauthenticated {
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if let Some(retry_after_ms) = status
+        .metadata()
+        .get("retry-after-ms")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u64>().ok())
+    {
+        headers.insert(
+            header::RETRY_AFTER,
+            retry_after_ms.div_ceil(1000).max(1).into(),
+        );
+        headers.insert("retry-after-ms", retry_after_ms.into());
+    }
+    response
+}
+
+/// 413 for a request body larger than its limit, with the code RESOURCE_EXHAUSTED and a message
+/// naming the setting (`max_request_bytes`, `artifacts.max_artifact_bytes`) and its value. HTTP
+/// has a status of its own for this, unlike gRPC, whose RESOURCE_EXHAUSTED would read as 429.
+pub fn payload_too_large_response(setting: &str, limit: usize) -> Response {
+    let message = format!("request body is larger than {setting} ({limit} bytes)");
+    let body = HttpErrorBody {
+        code: grpc_code_name(Code::ResourceExhausted),
+        message: &message,
+    };
+    (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response()
+}
+
+/// 405 for a path the gateway serves, asked with a method it does not serve there, with the code
+/// UNIMPLEMENTED (a gRPC client would have called a method that does not exist).
+pub fn method_not_allowed_response(method: &http::Method, path: &str) -> Response {
+    let message = format!("{method} is not allowed on {path}; see /openapi.json");
+    let body = HttpErrorBody {
+        code: grpc_code_name(Code::Unimplemented),
+        message: &message,
+    };
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+}
+
+/// The HTTP status, and the gRPC code its JSON error names, of a synchronous HTTP call whose
+/// execution ended with `status`: COMPLETED is 200 with the output; FAILED is 502, because a
+/// guest failure is an upstream failure from the caller's point of view; TIMEOUT is 504 and
+/// CANCELLED 409, as their gRPC codes would be. A sync call only answers once its execution has
+/// ended, so any other status is answered as a failure.
+pub fn http_status_of_execution(status: proto::ExecutionStatus) -> (StatusCode, Code) {
+    match status {
+        proto::ExecutionStatus::Completed => (StatusCode::OK, Code::Ok),
+        proto::ExecutionStatus::Timeout => (StatusCode::GATEWAY_TIMEOUT, Code::DeadlineExceeded),
+        proto::ExecutionStatus::Cancelled => (StatusCode::CONFLICT, Code::Cancelled),
+        proto::ExecutionStatus::Failed
+        | proto::ExecutionStatus::Unknown
+        | proto::ExecutionStatus::Pending
+        | proto::ExecutionStatus::Running => (StatusCode::BAD_GATEWAY, Code::Unknown),
+    }
 }
 
 /// tonic reports an oversized request as OUT_OF_RANGE with its own wording; the contract says
@@ -186,5 +268,37 @@ mod tests {
         assert_eq!(grpc_code_name(Code::NotFound), "NOT_FOUND");
         let status = to_status(SpearError::not_found("task_id \"x\" is unknown"));
         assert_eq!(status.message(), "task_id \"x\" is unknown");
+    }
+
+    #[test]
+    fn a_sync_http_call_answers_its_executions_end() {
+        let table = [
+            (proto::ExecutionStatus::Completed, 200, "OK"),
+            (proto::ExecutionStatus::Failed, 502, "UNKNOWN"),
+            (proto::ExecutionStatus::Timeout, 504, "DEADLINE_EXCEEDED"),
+            (proto::ExecutionStatus::Cancelled, 409, "CANCELLED"),
+            (proto::ExecutionStatus::Running, 502, "UNKNOWN"),
+        ];
+        for (status, expected_http, expected_code_name) in table {
+            let (http, code) = http_status_of_execution(status);
+            assert_eq!(http.as_u16(), expected_http, "{status:?}");
+            assert_eq!(grpc_code_name(code), expected_code_name, "{status:?}");
+        }
+    }
+
+    #[test]
+    fn the_gateways_own_refusals_have_their_http_statuses() {
+        let too_large = payload_too_large_response("max_request_bytes", 10);
+        assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let wrong_method = method_not_allowed_response(&http::Method::PUT, "/v1/tasks");
+        assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let mut busy = Status::resource_exhausted("the queue is full");
+        busy.metadata_mut().insert("retry-after-ms", 1500.into());
+        let refused = http_error_response(&busy);
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(refused.headers()["retry-after-ms"], "1500");
+        let anonymous = http_error_response(&Status::unauthenticated("no token"));
+        assert_eq!(anonymous.headers()[header::WWW_AUTHENTICATE], "Bearer");
     }
 }

@@ -6,8 +6,10 @@
 //!   `FunctionServiceHandler` the gRPC server uses (in-process, no network hop) and translates
 //!   the answer back. Business rules and authorization live only in the handler, so gRPC and
 //!   HTTP cannot disagree.
-//! - One error model: a refused request is the handler's gRPC status, answered with
-//!   `errors::http_status` and the body `{"code": "<gRPC status name>", "message": "…"}`.
+//! - One error model: a refused request is the handler's gRPC status, answered by
+//!   `errors::http_error_response` (the body `{"code": "<gRPC status name>", "message": "…"}`).
+//!   Every error status this file answers comes from a function of `errors.rs`; only the
+//!   success codes (200, 201, 202) are chosen here.
 //! - JSON bodies are the proto3 JSON mapping of the wire messages (pbjson, proto field names).
 //! - Bodies are read with an explicit limit: `max_request_bytes`, or `max_artifact_bytes` for
 //!   `POST /v1/artifacts`; more → 413 RESOURCE_EXHAUSTED.
@@ -38,7 +40,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 use crate::auth::{Principal, Scope};
-use crate::errors::{grpc_code_name, http_status, to_status};
+use crate::errors::{
+    grpc_code_name, http_error_response, http_status_of_execution, method_not_allowed_response,
+    payload_too_large_response, to_status,
+};
 use crate::node::Node;
 use crate::service::FunctionServiceHandler;
 
@@ -215,44 +220,12 @@ async fn authenticate(
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
-        Err(error) => error_response(&to_status(error)),
+        Err(error) => http_error_response(&to_status(error)),
     }
-}
-
-/// The JSON error answer for a refused request.
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    code: &'a str,
-    message: &'a str,
-}
-
-fn error_response(status: &tonic::Status) -> Response {
-    let body = ErrorBody {
-        code: grpc_code_name(status.code()),
-        message: status.message(),
-    };
-    let mut response = (http_status(status.code()), axum::Json(body)).into_response();
-    let headers = response.headers_mut();
-    if status.code() == Code::Unauthenticated {
-        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    if let Some(retry_after_ms) = status
-        .metadata()
-        .get("retry-after-ms")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|text| text.parse::<u64>().ok())
-    {
-        headers.insert(
-            header::RETRY_AFTER,
-            retry_after_ms.div_ceil(1000).max(1).into(),
-        );
-        headers.insert("retry-after-ms", retry_after_ms.into());
-    }
-    response
 }
 
 fn spear_error_response(error: SpearError) -> Response {
-    error_response(&to_status(error))
+    http_error_response(&to_status(error))
 }
 
 /// A route's early answer: an error response, reached with `?` from a `SpearError`, a handler's
@@ -267,7 +240,7 @@ impl From<SpearError> for Refusal {
 
 impl From<tonic::Status> for Refusal {
     fn from(status: tonic::Status) -> Refusal {
-        Refusal(error_response(&status))
+        Refusal(http_error_response(&status))
     }
 }
 
@@ -347,12 +320,7 @@ async fn read_body(body: Body, limit: usize, setting: &str) -> Result<Bytes, Ref
         let is_too_large = std::error::Error::source(&error)
             .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
         if is_too_large {
-            let message = format!("request body is larger than {setting} ({limit} bytes)");
-            let body = ErrorBody {
-                code: "RESOURCE_EXHAUSTED",
-                message: &message,
-            };
-            Refusal((StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response())
+            Refusal(payload_too_large_response(setting, limit))
         } else {
             Refusal::from(SpearError::invalid_argument(format!(
                 "reading the request body: {error}"
@@ -521,32 +489,27 @@ async fn invoke(
 }
 
 /// The body of a synchronous call that ran: its raw output, or the JSON error of a guest
-/// failure (FAILED → 502, TIMEOUT → 504, CANCELLED → 409).
+/// failure with the HTTP status `errors::http_status_of_execution` gives its end.
 fn sync_answer(
     answer: &proto::InvokeFunctionResponse,
     result: &proto::ExecutionResult,
 ) -> Response {
     let status = proto::ExecutionStatus::try_from(result.status).unwrap_or_default();
-    let (http, code) = match status {
-        proto::ExecutionStatus::Completed => {
-            let output = result.output.clone().unwrap_or_default();
-            let content_type = if output.content_type.is_empty() {
-                "application/octet-stream".to_owned()
-            } else {
-                output.content_type
-            };
-            return (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, content_type)],
-                Bytes::from(output.data),
-            )
-                .into_response();
-        }
-        proto::ExecutionStatus::Timeout => (StatusCode::GATEWAY_TIMEOUT, Code::DeadlineExceeded),
-        proto::ExecutionStatus::Cancelled => (StatusCode::CONFLICT, Code::Cancelled),
-        // A guest failure is an upstream failure from the caller's point of view.
-        _ => (StatusCode::BAD_GATEWAY, Code::Unknown),
-    };
+    let (http, code) = http_status_of_execution(status);
+    if code == Code::Ok {
+        let output = result.output.clone().unwrap_or_default();
+        let content_type = if output.content_type.is_empty() {
+            "application/octet-stream".to_owned()
+        } else {
+            output.content_type
+        };
+        return (
+            http,
+            [(header::CONTENT_TYPE, content_type)],
+            Bytes::from(output.data),
+        )
+            .into_response();
+    }
     #[derive(Serialize)]
     struct ExecutionErrorBody<'a> {
         code: &'a str,
@@ -816,48 +779,22 @@ async fn create_task(
     Ok(response)
 }
 
-/// What `POST /v1/artifacts` answers.
-#[derive(Serialize)]
-struct UploadedArtifact {
-    sha256: String,
-    /// Usable as `artifact_spec.location` on this node.
-    location: String,
-    /// `sha256:<hex>`, usable as `artifact_spec.checksum`.
-    checksum: String,
-    size_bytes: usize,
-}
-
-/// `POST /v1/artifacts`: the body is a module, executable or archive; it lands in the node's
-/// artifact cache under its sha256. Needs the admin scope.
+/// `POST /v1/artifacts`: the body is a module, executable or archive; the handler stores it in
+/// the node's artifact cache under its sha256 (see `FunctionServiceHandler::upload_artifact`).
+/// The handler is asked first how much the caller may send, so a caller without the admin scope
+/// is refused before the body is read.
 async fn upload_artifact(
     State(gateway): State<Gateway>,
     caller: Caller,
     body: Body,
 ) -> Result<Response, Refusal> {
-    caller.principal.require(Scope::Admin)?;
-    let limit =
-        usize::try_from(gateway.node.config.artifacts.max_artifact_bytes).unwrap_or(usize::MAX);
-    let bytes = read_body(body, limit, "artifacts.max_artifact_bytes").await?;
-    if bytes.is_empty() {
-        return Err(
-            SpearError::invalid_argument("the request body (the artifact) is empty").into(),
-        );
-    }
-    let size_bytes = bytes.len();
-    let stored = gateway.node.registry.fetcher().store_upload(bytes).await?;
-    tracing::info!(
-        sha256 = %stored.digest,
-        size_bytes,
-        by = %caller.principal.label,
-        "artifact uploaded"
-    );
-    let uploaded = UploadedArtifact {
-        location: format!("artifact://sha256:{}", stored.digest),
-        checksum: format!("sha256:{}", stored.digest),
-        sha256: stored.digest,
-        size_bytes,
-    };
-    let mut response = (StatusCode::CREATED, axum::Json(&uploaded)).into_response();
+    let limit = gateway.handler.artifact_upload_limit(&caller.principal)?;
+    let artifact = read_body(body, limit, "artifacts.max_artifact_bytes").await?;
+    let uploaded = gateway
+        .handler
+        .upload_artifact(&caller.principal, artifact)
+        .await?;
+    let mut response = json_response(StatusCode::CREATED, &uploaded);
     if let Ok(location) = HeaderValue::from_str(&uploaded.location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -899,7 +836,8 @@ async fn readyz(State(gateway): State<Gateway>) -> Response {
     }
 }
 
-/// Prometheus text exposition. Needs the read scope when tokens are configured.
+/// Prometheus text exposition (`exposition::render_prometheus`). Needs the read scope when
+/// tokens are configured.
 async fn metrics(State(gateway): State<Gateway>, caller: Caller) -> Result<Response, Refusal> {
     caller.principal.require(Scope::Read)?;
     Ok((
@@ -908,7 +846,7 @@ async fn metrics(State(gateway): State<Gateway>, caller: Caller) -> Result<Respo
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::render_prometheus(&gateway.node),
+        crate::exposition::render_prometheus(&gateway.node),
     )
         .into_response())
 }
@@ -931,15 +869,7 @@ async fn not_found(request: Request) -> Response {
 }
 
 async fn method_not_allowed(request: Request) -> Response {
-    let body = ErrorBody {
-        code: "UNIMPLEMENTED",
-        message: &format!(
-            "{} is not allowed on {}; see /openapi.json",
-            request.method(),
-            request.uri().path()
-        ),
-    };
-    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+    method_not_allowed_response(request.method(), request.uri().path())
 }
 
 /// Parses a JSON body; the error names the offending field (`artifact_spec.location: …`).

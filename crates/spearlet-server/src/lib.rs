@@ -19,6 +19,7 @@ pub mod clock;
 pub mod config;
 pub mod connection_io;
 pub mod errors;
+pub mod exposition;
 pub mod gateway;
 pub mod instances;
 pub mod manager;

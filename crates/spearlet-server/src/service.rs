@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-
 use futures::Stream;
+use serde::Serialize;
 use spearlet_core::{
     ExecutionMode, ExecutionRecord, ExecutionStatus, Priority, SpearError, SpearResult,
     StoredRequest,
@@ -419,70 +419,14 @@ impl FunctionServiceHandler {
         }
     }
 
+    /// A task as ListTasks and GetTask show it: with details when asked for (see
+    /// `wire::task_details`).
     fn task_info(&self, task: &LoadedTask, include_details: bool) -> proto::TaskInfo {
-        let mut metadata: std::collections::HashMap<String, String> = task
-            .record
-            .artifact
-            .metadata
-            .iter()
-            .filter(|(key, _)| !key.starts_with(spearlet_core::task_config::CONFIG_KEY_PREFIX))
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect();
-        if include_details {
-            metadata.insert("description".into(), task.record.description.clone());
-            metadata.insert(
-                "isolation".into(),
-                task.config.pool.isolation.as_str().to_owned(),
-            );
-            if let Some(pool) = self.node.manager.dispatcher().pool_snapshot(&task.pool) {
-                let instance_ids: Vec<&str> = pool
-                    .instances
-                    .iter()
-                    .map(|instance| instance.instance_id.as_str())
-                    .collect();
-                metadata.insert("instances".into(), instance_ids.len().to_string());
-                metadata.insert("instance_ids".into(), instance_ids.join(","));
-                if let Some(decision) = pool.last_decision {
-                    metadata.insert(
-                        "desired_instances".into(),
-                        decision.desired_instances.to_string(),
-                    );
-                }
-            }
-            metadata.insert(
-                "artifact_digest".into(),
-                format!("sha256:{}", task.record.artifact.digest),
-            );
-            metadata.insert(
-                "exported_functions".into(),
-                task.callable_functions().join(","),
-            );
-            metadata.insert(
-                "running_executions".into(),
-                task.counters
-                    .running
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    .to_string(),
-            );
+        if !include_details {
+            return wire::task_summary(task);
         }
-        proto::TaskInfo {
-            task_id: task.record.task_id.clone(),
-            task_name: task.record.task_name.clone(),
-            artifact_spec: Some(wire::artifact_spec(&task.record.artifact)),
-            created_at: task.record.created_at_ms,
-            updated_at: task.record.updated_at_ms,
-            execution_count: clamp_i32(
-                task.counters
-                    .execution_count
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            ),
-            last_status: task
-                .counters
-                .last_status()
-                .map_or(proto::ExecutionStatus::Unknown, wire::status_to_wire)
-                as i32,
-            metadata,
-        }
+        let pool = self.node.manager.dispatcher().pool_snapshot(&task.pool);
+        wire::task_details(task, pool.as_ref())
     }
 
     async fn cancel(
@@ -800,6 +744,149 @@ fn clamp_i32(value: u64) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
 }
 
+/// What `POST /v1/artifacts` stored, as the gateway answers it.
+#[derive(Serialize)]
+pub struct UploadedArtifact {
+    pub sha256: String,
+    /// Usable as `artifact_spec.location` on this node.
+    pub location: String,
+    /// `sha256:<hex>`, usable as `artifact_spec.checksum`.
+    pub checksum: String,
+    pub size_bytes: usize,
+}
+
+/// The RPCs whose tonic methods above only decode and encode, and the artifact upload, which has
+/// no RPC: the gateway calls it as it calls the others.
+impl FunctionServiceHandler {
+    fn execution_status(
+        &self,
+        request: &proto::GetExecutionStatusRequest,
+        principal: &Principal,
+    ) -> SpearResult<proto::GetExecutionStatusResponse> {
+        principal.require(Scope::Read)?;
+        let Some(record) = self.node.manager.store().execution(&request.execution_id)? else {
+            return Ok(proto::GetExecutionStatusResponse {
+                found: false,
+                result: None,
+                logs: vec![],
+                message: format!("execution_id {:?} is unknown", request.execution_id),
+            });
+        };
+        principal.require_task(Scope::Read, &record.task_name)?;
+        Ok(proto::GetExecutionStatusResponse {
+            found: true,
+            result: Some(wire::execution_result(&record, request.include_result)),
+            logs: if request.include_logs {
+                log_lines_with_attempts(&record)
+            } else {
+                vec![]
+            },
+            message: format!("execution is {}", record.status.as_str()),
+        })
+    }
+
+    fn health(
+        &self,
+        request: &proto::GetHealthRequest,
+        principal: &Principal,
+    ) -> SpearResult<proto::GetHealthResponse> {
+        principal.require(Scope::Read)?;
+        stats::health(&self.node, request.include_details)
+    }
+
+    fn stats(
+        &self,
+        request: &proto::GetStatsRequest,
+        principal: &Principal,
+    ) -> SpearResult<proto::GetStatsResponse> {
+        principal.require(Scope::Read)?;
+        let mut response = stats::stats(&self.node, request)?;
+        if principal.is_limited_to_tasks() {
+            // Node-wide counts stay; per-task detail is limited to the token's tasks.
+            response
+                .pools
+                .retain(|pool| principal.allows_task(&pool.task_name));
+            if let Some(task_stats) = &mut response.task_stats {
+                task_stats
+                    .most_active_tasks
+                    .retain(|task| principal.allows_task(&task.task_name));
+            }
+        }
+        Ok(response)
+    }
+
+    async fn create_task(
+        &self,
+        request: &proto::CreateTaskRequest,
+        principal: &Principal,
+    ) -> SpearResult<proto::TaskInfo> {
+        if request.task_name.is_empty() {
+            return Err(SpearError::invalid_argument("task_name is required"));
+        }
+        principal.require_task(Scope::Admin, &request.task_name)?;
+        let Some(artifact_spec) = &request.artifact_spec else {
+            return Err(SpearError::invalid_argument("artifact_spec is required"));
+        };
+        let (task, _) = self
+            .node
+            .registry
+            .register(registration(
+                None,
+                &request.task_name,
+                &request.function_name,
+                &request.task_description,
+                artifact_spec,
+            ))
+            .await?;
+        Ok(self.task_info(&task, true))
+    }
+
+    /// The most bytes an artifact upload may have (`artifacts.max_artifact_bytes`), once
+    /// `principal` may upload at all (the admin scope). A transport asks before it reads the
+    /// body, so a caller who may not upload is refused before sending it, and no body is read
+    /// past the limit.
+    pub fn artifact_upload_limit(&self, principal: &Principal) -> SpearResult<usize> {
+        principal.require(Scope::Admin)?;
+        Ok(usize::try_from(self.node.config.artifacts.max_artifact_bytes).unwrap_or(usize::MAX))
+    }
+
+    /// Stores an uploaded module, executable or archive in the node's artifact cache under its
+    /// sha256, for `artifact://sha256:…` locations. Needs the admin scope; an empty body is
+    /// refused, and one over `artifacts.max_artifact_bytes` is RESOURCE_EXHAUSTED.
+    pub async fn upload_artifact(
+        &self,
+        principal: &Principal,
+        artifact: Bytes,
+    ) -> SpearResult<UploadedArtifact> {
+        let limit = self.artifact_upload_limit(principal)?;
+        if artifact.is_empty() {
+            return Err(SpearError::invalid_argument(
+                "the request body (the artifact) is empty",
+            ));
+        }
+        let size_bytes = artifact.len();
+        if size_bytes > limit {
+            return Err(SpearError::resource_exhausted(format!(
+                "the artifact ({size_bytes} bytes) is larger than artifacts.max_artifact_bytes \
+                 ({limit} bytes)"
+            )));
+        }
+        let stored = self.node.registry.fetcher().store_upload(artifact).await?;
+        tracing::info!(
+            sha256 = %stored.digest,
+            size_bytes,
+            by = %principal.label,
+            "artifact uploaded"
+        );
+        Ok(UploadedArtifact {
+            location: format!("artifact://sha256:{}", stored.digest),
+            checksum: format!("sha256:{}", stored.digest),
+            sha256: stored.digest,
+            size_bytes,
+        })
+    }
+}
+
 type ResponseStream =
     Pin<Box<dyn Stream<Item = Result<proto::StreamExecutionResult, Status>> + Send>>;
 
@@ -823,39 +910,9 @@ impl FunctionService for FunctionServiceHandler {
         request: Request<proto::GetExecutionStatusRequest>,
     ) -> Result<Response<proto::GetExecutionStatusResponse>, Status> {
         let principal = self.principal(&request)?;
-        principal.require(Scope::Read).map_err(to_status)?;
-        let request = request.into_inner();
-        let record = self
-            .node
-            .manager
-            .store()
-            .execution(&request.execution_id)
-            .map_err(to_status)?;
-        Ok(Response::new(match record {
-            None => proto::GetExecutionStatusResponse {
-                found: false,
-                result: None,
-                logs: vec![],
-                message: format!("execution_id {:?} is unknown", request.execution_id),
-            },
-            Some(record) if !principal.allows_task(&record.task_name) => {
-                return Err(to_status(
-                    principal
-                        .require_task(Scope::Read, &record.task_name)
-                        .unwrap_err(),
-                ));
-            }
-            Some(record) => proto::GetExecutionStatusResponse {
-                found: true,
-                result: Some(wire::execution_result(&record, request.include_result)),
-                logs: if request.include_logs {
-                    log_lines_with_attempts(&record)
-                } else {
-                    vec![]
-                },
-                message: format!("execution is {}", record.status.as_str()),
-            },
-        }))
+        self.execution_status(request.get_ref(), &principal)
+            .map(Response::new)
+            .map_err(to_status)
     }
 
     async fn cancel_execution(
@@ -929,8 +986,7 @@ impl FunctionService for FunctionServiceHandler {
         request: Request<proto::GetHealthRequest>,
     ) -> Result<Response<proto::GetHealthResponse>, Status> {
         let principal = self.principal(&request)?;
-        principal.require(Scope::Read).map_err(to_status)?;
-        stats::health(&self.node, request.get_ref().include_details)
+        self.health(request.get_ref(), &principal)
             .map(Response::new)
             .map_err(to_status)
     }
@@ -940,23 +996,9 @@ impl FunctionService for FunctionServiceHandler {
         request: Request<proto::GetStatsRequest>,
     ) -> Result<Response<proto::GetStatsResponse>, Status> {
         let principal = self.principal(&request)?;
-        principal.require(Scope::Read).map_err(to_status)?;
-        let mut response = stats::stats(&self.node, request.get_ref(), |task| {
-            self.task_info(task, false)
-        })
-        .map_err(to_status)?;
-        if principal.is_limited_to_tasks() {
-            // Node-wide counts stay; per-task detail is limited to the token's tasks.
-            response
-                .pools
-                .retain(|pool| principal.allows_task(&pool.task_name));
-            if let Some(task_stats) = &mut response.task_stats {
-                task_stats
-                    .most_active_tasks
-                    .retain(|task| principal.allows_task(&task.task_name));
-            }
-        }
-        Ok(Response::new(response))
+        self.stats(request.get_ref(), &principal)
+            .map(Response::new)
+            .map_err(to_status)
     }
 
     async fn create_task(
@@ -964,32 +1006,9 @@ impl FunctionService for FunctionServiceHandler {
         request: Request<proto::CreateTaskRequest>,
     ) -> Result<Response<proto::TaskInfo>, Status> {
         let principal = self.principal(&request)?;
-        let request = request.into_inner();
-        if request.task_name.is_empty() {
-            return Err(to_status(SpearError::invalid_argument(
-                "task_name is required",
-            )));
-        }
-        principal
-            .require_task(Scope::Admin, &request.task_name)
-            .map_err(to_status)?;
-        let Some(artifact_spec) = &request.artifact_spec else {
-            return Err(to_status(SpearError::invalid_argument(
-                "artifact_spec is required",
-            )));
-        };
-        let (task, _) = self
-            .node
-            .registry
-            .register(registration(
-                None,
-                &request.task_name,
-                &request.function_name,
-                &request.task_description,
-                artifact_spec,
-            ))
+        self.create_task(request.get_ref(), &principal)
             .await
-            .map_err(to_status)?;
-        Ok(Response::new(self.task_info(&task, true)))
+            .map(Response::new)
+            .map_err(to_status)
     }
 }

@@ -12,6 +12,7 @@ use spearlet_proto as proto;
 use crate::clock::unix_ms;
 use crate::node::Node;
 use crate::registry::LoadedTask;
+use crate::wire;
 
 /// The queue fill ratio above which the node reports itself degraded.
 const DEGRADED_QUEUE_RATIO: f64 = 0.8;
@@ -131,10 +132,11 @@ struct ExecutionTotals {
     by_function: HashMap<String, i32>,
 }
 
+/// GetStats over the whole node; the most active tasks are shown as `wire::task_summary` shows
+/// a task. Narrowing the answer to what the caller may see is the handler's business.
 pub fn stats(
     node: &Node,
     request: &proto::GetStatsRequest,
-    task_info: impl Fn(&LoadedTask) -> proto::TaskInfo,
 ) -> SpearResult<proto::GetStatsResponse> {
     let window_start_ms = match request.time_range_hours {
         hours if hours > 0 => unix_ms() - i64::from(hours) * 3_600_000,
@@ -245,7 +247,7 @@ pub fn stats(
                 .iter()
                 .filter(|task| task.counters.execution_count.load(Ordering::Relaxed) > 0)
                 .take(MOST_ACTIVE_TASKS)
-                .map(|task| task_info(task))
+                .map(|task| wire::task_summary(task))
                 .collect(),
         }
     });

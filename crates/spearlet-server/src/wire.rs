@@ -1,5 +1,6 @@
 //! Conversions between the wire contract and the domain: input decoding (including the old
-//! parameter encoding) and record → message encoding.
+//! parameter encoding) and record → message encoding, tasks (`TaskInfo`) included, so every
+//! RPC that shows a task (GetTask, ListTasks, GetStats) shows it the same way.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +16,7 @@ use spearlet_proto::well_known::{self, any_type_name};
 use spearlet_proto::{self as proto};
 
 use crate::clock::timestamp_from_us;
+use crate::registry::LoadedTask;
 
 /// The function input of a request: `input` when set, else derived from `parameters`.
 pub fn decode_input(
@@ -274,6 +276,85 @@ pub fn artifact_spec(artifact: &ArtifactRecord) -> proto::ArtifactSpec {
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect(),
     }
+}
+
+/// A task as `TaskInfo`: ids, artifact, timestamps, execution counters and the artifact's own
+/// metadata (the `spearlet.*` configuration keys left out). GetStats shows tasks this way.
+pub fn task_summary(task: &LoadedTask) -> proto::TaskInfo {
+    let metadata: std::collections::HashMap<String, String> = task
+        .record
+        .artifact
+        .metadata
+        .iter()
+        .filter(|(key, _)| !key.starts_with(spearlet_core::task_config::CONFIG_KEY_PREFIX))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    proto::TaskInfo {
+        task_id: task.record.task_id.clone(),
+        task_name: task.record.task_name.clone(),
+        artifact_spec: Some(artifact_spec(&task.record.artifact)),
+        created_at: task.record.created_at_ms,
+        updated_at: task.record.updated_at_ms,
+        execution_count: i32::try_from(
+            task.counters
+                .execution_count
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .unwrap_or(i32::MAX),
+        last_status: task
+            .counters
+            .last_status()
+            .map_or(proto::ExecutionStatus::Unknown, status_to_wire) as i32,
+        metadata,
+    }
+}
+
+/// [`task_summary`] plus the details GetTask (and ListTasks with `include_details`) add to its
+/// metadata: description, isolation, the instances of the task's pool (`pool`, absent when the
+/// dispatcher has none for it) and the autoscaler's desired count, the artifact digest, the
+/// callable functions and the running executions.
+pub fn task_details(
+    task: &LoadedTask,
+    pool: Option<&spearlet_pool::PoolSnapshot>,
+) -> proto::TaskInfo {
+    let mut info = task_summary(task);
+    let metadata = &mut info.metadata;
+    metadata.insert("description".into(), task.record.description.clone());
+    metadata.insert(
+        "isolation".into(),
+        task.config.pool.isolation.as_str().to_owned(),
+    );
+    if let Some(pool) = pool {
+        let instance_ids: Vec<&str> = pool
+            .instances
+            .iter()
+            .map(|instance| instance.instance_id.as_str())
+            .collect();
+        metadata.insert("instances".into(), instance_ids.len().to_string());
+        metadata.insert("instance_ids".into(), instance_ids.join(","));
+        if let Some(decision) = pool.last_decision {
+            metadata.insert(
+                "desired_instances".into(),
+                decision.desired_instances.to_string(),
+            );
+        }
+    }
+    metadata.insert(
+        "artifact_digest".into(),
+        format!("sha256:{}", task.record.artifact.digest),
+    );
+    metadata.insert(
+        "exported_functions".into(),
+        task.callable_functions().join(","),
+    );
+    metadata.insert(
+        "running_executions".into(),
+        task.counters
+            .running
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .to_string(),
+    );
+    info
 }
 
 pub fn to_btree(map: &std::collections::HashMap<String, String>) -> BTreeMap<String, String> {

@@ -222,9 +222,22 @@ pub struct InvokeArguments {
     pub environment: Vec<(String, String)>,
 
     /// Submit the call as an async execution: the node answers at once and runs it durably.
-    /// Prints the execution id and the status endpoint (the whole answer with `--json`).
+    /// Prints the execution id and the status endpoint (the whole answer with `--json`, only
+    /// the id with `--quiet`).
     #[arg(long = "async", conflicts_with = "stream")]
     pub asynchronous: bool,
+
+    /// With `--async`: print only the execution id, one line, for scripts:
+    /// `id=$(spearlet invoke sleep --async -q)`. Only for an async acceptance, whose table it
+    /// replaces: a call that runs to its end (sync, `--wait`, `--stream`) prints only its output
+    /// already, and `--json` prints the whole answer.
+    #[arg(
+        short = 'q',
+        long = "quiet",
+        requires = "asynchronous",
+        conflicts_with_all = ["wait_for_end", "json_output"]
+    )]
+    pub quiet: bool,
 
     /// With `--async`: wait until the execution ends (at most the node's `max_wait_ms`) and
     /// print its output as a synchronous call does.

@@ -245,6 +245,9 @@ pub async fn invoke(
         .map_err(rpc_error)?
         .into_inner();
     if arguments.asynchronous && !arguments.wait_for_end {
+        if arguments.quiet {
+            return print_accepted_execution_id(&response);
+        }
         return print_accepted_execution(&response, json_output);
     }
     print_finished_execution(&response, json_output)
@@ -274,6 +277,19 @@ fn print_accepted_execution(
             .as_bytes(),
         )?;
     }
+    if response.success {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("error: {}", response.message);
+    Ok(ExitCode::FAILURE)
+}
+
+/// An async acceptance with `--quiet`: only the execution id and a newline, so that
+/// `id=$(spearlet invoke … --async -q)` holds the id.
+fn print_accepted_execution_id(
+    response: &proto::InvokeFunctionResponse,
+) -> anyhow::Result<ExitCode> {
+    write_stdout(format!("{}\n", response.execution_id).as_bytes())?;
     if response.success {
         return Ok(ExitCode::SUCCESS);
     }

@@ -5,16 +5,20 @@
 //! values actually given; `NodeConfig::load` applies them over the file and the defaults, so the
 //! precedence (flag > environment > file > default) is decided in one place.
 //!
-//! The first line on stdout is `spearlet listening on grpc://<address>` with the address really
-//! bound, so scripts and tests that ask for port 0 can find the node; the second names the HTTP
-//! address (`http://` or `https://`). Logs go to stderr.
+//! stdout says where the node listens, with the addresses really bound, so scripts and tests
+//! that ask for port 0 can find the node. With the text log format its first line is `spearlet
+//! listening on grpc://<address>` and the second names the HTTP address (`http://` or
+//! `https://`); with the JSON format it is one JSON log line, `fields` holding `message`
+//! (`spearlet listening`), `grpc` and `http` (the same URLs). Logs go to stderr, and so do errors:
+//! `error: …` lines in text, JSON log lines at level ERROR in JSON, so that with `--log-format
+//! json` every line the process writes is one JSON object.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use spearlet_server::auth::SecretToken;
 use spearlet_server::config::TlsConfig;
-use spearlet_server::{ConfigOverrides, NodeConfig};
+use spearlet_server::{ConfigOverrides, LogFormat, NodeConfig};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::ServeArguments;
@@ -58,31 +62,48 @@ pub async fn serve(arguments: &ServeArguments) -> anyhow::Result<ExitCode> {
     ) {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("error: {}", error.message);
+            // No configuration: only the flag (or its environment twin) says how to write.
+            let log_format = arguments.log_format.unwrap_or(LogFormat::Text);
+            report_error(log_format, &error.message);
             return Ok(ExitCode::from(CONFIGURATION_ERROR_EXIT_CODE));
         }
     };
+    let log_format = config.log_format;
     let telemetry = match crate::telemetry::init(&config) {
         Ok(telemetry) => telemetry,
         Err(message) => {
-            eprintln!("error: {message}");
+            report_error(log_format, &message);
             return Ok(ExitCode::from(CONFIGURATION_ERROR_EXIT_CODE));
         }
     };
+    let exit_code = match run_until_signal(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            report_error(log_format, &format!("{error:#}"));
+            ExitCode::FAILURE
+        }
+    };
+    telemetry.shutdown().await;
+    Ok(exit_code)
+}
+
+/// Starts the node, says where it listens, and shuts it down gracefully on SIGINT or SIGTERM.
+async fn run_until_signal(config: NodeConfig) -> anyhow::Result<()> {
     // Registered before the node starts so a signal during startup is not lost.
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
 
+    let log_format = config.log_format;
     crate::allocator::purge_freed_memory_at_once();
     let running = spearlet_server::serve(config)
         .await
         .map_err(|error| anyhow::anyhow!("{}", error.message))?;
     let scheme = if running.tls { "https" } else { "http" };
-    println!("spearlet listening on grpc://{}", running.grpc_addr);
-    println!(
-        "spearlet listening on {scheme}://{} (HTTP/JSON gateway, /metrics)",
-        running.http_addr
+    announce_listening(
+        log_format,
+        &format!("grpc://{}", running.grpc_addr),
+        &format!("{scheme}://{}", running.http_addr),
     );
     crate::allocator::release_startup_memory();
 
@@ -96,6 +117,29 @@ pub async fn serve(arguments: &ServeArguments) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|error| anyhow::anyhow!("{}", error.message))?;
     tracing::info!("stopped");
-    telemetry.shutdown().await;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+/// Says where the node listens, on stdout (see the module documentation for both formats).
+fn announce_listening(log_format: LogFormat, grpc_url: &str, http_url: &str) {
+    match log_format {
+        LogFormat::Text => {
+            println!("spearlet listening on {grpc_url}");
+            println!("spearlet listening on {http_url} (HTTP/JSON gateway, /metrics)");
+        }
+        LogFormat::Json => crate::telemetry::write_json_event(std::io::stdout, || {
+            tracing::info!(grpc = grpc_url, http = http_url, "spearlet listening");
+        }),
+    }
+}
+
+/// An error that ends `serve`, on stderr: `error: <message>` in text, a JSON log line at level
+/// ERROR in JSON.
+fn report_error(log_format: LogFormat, message: &str) {
+    match log_format {
+        LogFormat::Text => eprintln!("error: {message}"),
+        LogFormat::Json => crate::telemetry::write_json_event(std::io::stderr, || {
+            tracing::error!("{message}");
+        }),
+    }
 }

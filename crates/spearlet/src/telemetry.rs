@@ -11,6 +11,11 @@
 //! The two layers filter separately, so a quiet log does not silence the export. The batch
 //! processor runs on its own thread and honours the standard `OTEL_BSP_*` variables (schedule
 //! delay, queue and batch sizes); [`Telemetry::shutdown`] flushes what is queued.
+//!
+//! With the JSON format, what `serve` writes outside the log — its listening line on stdout, a
+//! configuration error before the log exists — goes through [`write_json_event`], which formats
+//! one event exactly as the log's JSON layer does, so every line the process writes is one JSON
+//! object of the same shape.
 
 use std::io::IsTerminal;
 
@@ -21,6 +26,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use spearlet_server::{LogFormat, NodeConfig};
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
@@ -72,6 +78,21 @@ pub fn init(config: &NodeConfig) -> Result<Telemetry, String> {
         .try_init()
         .map_err(|error| format!("installing the logger: {error}"))?;
     Ok(Telemetry { tracer_provider })
+}
+
+/// Runs `emit`, which logs one event (`tracing::info!(…)`), with a subscriber of its own that
+/// writes it to `writer` in the JSON log's format (`timestamp`, `level`, `fields`, `target`),
+/// whatever the global subscriber and its filter are, and before there is one.
+pub fn write_json_event<Writer>(writer: Writer, emit: impl FnOnce())
+where
+    Writer: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
+{
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(LevelFilter::TRACE)
+        .with_writer(writer)
+        .finish();
+    tracing::subscriber::with_default(subscriber, emit);
 }
 
 fn otlp_tracer_provider(endpoint: &str, service_name: &str) -> Result<SdkTracerProvider, String> {

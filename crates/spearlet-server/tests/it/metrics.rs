@@ -13,7 +13,7 @@ use support::*;
 
 /// Renders the node's metrics.
 fn render(node: &TestNode) -> String {
-    spearlet_server::metrics::render_prometheus(&node.server.node)
+    spearlet_server::exposition::render_prometheus(&node.server.node)
 }
 
 /// Samples by `name{labels}` exactly as written, e.g. `faas_timeouts_total{task="a",function=""}`.

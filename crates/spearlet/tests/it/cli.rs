@@ -518,10 +518,76 @@ fn async_and_streaming_invocations() {
                 ..SUCCEEDS
             },
         ),
+        // `--quiet` prints only the id of an async acceptance, and refuses every other call.
+        (
+            &[
+                "invoke",
+                "sleep",
+                "--input",
+                "10",
+                "--async",
+                "-q",
+                "--execution-id",
+                "cli-quiet-1",
+            ],
+            Expect {
+                stdout_is: Some("cli-quiet-1\n"),
+                ..SUCCEEDS
+            },
+        ),
+        (
+            &["invoke", "echo", "--input", "x", "--quiet"],
+            Expect {
+                exit_code: 2,
+                stdout_is: Some(""),
+                stderr_contains: &["--async"],
+                ..SUCCEEDS
+            },
+        ),
+        (
+            &["invoke", "echo", "--input", "x", "--async", "--wait", "-q"],
+            Expect {
+                exit_code: 2,
+                stderr_contains: &["cannot be used with"],
+                ..SUCCEEDS
+            },
+        ),
+        (
+            &["invoke", "echo", "--input", "x", "--async", "-q", "--json"],
+            Expect {
+                exit_code: 2,
+                stderr_contains: &["cannot be used with"],
+                ..SUCCEEDS
+            },
+        ),
     ];
     for (arguments, expect) in cases {
         check(&node, arguments, *expect);
     }
+
+    // The README's script: `id=$(spearlet invoke sleep --input 10 --async -q)`, then `spearlet
+    // exec get "$id"` finds the execution the node generated the id for.
+    let quiet = check(
+        &node,
+        &["invoke", "sleep", "--input", "10", "--async", "-q"],
+        SUCCEEDS,
+    );
+    let quiet_stdout = String::from_utf8(quiet.stdout).unwrap();
+    let generated_id = quiet_stdout
+        .strip_suffix('\n')
+        .unwrap_or_else(|| panic!("no single line: {quiet_stdout:?}"));
+    assert!(
+        !generated_id.is_empty() && !generated_id.contains(char::is_whitespace),
+        "{quiet_stdout:?}"
+    );
+    check(
+        &node,
+        &["exec", "get", generated_id],
+        Expect {
+            stdout_contains: &[generated_id],
+            ..SUCCEEDS
+        },
+    );
 
     // `--async --json` prints the whole acceptance; the execution then runs on its own.
     let arguments = [

@@ -1,7 +1,9 @@
 //! Logs, trace context and span export, checked on the real binary: `spearlet serve --log-format
 //! json` on 127.0.0.1:0 with its stderr in a file, called over gRPC with a `traceparent`.
 //!
-//! - JSON logs parse line by line, and the lines of an execution carry its ids and trace id.
+//! - JSON logs parse line by line, and the lines of an execution carry its ids and trace id;
+//!   with `--log-format json` every line on stdout and stderr is a JSON object, the listening
+//!   line and errors included.
 //! - A guest (a shell-script process task) sees `SPEAR_TRACEPARENT`: a child of the caller's
 //!   context, or a new root when the caller sent none or sent garbage.
 //! - With `--otlp-endpoint`, the execution span reaches an in-test OTLP/gRPC receiver with the
@@ -243,6 +245,85 @@ async fn json_logs_parse_line_by_line_and_carry_execution_ids() {
             );
         }
     }
+}
+
+/// With `--log-format json` every line the process writes is one JSON object: the listening line
+/// on stdout (in the log's own shape, the URLs as `grpc` and `http` fields), and on stderr the
+/// whole log of a life with a completed call, a failed one, a refused one and a shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_json_logs_every_line_on_stdout_and_stderr_is_a_json_object() {
+    let mut node = RunningNode::start(&[], &[]);
+    let listening_line = node.process.listening_line.clone();
+    let listening = json_lines(&listening_line).remove(0);
+    assert_eq!(
+        field(&listening, "message"),
+        Some("spearlet listening"),
+        "{listening_line}"
+    );
+    assert_eq!(
+        field(&listening, "grpc"),
+        Some(format!("grpc://{}", node.process.grpc_address).as_str()),
+        "{listening_line}"
+    );
+    let http = field(&listening, "http").unwrap_or_default();
+    assert!(http.starts_with("http://127.0.0.1:"), "{listening_line}");
+    assert_eq!(listening["level"], "INFO", "{listening_line}");
+    for log_field in ["timestamp", "target"] {
+        assert!(listening.contains_key(log_field), "{listening_line}");
+    }
+
+    let mut client = node.client().await;
+    invoke(&mut client, "echo", b"hello", None).await;
+    let failed = client
+        .invoke_function(invoke_request("fail", b""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!failed.success, "{failed:?}");
+    let refused = client
+        .invoke_function(invoke_request("no-such-task", b""))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+    drop(client);
+    node.stop_gracefully();
+
+    let stdout = node.process.stdout_after_listening_line();
+    json_lines(&stdout);
+    let log = node.log();
+    let lines = json_lines(&log);
+    assert!(
+        lines
+            .iter()
+            .any(|line| field(line, "message") == Some("stopped")),
+        "the log does not reach the shutdown:\n{log}"
+    );
+}
+
+/// A configuration error with `--log-format json` is one JSON log line at level ERROR on stderr
+/// (exit code 2), not a plain `error: …` line.
+#[test]
+fn a_configuration_error_with_json_logs_is_a_json_line() {
+    let data_directory = tempfile::tempdir().unwrap();
+    let missing_config = data_directory.path().join("missing.toml");
+    let output = std::process::Command::new(support::SPEARLET)
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&missing_config)
+        .arg("--data-dir")
+        .arg(data_directory.path())
+        .env_clear()
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(output.stdout.is_empty(), "{output:?}");
+    let lines = json_lines(&stderr);
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert_eq!(lines[0]["level"], "ERROR", "{stderr}");
+    assert!(
+        field(&lines[0], "message").is_some_and(|message| message.contains("missing.toml")),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

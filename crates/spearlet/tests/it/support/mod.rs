@@ -1,6 +1,7 @@
 //! The `spearlet serve` child process the binary's integration tests start: free loopback
 //! ports, stderr in a log file, no `SPEARLET_*` variables inherited from the caller, and the
-//! gRPC address read from the node's first stdout line. Killed (SIGKILL) and reaped when
+//! gRPC address read from the node's first stdout line (text, or a JSON log line with
+//! `--log-format json`). Killed (SIGKILL) and reaped when
 //! dropped, so a failing assertion never leaves a node running.
 
 #![allow(dead_code)]
@@ -12,13 +13,28 @@ use std::time::{Duration, Instant};
 
 pub const SPEARLET: &str = env!("CARGO_BIN_EXE_spearlet");
 
+/// The gRPC address (`127.0.0.1:PORT`) on the node's first stdout line: `spearlet listening on
+/// grpc://ADDRESS` with text logs, or with JSON logs a JSON object whose `fields.grpc` is
+/// `grpc://ADDRESS`.
+fn grpc_address_from_listening_line(line: &str) -> Option<String> {
+    let line = line.trim();
+    if let Some(address) = line.strip_prefix("spearlet listening on grpc://") {
+        return Some(address.to_owned());
+    }
+    let object: serde_json::Value = serde_json::from_str(line).ok()?;
+    let url = object.get("fields")?.get("grpc")?.as_str()?;
+    url.strip_prefix("grpc://").map(str::to_owned)
+}
+
 pub struct NodeProcess {
     pub child: Child,
     /// `127.0.0.1:PORT` of the gRPC listener.
     pub grpc_address: String,
     pub log_path: PathBuf,
-    /// Kept open so the node never writes into a closed pipe.
-    _stdout: BufReader<ChildStdout>,
+    /// The node's first stdout line, which says where it listens.
+    pub listening_line: String,
+    /// The rest of stdout, kept open so the node never writes into a closed pipe.
+    stdout: BufReader<ChildStdout>,
 }
 
 impl NodeProcess {
@@ -59,11 +75,7 @@ impl NodeProcess {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut first_line = String::new();
         stdout.read_line(&mut first_line).unwrap();
-        let Some(address) = first_line
-            .trim()
-            .strip_prefix("spearlet listening on grpc://")
-            .map(str::to_owned)
-        else {
+        let Some(address) = grpc_address_from_listening_line(&first_line) else {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
@@ -75,12 +87,21 @@ impl NodeProcess {
             child,
             grpc_address: address,
             log_path: log_path.to_owned(),
-            _stdout: stdout,
+            listening_line: first_line,
+            stdout,
         }
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// What the node wrote to stdout after its first line, up to its end: call it once the node
+    /// has exited (it reads until the pipe closes).
+    pub fn stdout_after_listening_line(&mut self) -> String {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.stdout, &mut rest).unwrap();
+        rest
     }
 
     /// `kill -9`: no graceful shutdown, no flushing.
