@@ -713,7 +713,10 @@ async fn get_execution(
             "DURATION",
             output::format_execution_time(result.execution_time_ms, &result.metrics),
         ),
-        ("MEMORY", output::format_bytes(result.memory_used_bytes)),
+        (
+            "MEMORY",
+            output::format_measured_bytes(result.memory_used_bytes),
+        ),
         ("METRICS", output::render_map(&result.metrics)),
     ]);
     if !arguments.no_output {

@@ -235,6 +235,25 @@ pub fn format_execution_time(execution_time_ms: i64, metrics: &HashMap<String, S
 }
 
 /// `1.2 MiB`: a byte count for people.
+/// A size the node reports only where it measures it: the wire field is 0 where it does not
+/// (a process function's memory), which the table shows as `unknown`.
+pub fn format_measured_bytes(bytes: i64) -> String {
+    if bytes == 0 {
+        "unknown".to_owned()
+    } else {
+        format_bytes(bytes)
+    }
+}
+
+/// The JSON form of a size the node reports only where it measures it: `null` for 0.
+fn measured(bytes: i64) -> serde_json::Value {
+    if bytes == 0 {
+        serde_json::Value::Null
+    } else {
+        bytes.into()
+    }
+}
+
 pub fn format_bytes(bytes: i64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
@@ -312,7 +331,7 @@ pub fn execution_result_json(result: &proto::ExecutionResult) -> Value {
         "error_code": result.error_code,
         "error_message": result.error_message,
         "execution_time_ms": result.execution_time_ms,
-        "memory_used_bytes": result.memory_used_bytes,
+        "memory_used_bytes": measured(result.memory_used_bytes),
         "metrics": map_json(&result.metrics),
         "started_at": timestamp_json(result.started_at.as_ref()),
         "completed_at": timestamp_json(result.completed_at.as_ref()),
@@ -392,7 +411,7 @@ pub fn execution_info_json(execution: &proto::ExecutionInfo) -> Value {
         "started_at": timestamp_json(execution.started_at.as_ref()),
         "completed_at": timestamp_json(execution.completed_at.as_ref()),
         "execution_time_ms": execution.execution_time_ms,
-        "memory_used_bytes": execution.memory_used_bytes,
+        "memory_used_bytes": measured(execution.memory_used_bytes),
         "error_message": execution.error_message,
         "metadata": map_json(&execution.metadata),
     })
