@@ -28,7 +28,7 @@ pub enum ErrorKind {
     /// A dependency is temporarily unavailable (an artifact server that does not answer).
     Unavailable,
     /// The operation is not built yet.
-    Unimplemented,
+
     /// The node failed: a bug or an IO error on its own data.
     Internal,
 }
@@ -84,10 +84,6 @@ impl SpearError {
 
     pub fn unavailable(message: impl Into<String>) -> SpearError {
         SpearError::new(ErrorKind::Unavailable, message)
-    }
-
-    pub fn unimplemented(message: impl Into<String>) -> SpearError {
-        SpearError::new(ErrorKind::Unimplemented, message)
     }
 
     pub fn internal(message: impl Into<String>) -> SpearError {

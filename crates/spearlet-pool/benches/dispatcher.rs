@@ -7,6 +7,9 @@
 //!
 //! Run: `cargo bench -p spearlet-pool --bench dispatcher` (add a name filter after `--`).
 
+// A benchmark measures real elapsed time.
+#![allow(clippy::disallowed_types)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -23,7 +23,6 @@ pub fn grpc_code(kind: ErrorKind) -> Code {
         ErrorKind::FailedPrecondition => Code::FailedPrecondition,
         ErrorKind::ResourceExhausted => Code::ResourceExhausted,
         ErrorKind::Unavailable => Code::Unavailable,
-        ErrorKind::Unimplemented => Code::Unimplemented,
         ErrorKind::Internal => Code::Internal,
     }
 }
@@ -246,7 +245,6 @@ mod tests {
             (ErrorKind::FailedPrecondition, Code::FailedPrecondition),
             (ErrorKind::ResourceExhausted, Code::ResourceExhausted),
             (ErrorKind::Unavailable, Code::Unavailable),
-            (ErrorKind::Unimplemented, Code::Unimplemented),
             (ErrorKind::Internal, Code::Internal),
         ];
         for (kind, code) in table {

@@ -7,6 +7,9 @@
 //! pass/fail. The numbers depend on the disk behind `TMPDIR`. Run:
 //! `cargo bench -p spearlet-store --bench put_throughput`.
 
+// A benchmark measures real elapsed time.
+#![allow(clippy::disallowed_types)]
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 

@@ -10,6 +10,9 @@
 //! on. The numbers depend on the disk behind the temporary directory (`TMPDIR`). Run:
 //! `cargo bench -p spearlet-store --bench write_batch` (add a name filter after `--`).
 
+// A benchmark measures real elapsed time.
+#![allow(clippy::disallowed_types)]
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

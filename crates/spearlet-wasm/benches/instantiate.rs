@@ -9,6 +9,9 @@
 //! Both run on a current-thread tokio runtime. Run:
 //! `cargo bench -p spearlet-wasm --bench instantiate` (add a name filter after `--`).
 
+// A benchmark measures real elapsed time.
+#![allow(clippy::disallowed_types)]
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

@@ -3,6 +3,10 @@
 //! function the same way under the `awslambdaric` Python client (required under CI; skipped,
 //! saying so, elsewhere when it is not installed).
 
+// Integration tests time real nodes, processes and guests: std's clock is the right one here,
+// and nothing in them runs on a paused tokio clock.
+#![allow(clippy::disallowed_types)]
+
 #[path = "../../../crates/spearlet-server/tests/it/support/mod.rs"]
 mod support;
 

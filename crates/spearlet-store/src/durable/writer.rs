@@ -12,6 +12,9 @@
 //! means "everything queued before me is on disk". Until a commit succeeds again the failure is
 //! kept in [`SharedState::write_failure`], for the node's health.
 
+// The writer is a plain OS thread, not a tokio task: it measures real time with std's clock.
+#![allow(clippy::disallowed_types)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
