@@ -14,13 +14,18 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
+use spearlet_artifact::CacheStats;
 use spearlet_core::histogram::HistogramSnapshot;
 use spearlet_core::{ErrorCode, ExecutionStatus};
 use spearlet_pool::InstanceState;
+use spearlet_store::WriteDistributions;
 
+use crate::manager::TaskExecutionManager;
 use crate::metrics::{FunctionSnapshot, TERMINAL_STATUSES};
 use crate::node::Node;
+use crate::registry::LoadedTask;
 
 /// Instance states, in the order they are reported.
 const INSTANCE_STATES: [InstanceState; 6] = [
@@ -44,10 +49,24 @@ fn instance_state_index(state: InstanceState) -> usize {
 }
 
 /// The node's metrics in the Prometheus text format 0.0.4 (serve it as
-/// `text/plain; version=0.0.4; charset=utf-8`).
+/// `text/plain; version=0.0.4; charset=utf-8`): per function, per task, the execution path,
+/// the artifact cache, the store and the process, in that order.
 pub fn render_prometheus(node: &Node) -> String {
     let mut tasks = node.registry.all();
     tasks.sort_by(|left, right| left.record.task_name.cmp(&right.record.task_name));
+    let mut out = Encoder::default();
+    encode_function_metrics(&mut out, &tasks);
+    encode_task_metrics(&mut out, &tasks);
+    encode_execution_metrics(&mut out, &node.manager, &tasks);
+    encode_artifact_cache_metrics(&mut out, &node.registry.fetcher().cache_stats());
+    encode_store_metrics(&mut out, &node.manager.store().write_distributions());
+    encode_process_metrics(&mut out, node.observer.resident_memory_bytes());
+    out.text
+}
+
+/// The `faas_*` families with a sample per task and function: invocations by status, errors by
+/// code, timeouts, cold starts, run time.
+fn encode_function_metrics(out: &mut Encoder, tasks: &[Arc<LoadedTask>]) {
     let functions: Vec<(&str, BTreeMap<String, FunctionSnapshot>)> = tasks
         .iter()
         .map(|task| {
@@ -64,7 +83,6 @@ pub fn render_prometheus(node: &Node) -> String {
                 .map(move |(function, snapshot)| (*task, function.as_str(), snapshot))
         })
     };
-    let mut out = Encoder::default();
 
     out.family(
         "faas_invocations_total",
@@ -127,12 +145,16 @@ pub fn render_prometheus(node: &Node) -> String {
             &snapshot.invoke_duration,
         );
     }
+}
+
+/// Families with a sample per task: instance start time.
+fn encode_task_metrics(out: &mut Encoder, tasks: &[Arc<LoadedTask>]) {
     out.family(
         "faas_init_duration_seconds",
         Kind::Histogram,
         "Time to start an instance that a call was waiting for (a cold start).",
     );
-    for task in &tasks {
+    for task in tasks {
         let labels = [("task", task.record.task_name.as_str())];
         out.histogram(
             "faas_init_duration_seconds",
@@ -140,8 +162,14 @@ pub fn render_prometheus(node: &Node) -> String {
             &task.counters.metrics.init_duration(),
         );
     }
+}
 
-    let manager = &node.manager;
+/// The execution path now: the queue and its waits, instances by state, running and pending.
+fn encode_execution_metrics(
+    out: &mut Encoder,
+    manager: &TaskExecutionManager,
+    tasks: &[Arc<LoadedTask>],
+) {
     let dispatcher = manager.dispatcher().snapshot();
     out.family(
         "spearlet_queue_length",
@@ -176,7 +204,7 @@ pub fn render_prometheus(node: &Node) -> String {
             counts[instance_state_index(instance.state)] += 1;
         }
     }
-    for task in &tasks {
+    for task in tasks {
         let counts = instances_by_task
             .get(task.record.task_id.as_str())
             .copied()
@@ -209,8 +237,9 @@ pub fn render_prometheus(node: &Node) -> String {
         &[],
         manager.async_pending_count() as u64,
     );
+}
 
-    let cache = node.registry.fetcher().cache_stats();
+fn encode_artifact_cache_metrics(out: &mut Encoder, cache: &CacheStats) {
     out.family(
         "spearlet_artifact_cache_hits_total",
         Kind::Counter,
@@ -233,8 +262,9 @@ pub fn render_prometheus(node: &Node) -> String {
         &[],
         cache.bytes_written,
     );
+}
 
-    let store = manager.store().write_distributions();
+fn encode_store_metrics(out: &mut Encoder, store: &WriteDistributions) {
     out.family(
         "spearlet_store_write_duration_seconds",
         Kind::Histogram,
@@ -251,9 +281,11 @@ pub fn render_prometheus(node: &Node) -> String {
         "Operations per committed store write batch.",
     );
     out.histogram("spearlet_store_batch_size", &[], &store.batch_operations);
+}
 
-    // The observer reports 0 when /proc cannot be read; that is no measurement, so no sample.
-    let resident_bytes = node.observer.resident_memory_bytes();
+/// The node process itself. `resident_bytes` is 0 when /proc could not be read: that is no
+/// measurement, so no sample.
+fn encode_process_metrics(out: &mut Encoder, resident_bytes: u64) {
     if resident_bytes > 0 {
         out.family(
             "process_resident_memory_bytes",
@@ -262,7 +294,6 @@ pub fn render_prometheus(node: &Node) -> String {
         );
         out.integer("process_resident_memory_bytes", &[], resident_bytes);
     }
-    out.text
 }
 
 #[derive(Clone, Copy)]
