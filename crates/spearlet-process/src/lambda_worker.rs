@@ -77,6 +77,8 @@ struct WorkerPipe<Pipe> {
     pipe: Pipe,
     drain: File,
     closed: bool,
+    /// Where reads land; on the heap, so a call's future does not carry it.
+    buffer: Box<[u8]>,
 }
 
 impl<Pipe: AsFd> WorkerPipe<Pipe> {
@@ -87,16 +89,16 @@ impl<Pipe: AsFd> WorkerPipe<Pipe> {
             pipe,
             drain,
             closed: false,
+            buffer: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
         })
     }
 
     /// Reads everything the pipe holds now into `logs`, without waiting.
     fn drain_into(&mut self, logs: &mut CapturedLogs) {
-        let mut buffer = [0u8; READ_CHUNK_BYTES];
         while !self.closed {
-            match self.drain.read(&mut buffer) {
+            match self.drain.read(&mut self.buffer) {
                 Ok(0) => self.closed = true,
-                Ok(read) => logs.append(&buffer[..read]),
+                Ok(read) => logs.append(&self.buffer[..read]),
                 Err(error) if error.kind() == ErrorKind::Interrupted => {}
                 // WouldBlock: the pipe is empty now. Anything else: nothing more to read.
                 Err(_) => break,
@@ -392,21 +394,19 @@ async fn read_pipes_until<T>(
     logs: &mut CapturedLogs,
 ) -> T {
     let mut until = std::pin::pin!(until);
-    let mut stdout_buffer = [0u8; READ_CHUNK_BYTES];
-    let mut stderr_buffer = [0u8; READ_CHUNK_BYTES];
     loop {
         // Reads from the pipes are cancel-safe: a read dropped before it completes consumed
         // nothing.
         tokio::select! {
             biased;
             end = &mut until => return end,
-            read = stdout.pipe.read(&mut stdout_buffer), if !stdout.closed => match read {
+            read = stdout.pipe.read(&mut stdout.buffer), if !stdout.closed => match read {
                 Ok(0) | Err(_) => stdout.closed = true,
-                Ok(read) => logs.append(&stdout_buffer[..read]),
+                Ok(read) => logs.append(&stdout.buffer[..read]),
             },
-            read = stderr.pipe.read(&mut stderr_buffer), if !stderr.closed => match read {
+            read = stderr.pipe.read(&mut stderr.buffer), if !stderr.closed => match read {
                 Ok(0) | Err(_) => stderr.closed = true,
-                Ok(read) => logs.append(&stderr_buffer[..read]),
+                Ok(read) => logs.append(&stderr.buffer[..read]),
             },
         }
     }

@@ -82,11 +82,13 @@ impl InstanceRuntime {
                 }
                 report
             }
+            // The process runtimes' futures are boxed: they are larger than the wasm ones, and
+            // every execution future would otherwise carry (and copy) their size.
             (InstanceRuntime::ProcessExec(task), CallTarget::Process) => {
-                task.run_exec_call(call).await
+                Box::pin(task.run_exec_call(call)).await
             }
             (InstanceRuntime::LambdaWorker(worker), CallTarget::Process) => {
-                worker.invoke(call).await
+                Box::pin(worker.invoke(call)).await
             }
             _ => CallReport::failed(
                 ErrorCode::InitFailed,
