@@ -79,6 +79,49 @@ pub enum RuntimeKind {
     Process,
 }
 
+impl RuntimeKind {
+    /// Every runtime a node runs tasks on.
+    pub const ALL: [RuntimeKind; 2] = [RuntimeKind::Wasm, RuntimeKind::Process];
+
+    /// The artifact types each runtime accepts, canonical name first (`""` means wasm).
+    const ARTIFACT_TYPES: [(&'static str, RuntimeKind); 5] = [
+        ("wasm", RuntimeKind::Wasm),
+        ("", RuntimeKind::Wasm),
+        ("process", RuntimeKind::Process),
+        ("binary", RuntimeKind::Process),
+        ("executable", RuntimeKind::Process),
+    ];
+
+    /// The canonical `artifact_type` of the runtime, as task records store it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Wasm => "wasm",
+            RuntimeKind::Process => "process",
+        }
+    }
+
+    /// The runtime of `artifact_spec.artifact_type`, or INVALID_ARGUMENT naming the types
+    /// accepted.
+    pub fn of_artifact_type(artifact_type: &str) -> SpearResult<RuntimeKind> {
+        RuntimeKind::ARTIFACT_TYPES
+            .iter()
+            .find(|(name, _)| *name == artifact_type)
+            .map(|(_, kind)| *kind)
+            .ok_or_else(|| {
+                let supported: Vec<&str> = RuntimeKind::ARTIFACT_TYPES
+                    .iter()
+                    .map(|(name, _)| *name)
+                    .filter(|name| !name.is_empty())
+                    .collect();
+                SpearError::invalid_argument(format!(
+                    "artifact_spec.artifact_type {artifact_type:?} is not supported; supported \
+                     types: {}",
+                    supported.join(", ")
+                ))
+            })
+    }
+}
+
 impl TaskConfig {
     /// Resolves a task's configuration for its runtime: refuses keys of the other runtime by
     /// name, records a lambda task's handler (`default_handler` when the task names none) in
@@ -899,6 +942,27 @@ mod tests {
         assert_eq!(
             config.unwrap().memory_limit_mb,
             TaskConfigDefaults::default().memory_limit_mb
+        );
+    }
+
+    #[test]
+    fn artifact_types_name_their_runtime() {
+        for (artifact_type, kind) in [
+            ("", RuntimeKind::Wasm),
+            ("wasm", RuntimeKind::Wasm),
+            ("process", RuntimeKind::Process),
+            ("binary", RuntimeKind::Process),
+            ("executable", RuntimeKind::Process),
+        ] {
+            assert_eq!(RuntimeKind::of_artifact_type(artifact_type).unwrap(), kind);
+        }
+        let error = RuntimeKind::of_artifact_type("jar").unwrap_err();
+        assert_eq!(error.kind, ErrorKind::InvalidArgument);
+        assert!(
+            error.message.contains("\"jar\"")
+                && error.message.contains("wasm, process, binary, executable"),
+            "{}",
+            error.message
         );
     }
 }

@@ -39,9 +39,6 @@ use spearlet_wasm::{EntryPoint, WasmEngine, WasmModule, WasmTaskSettings};
 use crate::clock::unix_ms;
 use crate::instances::{CallTarget, InstanceRuntime, ProcessInstanceFactory, WasmInstanceFactory};
 
-/// The artifact types this node runs (`binary` and `executable` are aliases of `process`).
-pub const SUPPORTED_ARTIFACT_TYPES: &[&str] = &["wasm", "process", "binary", "executable"];
-
 /// Where process artifacts live on disk and who their processes run as by default.
 #[derive(Clone, Debug)]
 pub struct ProcessRuntimeConfig {
@@ -366,21 +363,7 @@ impl TaskRegistry {
         if let Some(task_id) = &registration.requested_task_id {
             validate_id("task_id", task_id)?;
         }
-        let artifact_type: &'static str = match registration.artifact_type.as_str() {
-            "" | "wasm" => "wasm",
-            "process" | "binary" | "executable" => "process",
-            other => {
-                return Err(SpearError::invalid_argument(format!(
-                    "artifact_spec.artifact_type {other:?} is not supported; supported types: {}",
-                    SUPPORTED_ARTIFACT_TYPES.join(", ")
-                )));
-            }
-        };
-        let runtime_kind = if artifact_type == "process" {
-            RuntimeKind::Process
-        } else {
-            RuntimeKind::Wasm
-        };
+        let runtime_kind = RuntimeKind::of_artifact_type(&registration.artifact_type)?;
         let default_handler = if registration.function_name.is_empty() {
             &registration.task_name
         } else {
@@ -402,7 +385,6 @@ impl TaskRegistry {
         let preopened_directories = self.resolve_preopens(&config)?;
         let configuration_keys = configuration_keys(&metadata);
         Ok(ValidatedRegistration {
-            artifact_type,
             runtime_kind,
             metadata,
             config,
@@ -486,7 +468,7 @@ impl TaskRegistry {
             description: registration.description.clone(),
             artifact: ArtifactRecord {
                 artifact_id: artifact_id.clone(),
-                artifact_type: validated.artifact_type.to_owned(),
+                artifact_type: validated.runtime_kind.as_str().to_owned(),
                 location: registration.location.clone(),
                 version: registration.version.clone(),
                 checksum: registration.checksum.clone(),
@@ -756,7 +738,6 @@ impl TaskRegistry {
 
 /// A registration whose request is valid, before its artifact is loaded.
 struct ValidatedRegistration {
-    artifact_type: &'static str,
     runtime_kind: RuntimeKind,
     /// The request's metadata plus what the runtime records (a lambda task's handler).
     metadata: BTreeMap<String, String>,

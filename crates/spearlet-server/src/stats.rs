@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use spearlet_core::{ExecutionStatus, SpearResult};
+use spearlet_core::{ExecutionStatus, RuntimeKind, SpearResult};
 use spearlet_pool::PoolSnapshot;
 use spearlet_proto as proto;
 
@@ -84,7 +84,7 @@ pub fn health(node: &Node, include_details: bool) -> SpearResult<proto::GetHealt
 fn system_info(node: &Node) -> HashMap<String, String> {
     [
         ("version", env!("CARGO_PKG_VERSION").to_owned()),
-        ("runtimes", available_runtimes().to_owned()),
+        ("runtimes", available_runtimes()),
         (
             "process_limits",
             spearlet_process::sandbox::detect_enforcement().description,
@@ -109,12 +109,16 @@ fn system_info(node: &Node) -> HashMap<String, String> {
     .collect()
 }
 
-/// The runtimes this node can run tasks on, comma-separated. wasm always: wasmtime runs in the
-/// node's process. process too: the process runtime needs only `clone` and `exec`, which every
-/// Linux node (the only platform spearlet builds for) has; what differs between nodes is which
-/// limits it can enforce, reported separately as `process_limits`.
-fn available_runtimes() -> &'static str {
-    "wasm,process"
+/// The runtimes this node runs tasks on, comma-separated: the runtimes the registry accepts
+/// artifacts for (`RuntimeKind::ALL`). Both run on every Linux node, the only platform spearlet
+/// builds for; what differs between nodes is which process limits bind, reported separately as
+/// `process_limits`.
+fn available_runtimes() -> String {
+    RuntimeKind::ALL
+        .iter()
+        .map(|kind| kind.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A task with at least one pending or running execution.
