@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -207,32 +206,10 @@ pub async fn wait_for_status(
     }
 }
 
-/// Whether this run is CI's: `CI=true` (or `CI=1`), as `.ci/run`'s environment sets it.
-pub fn running_under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
-}
-
-/// Reports that the calling test cannot run because `what` (a tool, a rustup target, a
-/// privilege) is missing; `how_to_get_it` says how to provide it. Under CI (see
-/// [`running_under_ci`]) a missing prerequisite is a failure: this panics naming it. Elsewhere it
-/// writes `SKIPPED <test>: <what> is missing (<how_to_get_it>)` straight to the process's stderr,
-/// past libtest's capture (which would hide an `eprintln!` of a passing test), and the caller
-/// returns. Use it as `return missing_prerequisite(..)`.
-///
-/// The test is named by its thread, which libtest names after the test.
-#[track_caller]
-pub fn missing_prerequisite(what: &str, how_to_get_it: &str) {
-    let current_thread = std::thread::current();
-    let test = current_thread.name().unwrap_or("this test");
-    if running_under_ci() {
-        panic!("{test}: {what} is missing under CI=true ({how_to_get_it})");
-    }
-    let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(
-        stderr,
-        "SKIPPED {test}: {what} is missing ({how_to_get_it})"
-    );
-}
+// One definition for every test crate that has prerequisites (the examples' tests own it).
+#[path = "../../../../spearlet-examples/tests/it/prerequisites.rs"]
+mod prerequisites;
+pub use prerequisites::missing_prerequisite;
 
 /// Whether the test process runs as root (effective uid 0), which `run_as` needs: switching to
 /// another user is a privilege. Read from `/proc/self`, which belongs to the effective uid.
