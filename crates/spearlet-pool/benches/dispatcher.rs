@@ -77,6 +77,7 @@ fn acquire_release(criterion: &mut Criterion) {
         priority: Priority::NORMAL,
         force_new_instance: false,
         counts_against_queue_limit: true,
+        grant_now_only: false,
     };
     // No `start_maintenance`: the autoscaler and idle scale-down stay out of the measurement.
     let (dispatcher, pool) = runtime.block_on(async {
@@ -86,6 +87,7 @@ fn acquire_release(criterion: &mut Criterion) {
             priority_aging: Duration::from_secs(1),
             health_check_interval: Duration::from_secs(1),
             autoscale_tick: Duration::from_secs(1),
+            instance_id_prefix: String::new(),
         });
         let pool = dispatcher.add_pool(
             "bench",

@@ -97,6 +97,9 @@ pub struct DispatcherConfig {
     pub health_check_interval: Duration,
     /// How often autoscalers sample their pools and act.
     pub autoscale_tick: Duration,
+    /// Put before every instance id (`<prefix><task id>/i<n>`): a cluster node's id, so
+    /// instance ids are unique cluster-wide. Empty on a node of its own.
+    pub instance_id_prefix: String,
 }
 
 /// What a call asks of the dispatcher.
@@ -108,6 +111,9 @@ pub struct AcquireRequest {
     /// Whether the call counts against `max_queue_length` while it waits. Async executions
     /// already wait in their own bounded, durable queue, so they do not.
     pub counts_against_queue_limit: bool,
+    /// Refuse rather than queue when no instance can be granted at once (a call a cluster
+    /// peer forwarded here: its origin queues it, or tries another node).
+    pub grant_now_only: bool,
 }
 
 /// Why a call was refused at once.
@@ -123,6 +129,8 @@ pub enum Rejection {
         max_instances: u32,
         retry_after: Duration,
     },
+    /// A `grant_now_only` call found no instance it could have at once.
+    NoInstanceNow { retry_after: Duration },
 }
 
 impl Rejection {
@@ -130,7 +138,8 @@ impl Rejection {
     pub fn retry_after(&self) -> Duration {
         match self {
             Rejection::QueueFull { retry_after, .. }
-            | Rejection::PoolAtMaxInstances { retry_after, .. } => *retry_after,
+            | Rejection::PoolAtMaxInstances { retry_after, .. }
+            | Rejection::NoInstanceNow { retry_after } => *retry_after,
         }
     }
 }
@@ -155,6 +164,12 @@ impl fmt::Display for Rejection {
                 formatter,
                 "force_new_instance needs a new instance but the task already has \
                  spearlet.pool.max_instances = {max_instances}; retry after {} ms",
+                retry_after.as_millis()
+            ),
+            Rejection::NoInstanceNow { retry_after } => write!(
+                formatter,
+                "no instance is free now and a forwarded call is never queued; retry after {} \
+                 ms",
                 retry_after.as_millis()
             ),
         }
@@ -274,6 +289,8 @@ struct TickObservation {
 
 struct PoolState<R: Send + Sync + 'static> {
     task_id: String,
+    /// `instance_id_prefix` + task id: what instance ids start with.
+    instance_id_base: String,
     settings: PoolSettings,
     factory: Arc<dyn InstanceFactory<R>>,
     scheduler: InstanceScheduler,
@@ -349,7 +366,7 @@ impl<R: Send + Sync + 'static> PoolState<R> {
         self.next_serial += 1;
         let entry = Arc::new(InstanceEntry {
             serial,
-            instance_id: format!("{}/i{serial}", self.task_id),
+            instance_id: format!("{}/i{serial}", self.instance_id_base),
             runtime: OnceLock::new(),
         });
         self.instances.push(InstanceSlot {
@@ -482,6 +499,7 @@ impl<R: Send + Sync + 'static> Dispatcher<R> {
         state.next_pool_id += 1;
         let mut pool = PoolState {
             task_id: task_id.to_owned(),
+            instance_id_base: format!("{}{task_id}", self.shared.config.instance_id_prefix),
             settings,
             factory,
             scheduler: InstanceScheduler::new(settings.scheduler_policy),
@@ -577,6 +595,11 @@ impl<R: Send + Sync + 'static> Dispatcher<R> {
                 granted: Some(lease),
             });
         }
+        if request.grant_now_only {
+            return Err(Rejection::NoInstanceNow {
+                retry_after: pool_state.retry_hint(bounded_waiting, max_concurrent),
+            });
+        }
         if request.counts_against_queue_limit && bounded_waiting >= shared.config.max_queue_length {
             return Err(Rejection::QueueFull {
                 waiting: bounded_waiting,
@@ -613,6 +636,20 @@ impl<R: Send + Sync + 'static> Dispatcher<R> {
             waiting: Some(receiver),
             granted: None,
         })
+    }
+
+    /// Whether a call to this pool would be granted an instance at once now (a run slot free,
+    /// nobody waiting for the pool, and an instance with free capacity or room for a new one).
+    /// Cluster mode asks before running a call here or on a peer; the answer can change the
+    /// moment the lock is let go, so it is a routing hint, not a reservation.
+    pub fn can_grant_now(&self, pool: &PoolHandle<R>, force_new_instance: bool) -> bool {
+        let state = self.shared.state.lock();
+        let Some(pool_state) = state.pools.get(&pool.pool_id) else {
+            return false;
+        };
+        state.running < self.shared.config.max_concurrent_executions
+            && pool_state.waiters.is_empty()
+            && pool_state.can_grant(force_new_instance)
     }
 
     /// Calls holding an instance now.

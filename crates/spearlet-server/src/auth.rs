@@ -72,6 +72,9 @@ pub struct Principal {
     granted: Scope,
     /// Exact task names, or prefixes ending in `*`. Empty: every task.
     task_patterns: Vec<String>,
+    /// The token itself, so a call forwarded to a cluster peer is authorized there by the
+    /// peer's own rules as this caller. `None` when authentication is off.
+    token: Option<SecretToken>,
 }
 
 impl Principal {
@@ -81,7 +84,15 @@ impl Principal {
             label: "anonymous (no auth configured)".into(),
             granted: Scope::Admin,
             task_patterns: Vec::new(),
+            token: None,
         }
+    }
+
+    /// The `authorization` header that identifies this caller to a cluster peer.
+    pub fn forwarded_authorization(&self) -> Option<String> {
+        self.token
+            .as_ref()
+            .map(|token| format!("Bearer {}", token.expose()))
     }
 
     pub fn has(&self, scope: Scope) -> bool {
@@ -149,6 +160,7 @@ impl AccessPolicy {
                     label: format!("auth.tokens[{index}]"),
                     granted: token.scopes.iter().copied().max().unwrap_or(Scope::Read),
                     task_patterns: token.tasks.clone(),
+                    token: Some(token.token.clone()),
                 };
                 (digest(token.token.expose()), Arc::new(principal))
             })

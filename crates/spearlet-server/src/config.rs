@@ -70,6 +70,65 @@ pub struct NodeConfig {
     pub tls: Option<TlsConfig>,
     /// Trace export.
     pub telemetry: TelemetryConfig,
+    /// Cluster mode over NATS JetStream; off while `cluster.nats_url` is empty.
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: joining other nodes over NATS JetStream (`spearlet-cluster`). With no
+/// `nats_url` the node is on its own and nothing here is used.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `nats://host:4222` (or `tls://`); comma-separated for several servers. Empty = no
+    /// cluster.
+    pub nats_url: String,
+    /// This node's id in the cluster; empty = generated once and kept in
+    /// `<data_dir>/cluster-node-id`.
+    pub node_id: String,
+    /// The gRPC URL peers dial to forward calls here (`http://10.0.0.5:50052`); empty = the
+    /// bound gRPC address.
+    pub advertise_addr: String,
+    /// Prefix of every bucket, stream and subject, so two clusters can share a NATS server.
+    pub name: String,
+    /// NATS token authentication.
+    pub token: Option<crate::auth::SecretToken>,
+    /// NATS user/password authentication (with `password`).
+    pub user: String,
+    pub password: Option<crate::auth::SecretToken>,
+    /// A PEM CA bundle to verify the NATS server's TLS certificate; setting it requires TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    /// A PEM CA bundle to verify peers' gRPC certificates when they serve TLS (`https://`
+    /// advertise addresses); unset = the system roots.
+    pub peer_ca_file: Option<PathBuf>,
+    /// How often the node writes its heartbeat, in milliseconds. A heartbeat older than three
+    /// intervals takes the node out of routing.
+    pub heartbeat_interval_ms: u64,
+    /// JetStream replicas of the cluster's buckets (3 on a three-server NATS cluster).
+    pub replicas: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> ClusterConfig {
+        ClusterConfig {
+            nats_url: String::new(),
+            node_id: String::new(),
+            advertise_addr: String::new(),
+            name: "spearlet".into(),
+            token: None,
+            user: String::new(),
+            password: None,
+            tls_ca_file: None,
+            peer_ca_file: None,
+            heartbeat_interval_ms: 1_000,
+            replicas: 1,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn is_enabled(&self) -> bool {
+        !self.nats_url.trim().is_empty()
+    }
 }
 
 /// `[auth]`: who may call the node.
@@ -427,6 +486,7 @@ impl Default for NodeConfig {
             auth: AuthConfig::default(),
             tls: None,
             telemetry: TelemetryConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -445,6 +505,8 @@ pub struct ConfigOverrides {
     pub auth_tokens: Vec<crate::auth::SecretToken>,
     pub tls: Option<TlsConfig>,
     pub otlp_endpoint: Option<String>,
+    /// `--cluster-nats` / `SPEARLET_CLUSTER_NATS_URL`: `cluster.nats_url`.
+    pub cluster_nats_url: Option<String>,
 }
 
 impl NodeConfig {
@@ -497,8 +559,58 @@ impl NodeConfig {
         if let Some(value) = overrides.otlp_endpoint {
             config.telemetry.otlp_endpoint = value;
         }
+        if let Some(value) = overrides.cluster_nats_url {
+            config.cluster.nats_url = value;
+        }
         config.validate()?;
         Ok(config)
+    }
+
+    fn validate_cluster(&self) -> SpearResult<()> {
+        let cluster = &self.cluster;
+        if !cluster.is_enabled() {
+            return Ok(());
+        }
+        if cluster.replicas == 0 || cluster.replicas > 5 {
+            return Err(SpearError::invalid_argument(
+                "config: cluster.replicas must be 1 to 5",
+            ));
+        }
+        if cluster.heartbeat_interval_ms == 0 {
+            return Err(SpearError::invalid_argument(
+                "config: cluster.heartbeat_interval_ms is out of range",
+            ));
+        }
+        if cluster.name.is_empty()
+            || !cluster
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(SpearError::invalid_argument(format!(
+                "config: cluster.name {:?} must be letters, digits, - and _ (it prefixes NATS \
+                 bucket and stream names)",
+                cluster.name
+            )));
+        }
+        if !cluster.node_id.is_empty() {
+            spearlet_core::ids::validate_id("config: cluster.node_id", &cluster.node_id)?;
+        }
+        if cluster.password.is_some() == cluster.user.is_empty() {
+            return Err(SpearError::invalid_argument(
+                "config: cluster.user and cluster.password go together",
+            ));
+        }
+        let advertise_addr = &cluster.advertise_addr;
+        let is_url =
+            advertise_addr.starts_with("http://") || advertise_addr.starts_with("https://");
+        if !advertise_addr.is_empty() && !is_url {
+            return Err(SpearError::invalid_argument(format!(
+                "config: cluster.advertise_addr {:?} must be an http:// or https:// URL",
+                cluster.advertise_addr
+            )));
+        }
+        Ok(())
     }
 
     pub fn from_toml(text: &str) -> SpearResult<NodeConfig> {
@@ -591,6 +703,7 @@ impl NodeConfig {
                 pool_defaults.instance_capacity
             )));
         }
+        self.validate_cluster()?;
         for (index, token) in self.auth.tokens.iter().enumerate() {
             if token.token.expose().is_empty() {
                 return Err(SpearError::invalid_argument(format!(
@@ -639,6 +752,41 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cluster_section_is_off_by_default_and_checked_when_on() {
+        assert!(!NodeConfig::default().cluster.is_enabled());
+        let config = NodeConfig::from_toml(
+            "[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\nnode_id = \"edge-1\"\n\
+             token = \"s3cret\"\nreplicas = 3",
+        )
+        .unwrap();
+        assert!(config.cluster.is_enabled());
+        assert_eq!(config.cluster.node_id, "edge-1");
+        assert_eq!(config.cluster.replicas, 3);
+        assert!(
+            !format!("{config:?}").contains("s3cret"),
+            "the token is redacted"
+        );
+        let table = [
+            ("name = \"a.b\"", "cluster.name"),
+            ("node_id = \"has space\"", "cluster.node_id"),
+            ("user = \"u\"", "cluster.user"),
+            (
+                "advertise_addr = \"10.0.0.1:50052\"",
+                "cluster.advertise_addr",
+            ),
+            ("heartbeat_interval_ms = 0", "cluster.heartbeat_interval_ms"),
+            ("replicas = 0", "cluster.replicas"),
+        ];
+        for (line, key) in table {
+            let error = NodeConfig::from_toml(&format!(
+                "[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\n{line}"
+            ))
+            .unwrap_err();
+            assert!(error.message.contains(key), "{line}: {}", error.message);
+        }
+    }
 
     #[test]
     fn unknown_keys_are_rejected_by_name() {

@@ -83,6 +83,33 @@ pub fn to_status(error: SpearError) -> Status {
     status
 }
 
+/// A peer's refusal as this node's error (a call forwarded in cluster mode): the same kind
+/// where one exists, the peer's message and retry hint kept. Codes with no kind of their own
+/// (a deadline, a broken connection) are UNAVAILABLE.
+pub fn from_status(status: &Status) -> SpearError {
+    let kind = match status.code() {
+        Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidArgument,
+        Code::NotFound => ErrorKind::NotFound,
+        Code::AlreadyExists => ErrorKind::AlreadyExists,
+        Code::Unauthenticated => ErrorKind::Unauthenticated,
+        Code::PermissionDenied => ErrorKind::PermissionDenied,
+        Code::FailedPrecondition => ErrorKind::FailedPrecondition,
+        Code::ResourceExhausted => ErrorKind::ResourceExhausted,
+        Code::Internal | Code::DataLoss | Code::Unimplemented => ErrorKind::Internal,
+        _ => ErrorKind::Unavailable,
+    };
+    let mut error = SpearError::new(kind, status.message().to_owned());
+    if let Some(retry_after_ms) = status
+        .metadata()
+        .get("retry-after-ms")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse().ok())
+    {
+        error = error.with_retry_after_ms(retry_after_ms);
+    }
+    error
+}
+
 /// The JSON body of every refused gateway request: `{"code": "<gRPC status name>", "message":
 /// "…"}`.
 #[derive(Serialize)]

@@ -16,6 +16,7 @@
 
 pub mod auth;
 pub mod clock;
+pub mod cluster_link;
 pub mod config;
 pub mod connection_io;
 pub mod errors;
@@ -36,4 +37,4 @@ pub mod wire;
 
 pub use config::{ConfigOverrides, LogFormat, NodeConfig};
 pub use node::Node;
-pub use server::{RunningServer, serve};
+pub use server::{ClusterConnector, ClusterJoin, RunningServer, serve, serve_in_cluster};

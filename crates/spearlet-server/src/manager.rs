@@ -87,6 +87,9 @@ pub struct ExecutionRequest {
     pub stream: Option<StreamSink>,
     /// The W3C `traceparent` the caller sent (gRPC metadata or HTTP header), unparsed.
     pub traceparent: Option<String>,
+    /// The cluster node that forwarded this call here: it runs only if an instance can be
+    /// granted at once (RESOURCE_EXHAUSTED otherwise; the origin queues it).
+    pub forwarded_from: Option<String>,
 }
 
 /// The live side of a streaming execution.
@@ -103,6 +106,8 @@ pub struct ManagerConfig {
     pub max_async_pending: usize,
     /// The most retries a call may ask for.
     pub max_retries: u32,
+    /// Cluster mode: this node's id, recorded as `metrics["node_id"]` of every execution.
+    pub node_id: Option<Arc<str>>,
 }
 
 struct LiveExecution {
@@ -346,7 +351,10 @@ impl TaskExecutionManager {
             logs: Bytes::new(),
             error_code: None,
             error_message: String::new(),
-            metrics: BTreeMap::new(),
+            metrics: match &self.config.node_id {
+                Some(node_id) => BTreeMap::from([("node_id".to_owned(), node_id.to_string())]),
+                None => BTreeMap::new(),
+            },
             attempt: 1,
             // Named when an instance is granted.
             instance_id: String::new(),
@@ -959,6 +967,7 @@ impl TaskExecutionManager {
                 stream: None,
                 // The caller's context, kept at acceptance: the resumed run continues its trace.
                 traceparent: record.metadata.get(TRACEPARENT_METADATA_KEY).cloned(),
+                forwarded_from: None,
             };
             if let Err(error) = self.store.put_execution_durable(record.clone()).await {
                 tracing::error!(execution_id = %record.execution_id, "recording recovery failed: {error}");
@@ -1017,6 +1026,7 @@ fn acquire_request(request: &ExecutionRequest, counts_against_queue_limit: bool)
         priority: request.priority,
         force_new_instance: request.force_new_instance,
         counts_against_queue_limit,
+        grant_now_only: request.forwarded_from.is_some(),
     }
 }
 
@@ -1193,6 +1203,9 @@ fn record_metadata(request: &ExecutionRequest) -> BTreeMap<String, String> {
     let mut metadata = request.metadata.clone();
     if let Some(incoming) = request.traceparent.as_deref().and_then(TraceContext::parse) {
         metadata.insert(TRACEPARENT_METADATA_KEY.into(), incoming.traceparent());
+    }
+    if let Some(origin) = &request.forwarded_from {
+        metadata.insert("forwarded_from".into(), origin.clone());
     }
     metadata
 }

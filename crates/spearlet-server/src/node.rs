@@ -10,6 +10,7 @@ use spearlet_store::{DurableStore, DurableStoreConfig};
 use spearlet_wasm::{WasmEngine, WasmEngineConfig};
 
 use crate::auth::AccessPolicy;
+use crate::cluster_link::{ClusterLink, RegistrationSource};
 use crate::config::NodeConfig;
 use crate::manager::{ManagerConfig, TaskExecutionManager};
 use crate::observer::ProcessObserver;
@@ -22,12 +23,27 @@ pub struct Node {
     pub observer: Arc<ProcessObserver>,
     /// The configured bearer tokens; handlers authorize requests against it.
     pub access: Arc<AccessPolicy>,
+    /// Cluster mode (`spearlet-cluster`); `None` on a node of its own.
+    pub cluster: Option<Arc<dyn ClusterLink>>,
 }
 
 impl Node {
     /// Builds the node: data directories, engine, fetcher, store, registry, manager. Must run
     /// inside a tokio runtime.
     pub async fn build(config: NodeConfig) -> SpearResult<Arc<Node>> {
+        Node::build_in_cluster(config, None).await
+    }
+
+    /// As [`Node::build`], in cluster mode when `cluster` is given: registrations go to the
+    /// cluster, instance ids and results carry the node id. The caller starts the link once
+    /// the node is built.
+    pub async fn build_in_cluster(
+        config: NodeConfig,
+        cluster: Option<Arc<dyn ClusterLink>>,
+    ) -> SpearResult<Arc<Node>> {
+        let node_id = cluster
+            .as_ref()
+            .map(|link| Arc::<str>::from(link.node_id()));
         std::fs::create_dir_all(&config.data_dir).map_err(|error| {
             SpearError::internal(format!(
                 "creating data_dir {}: {error}",
@@ -74,6 +90,11 @@ impl Node {
             priority_aging: Duration::from_millis(config.pool.priority_aging_ms),
             health_check_interval: Duration::from_millis(config.pool.health_check_interval_ms),
             autoscale_tick: Duration::from_millis(config.pool.autoscale_tick_ms),
+            // Unique cluster-wide: `<node id>/<task id>/i<n>`.
+            instance_id_prefix: node_id
+                .as_ref()
+                .map(|node_id| format!("{node_id}/"))
+                .unwrap_or_default(),
         });
         dispatcher.start_maintenance();
         let registry = TaskRegistry::new(
@@ -87,6 +108,7 @@ impl Node {
                 default_run_as: config.process.run_as.clone(),
             },
             config.task_defaults.to_task_config_defaults(),
+            cluster.clone(),
         );
         let restored_tasks = registry.restore(recovered.tasks).await;
         restore_task_counters(&registry, &store)?;
@@ -95,6 +117,7 @@ impl Node {
             ManagerConfig {
                 max_async_pending: config.max_async_pending,
                 max_retries: config.max_retries,
+                node_id,
             },
             dispatcher,
             recovered.highest_sequence,
@@ -115,6 +138,7 @@ impl Node {
             observer: ProcessObserver::start(),
             access: Arc::new(AccessPolicy::new(&config.auth)),
             config: NodeConfig { data_dir, ..config },
+            cluster,
         });
         if node.config.register_examples {
             node.register_examples().await?;
@@ -149,12 +173,22 @@ impl Node {
                 checksum: format!("sha256:{}", spearlet_artifact::sha256_hex(example.wasm)),
                 metadata: [("example".to_string(), "true".to_string())].into(),
                 restored_timestamps: None,
+                source: RegistrationSource::Example,
                 ..TaskRegistration::default()
             };
-            self.registry
-                .register(registration)
-                .await
-                .map_err(|error| error.context(format!("registering example {}", example.name)))?;
+            match self.registry.register(registration).await {
+                Ok(_) => {}
+                // The cluster has its own task of that name; it arrives from the cluster.
+                Err(error)
+                    if self.cluster.is_some()
+                        && error.kind == spearlet_core::ErrorKind::AlreadyExists =>
+                {
+                    tracing::info!(example = example.name, "{}", error.message);
+                }
+                Err(error) => {
+                    return Err(error.context(format!("registering example {}", example.name)));
+                }
+            }
         }
         Ok(())
     }

@@ -37,6 +37,7 @@ use spearlet_store::DurableStore;
 use spearlet_wasm::{EntryPoint, WasmEngine, WasmModule, WasmTaskSettings};
 
 use crate::clock::unix_ms;
+use crate::cluster_link::{ClusterLink, ClusterPublication, RegistrationSource};
 use crate::instances::{CallTarget, InstanceRuntime, ProcessInstanceFactory, WasmInstanceFactory};
 
 /// Where process artifacts live on disk and who their processes run as by default.
@@ -76,8 +77,11 @@ pub struct TaskRegistration {
     pub version: String,
     pub checksum: String,
     pub metadata: BTreeMap<String, String>,
-    /// When restoring a task after a restart: its original (created, updated) times.
+    /// When restoring a task after a restart (or installing one from the cluster): its
+    /// original (created, updated) times.
     pub restored_timestamps: Option<(i64, i64)>,
+    /// Who asked; decides what a cluster is told (nothing without one).
+    pub source: RegistrationSource,
 }
 
 /// What registering did.
@@ -246,6 +250,8 @@ pub struct TaskRegistry {
     /// Serialises commits and removals, so the rules decided under the read lock still hold
     /// when the entry is swapped in, without holding the state lock across the disk write.
     commits: tokio::sync::Mutex<()>,
+    /// Cluster mode: registrations and removals are published to every node.
+    cluster: Option<Arc<dyn ClusterLink>>,
 }
 
 impl TaskRegistry {
@@ -256,6 +262,7 @@ impl TaskRegistry {
         dispatcher: Dispatcher<InstanceRuntime>,
         process_runtime: ProcessRuntimeConfig,
         defaults: TaskConfigDefaults,
+        cluster: Option<Arc<dyn ClusterLink>>,
     ) -> TaskRegistry {
         TaskRegistry {
             state: RwLock::new(RegistryState::default()),
@@ -268,6 +275,7 @@ impl TaskRegistry {
             modules_by_digest: Mutex::new(HashMap::new()),
             loads_in_flight: Mutex::new(HashMap::new()),
             commits: tokio::sync::Mutex::new(()),
+            cluster,
         }
     }
 
@@ -349,11 +357,23 @@ impl TaskRegistry {
             .fetch(&registration.location, &registration.checksum)
             .await?;
         let runtime = self
-            .load_runtime(&registration, &validated, &artifact.digest, artifact.bytes)
+            .load_runtime(
+                &registration,
+                &validated,
+                &artifact.digest,
+                artifact.bytes.clone(),
+            )
             .await?;
         let load_ms = load_started.elapsed().as_secs_f64() * 1000.0;
-        self.commit(registration, validated, artifact.digest, runtime, load_ms)
-            .await
+        self.commit(
+            registration,
+            validated,
+            artifact.digest,
+            artifact.bytes,
+            runtime,
+            load_ms,
+        )
+        .await
     }
 
     /// Checks everything about a registration that needs no artifact: names, ids, the artifact
@@ -432,6 +452,7 @@ impl TaskRegistry {
         registration: TaskRegistration,
         validated: ValidatedRegistration,
         digest: String,
+        artifact_bytes: bytes::Bytes,
         runtime: TaskRuntime,
         load_ms: f64,
     ) -> SpearResult<(Arc<LoadedTask>, RegistrationOutcome)> {
@@ -443,8 +464,13 @@ impl TaskRegistry {
         };
         let decision = {
             let state = self.state.read();
-            check_artifact_catalog(&state, &artifact_id, &registration.version, &digest)?;
-            decide_registration(&state, &registration, &validated, &digest)?
+            if registration.source == RegistrationSource::Cluster {
+                // The cluster's bucket already applied the rules, cluster-wide.
+                decide_cluster_installation(&state, &registration, &validated, &digest)
+            } else {
+                check_artifact_catalog(&state, &artifact_id, &registration.version, &digest)?;
+                decide_registration(&state, &registration, &validated, &digest)?
+            }
         };
         let (task_id, created_at_ms, counters, outcome) = match decision {
             RegistrationDecision::Unchanged(existing) => {
@@ -459,10 +485,15 @@ impl TaskRegistry {
         };
         let now = unix_ms();
         let updated_at_ms = match registration.restored_timestamps {
-            Some((_, updated_at_ms)) if outcome == RegistrationOutcome::Created => updated_at_ms,
+            Some((_, updated_at_ms))
+                if outcome == RegistrationOutcome::Created
+                    || registration.source == RegistrationSource::Cluster =>
+            {
+                updated_at_ms
+            }
             _ => now,
         };
-        let task_record = TaskRecord {
+        let mut task_record = TaskRecord {
             task_id,
             task_name: registration.task_name.clone(),
             description: registration.description.clone(),
@@ -478,6 +509,26 @@ impl TaskRegistry {
             created_at_ms: created_at_ms.unwrap_or(now),
             updated_at_ms,
         };
+        if let Some(cluster) = &self.cluster
+            && matches!(
+                registration.source,
+                RegistrationSource::Client | RegistrationSource::Example
+            )
+        {
+            match cluster
+                .publish_task(task_record.clone(), artifact_bytes, registration.source)
+                .await?
+            {
+                ClusterPublication::Accepted(published) => task_record = *published,
+                ClusterPublication::Superseded => {
+                    return Err(SpearError::already_exists(format!(
+                        "task_name {:?}: the cluster holds other content under this name; \
+                         its version is installed from the cluster",
+                        registration.task_name
+                    )));
+                }
+            }
+        }
         let store = self.store.clone();
         let written = task_record.clone();
         tokio::task::spawn_blocking(move || store.put_task(&written))
@@ -518,11 +569,18 @@ impl TaskRegistry {
         });
         {
             let mut state = self.state.write();
+            // Adopting the cluster's id for a name this node knew under another id.
+            if let Some(previous_id) = state.task_id_by_name.get(&task.record.task_name)
+                && previous_id != &task.record.task_id
+            {
+                let previous_id = previous_id.clone();
+                state.tasks_by_id.remove(&previous_id);
+            }
             state
                 .artifact_versions
-                .entry(artifact_id)
+                .entry(task.record.artifact.artifact_id.clone())
                 .or_default()
-                .insert(registration.version.clone(), digest);
+                .insert(task.record.artifact.version.clone(), digest);
             state
                 .task_id_by_name
                 .insert(task.record.task_name.clone(), task.record.task_id.clone());
@@ -561,6 +619,7 @@ impl TaskRegistry {
                 checksum: format!("sha256:{}", task.artifact.digest),
                 metadata: task.artifact.metadata.clone(),
                 restored_timestamps: Some((task.created_at_ms, task.updated_at_ms)),
+                source: RegistrationSource::Restore,
             };
             match self.register(registration).await {
                 Ok(_) => restored += 1,
@@ -575,10 +634,29 @@ impl TaskRegistry {
         restored
     }
 
-    /// Removes a task; returns it when it existed. The durable delete runs off the async
-    /// workers, with no registry lock held.
+    /// Removes a task a client asked to delete, from every node in cluster mode; returns it
+    /// when it existed.
     pub async fn remove(&self, task_id: &str) -> SpearResult<Option<Arc<LoadedTask>>> {
+        self.remove_from(task_id, RegistrationSource::Client).await
+    }
+
+    /// Removes a task; returns it when it existed. A client's removal is withdrawn from the
+    /// cluster first (if that fails nothing changes). The durable delete runs off the async
+    /// workers, with no registry lock held.
+    pub async fn remove_from(
+        &self,
+        task_id: &str,
+        source: RegistrationSource,
+    ) -> SpearResult<Option<Arc<LoadedTask>>> {
         let _one_commit_at_a_time = self.commits.lock().await;
+        if let Some(cluster) = &self.cluster
+            && source == RegistrationSource::Client
+        {
+            let task = self.state.read().tasks_by_id.get(task_id).cloned();
+            if let Some(task) = task {
+                cluster.withdraw_task(task.record.clone()).await?;
+            }
+        }
         let removed = {
             let mut state = self.state.write();
             let Some(task) = state.tasks_by_id.remove(task_id) else {
@@ -759,6 +837,43 @@ enum RegistrationDecision {
         counters: Arc<TaskCounters>,
         outcome: RegistrationOutcome,
     },
+}
+
+/// A task from the cluster's bucket, under the bucket's id: it replaces whatever this node has
+/// under that name (keeping its counters when the id is the same).
+fn decide_cluster_installation(
+    state: &RegistryState,
+    registration: &TaskRegistration,
+    validated: &ValidatedRegistration,
+    digest: &str,
+) -> RegistrationDecision {
+    let task_id = registration
+        .requested_task_id
+        .clone()
+        .expect("a task from the cluster carries its id");
+    let existing = state.tasks_by_id.get(&task_id);
+    if let Some(existing) = existing
+        && existing.record.artifact.digest == digest
+        && existing.record.artifact.version == registration.version
+        && existing.configuration_keys == validated.configuration_keys
+    {
+        // This node published it itself, or installed it already.
+        return RegistrationDecision::Unchanged(existing.clone());
+    }
+    RegistrationDecision::Install {
+        created_at_ms: registration
+            .restored_timestamps
+            .map(|(created_at_ms, _)| created_at_ms),
+        counters: existing
+            .map(|task| task.counters.clone())
+            .unwrap_or_default(),
+        outcome: if existing.is_some() {
+            RegistrationOutcome::Updated
+        } else {
+            RegistrationOutcome::Created
+        },
+        task_id,
+    }
 }
 
 /// The NEW_TASK rules: a new name creates a task; an existing name with the same artifact and

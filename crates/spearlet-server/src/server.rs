@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::auth::GrpcAuthenticationLayer;
+use crate::cluster_link::ClusterLink;
+use crate::config::ClusterConfig;
 use crate::connection_io::TcpStreamWithoutVectoredWrites;
 use crate::errors::OversizedRequestStatusLayer;
 use crate::node::Node;
@@ -62,6 +64,10 @@ impl RunningServer {
     }
 
     async fn shutdown_inner(&mut self) -> SpearResult<()> {
+        // Out of the cluster's routing first, so peers stop sending work while this drains.
+        if let Some(cluster) = &self.node.cluster {
+            cluster.leave().await;
+        }
         self.stop_accepting.cancel();
         let grace = Duration::from_millis(self.node.config.shutdown_grace_ms);
         let deadline = tokio::time::Instant::now() + grace;
@@ -91,15 +97,64 @@ impl Drop for RunningServer {
     }
 }
 
+/// What a cluster link is built from (see [`serve_in_cluster`]).
+pub struct ClusterJoin {
+    pub config: ClusterConfig,
+    /// The node's data directory (created if missing); the generated node id is kept there.
+    pub data_dir: std::path::PathBuf,
+    /// The bound gRPC address as a URL, the advertised address when none is configured.
+    pub grpc_url: String,
+    /// Requests up to this size must be forwardable to peers.
+    pub max_request_bytes: usize,
+}
+
+/// Connects a node to its cluster (the binary passes `spearlet-cluster`'s join).
+pub type ClusterConnector = Box<
+    dyn FnOnce(
+            ClusterJoin,
+        ) -> futures::future::BoxFuture<'static, SpearResult<Arc<dyn ClusterLink>>>
+        + Send,
+>;
+
 /// Builds the node from `config`, binds both addresses and serves in the background.
 pub async fn serve(config: crate::NodeConfig) -> SpearResult<RunningServer> {
+    serve_in_cluster(config, None).await
+}
+
+/// As [`serve`]; with `[cluster] nats_url` set, `connector` joins the cluster before the node is
+/// built (so registrations reach it) and the link starts once both listeners serve.
+pub async fn serve_in_cluster(
+    config: crate::NodeConfig,
+    connector: Option<ClusterConnector>,
+) -> SpearResult<RunningServer> {
     config.validate()?;
     let tls = config.tls.as_ref().map(ServerTls::load).transpose()?;
     let grpc_listener = bind("grpc_addr", config.grpc_addr).await?;
     let http_listener = bind("http_addr", config.http_addr).await?;
     let grpc_addr = local_addr(&grpc_listener)?;
     let http_addr = local_addr(&http_listener)?;
-    let node = Node::build(config).await?;
+    let cluster = match (config.cluster.is_enabled(), connector) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(SpearError::invalid_argument(
+                "config: cluster.nats_url is set but this program was built without cluster \
+                 support",
+            ));
+        }
+        (true, Some(connector)) => {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            Some(
+                connector(ClusterJoin {
+                    config: config.cluster.clone(),
+                    data_dir: config.data_dir.clone(),
+                    grpc_url: format!("{scheme}://{grpc_addr}"),
+                    max_request_bytes: config.max_request_bytes,
+                })
+                .await?,
+            )
+        }
+    };
+    let node = Node::build_in_cluster(config, cluster.clone()).await?;
     let stop_accepting = CancellationToken::new();
     let grpc_task = serve_grpc(&node, grpc_listener, tls.as_ref(), stop_accepting.clone())?;
     let http_task = tokio::spawn(crate::gateway::serve_http(
@@ -113,6 +168,9 @@ pub async fn serve(config: crate::NodeConfig) -> SpearResult<RunningServer> {
     } else {
         "http"
     };
+    if let Some(cluster) = &cluster {
+        cluster.start(Arc::downgrade(&node)).await?;
+    }
     tracing::info!(
         %grpc_addr,
         %http_addr,

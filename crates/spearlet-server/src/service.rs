@@ -2,12 +2,10 @@
 //! TaskExecutionManager, encode the answer. No business rules live here beyond request
 //! validation; errors become statuses in `errors.rs`.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::Stream;
 use serde::Serialize;
 use spearlet_core::{
     ExecutionMode, ExecutionRecord, ExecutionStatus, Priority, SpearError, SpearResult,
@@ -54,6 +52,7 @@ impl FunctionServiceHandler {
         request: proto::InvokeFunctionRequest,
         grpc_deadline: Option<Duration>,
         traceparent: Option<String>,
+        forwarded_from: Option<String>,
         principal: &Principal,
     ) -> SpearResult<proto::InvokeFunctionResponse> {
         let mode = match request.execution_mode() {
@@ -67,12 +66,22 @@ impl FunctionServiceHandler {
             }
         };
         let execution_request = self
-            .execution_request(&request, mode, None, traceparent, principal)
+            .execution_request(&request, mode, None, traceparent, forwarded_from, principal)
             .await?;
         if mode == ExecutionMode::Async {
             return self
                 .invoke_async(execution_request, request.wait, grpc_deadline)
                 .await;
+        }
+        if let Some(cluster) = self.spill_target(&execution_request)
+            && let Some(answer) = cluster
+                .forward_invoke(
+                    forwardable(&request, &execution_request),
+                    forwarding(&execution_request, grpc_deadline, principal),
+                )
+                .await
+        {
+            return answer;
         }
         let record = self.node.manager.execute(execution_request).await?;
         Ok(final_response(&record))
@@ -86,6 +95,7 @@ impl FunctionServiceHandler {
         mode: ExecutionMode,
         stream: Option<StreamSink>,
         traceparent: Option<String>,
+        forwarded_from: Option<String>,
         principal: &Principal,
     ) -> SpearResult<ExecutionRequest> {
         let (input, result_encoding) = wire::decode_input(request)?;
@@ -119,7 +129,28 @@ impl FunctionServiceHandler {
             cold_start,
             stream,
             traceparent,
+            forwarded_from,
         })
+    }
+
+    /// Cluster mode: the cluster, when this sync or stream call should run on a peer — the
+    /// local dispatcher cannot grant it an instance now, and the call was not forwarded here
+    /// already (at most one hop) and names no execution id of its own (which must stay on the
+    /// node that holds it). A node with spare capacity answers `None` after one dispatcher
+    /// check and pays nothing else.
+    fn spill_target(
+        &self,
+        request: &ExecutionRequest,
+    ) -> Option<&Arc<dyn crate::cluster_link::ClusterLink>> {
+        let cluster = self.node.cluster.as_ref()?;
+        let spill = request.forwarded_from.is_none()
+            && request.execution_id.is_none()
+            && !self
+                .node
+                .manager
+                .dispatcher()
+                .can_grant_now(&request.task.pool, request.force_new_instance);
+        spill.then_some(cluster)
     }
 
     /// ASYNC: durable acceptance, answered at once, or after waiting when `wait` is set.
@@ -179,6 +210,7 @@ impl FunctionServiceHandler {
         &self,
         request: proto::InvokeFunctionRequest,
         traceparent: Option<String>,
+        forwarded_from: Option<String>,
         principal: &Principal,
     ) -> SpearResult<ResponseStream> {
         let (chunk_sender, mut chunk_receiver) = tokio::sync::mpsc::unbounded_channel();
@@ -192,9 +224,20 @@ impl FunctionServiceHandler {
                     chunks: chunk_sender,
                 }),
                 traceparent,
+                forwarded_from,
                 principal,
             )
             .await?;
+        if let Some(cluster) = self.spill_target(&execution_request)
+            && let Some(relayed) = cluster
+                .forward_stream(
+                    forwardable(&request, &execution_request),
+                    forwarding(&execution_request, None, principal),
+                )
+                .await
+        {
+            return relayed;
+        }
         let submitted = self.node.manager.submit(execution_request).await?;
         let (message_sender, message_receiver) =
             tokio::sync::mpsc::channel::<Result<proto::StreamExecutionResult, Status>>(64);
@@ -273,6 +316,35 @@ impl FunctionServiceHandler {
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
             message_receiver,
         )))
+    }
+}
+
+/// The request a peer receives: the task by its cluster-wide id (a peer never registers it
+/// again, nor reads a `file://` location of this node's).
+fn forwardable(
+    request: &proto::InvokeFunctionRequest,
+    execution: &ExecutionRequest,
+) -> proto::InvokeFunctionRequest {
+    proto::InvokeFunctionRequest {
+        invocation_type: proto::InvocationType::ExistingTask as i32,
+        task_id: execution.task.record.task_id.clone(),
+        artifact_spec: None,
+        create_if_not_exists: false,
+        ..request.clone()
+    }
+}
+
+/// What travels with a forwarded call: the caller's identity, trace and deadline.
+fn forwarding(
+    execution: &ExecutionRequest,
+    deadline: Option<Duration>,
+    principal: &Principal,
+) -> crate::cluster_link::Forwarding {
+    crate::cluster_link::Forwarding {
+        task_id: execution.task.record.task_id.clone(),
+        authorization: principal.forwarded_authorization(),
+        traceparent: execution.traceparent.clone(),
+        deadline,
     }
 }
 
@@ -692,6 +764,16 @@ fn traceparent(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The cluster peer that forwarded a call (see `cluster_link::FORWARDED_FROM_METADATA_KEY`).
+fn forwarded_from(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    let value = metadata
+        .get(crate::cluster_link::FORWARDED_FROM_METADATA_KEY)?
+        .to_str()
+        .ok()?;
+    spearlet_core::ids::validate_id("forwarded_from", value).ok()?;
+    Some(value.to_owned())
+}
+
 /// The client's deadline from the `grpc-timeout` header (`<digits><unit>`, unit H M S m u n).
 fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
@@ -727,6 +809,7 @@ fn registration(
         checksum: artifact_spec.checksum.clone(),
         metadata: wire::to_btree(&artifact_spec.metadata),
         restored_timestamps: None,
+        source: crate::cluster_link::RegistrationSource::Client,
     }
 }
 
@@ -887,8 +970,7 @@ impl FunctionServiceHandler {
     }
 }
 
-type ResponseStream =
-    Pin<Box<dyn Stream<Item = Result<proto::StreamExecutionResult, Status>> + Send>>;
+type ResponseStream = crate::cluster_link::ExecutionResultStream;
 
 #[tonic::async_trait]
 impl FunctionService for FunctionServiceHandler {
@@ -899,10 +981,17 @@ impl FunctionService for FunctionServiceHandler {
         let principal = self.principal(&request)?;
         let grpc_deadline = grpc_timeout(request.metadata());
         let traceparent = traceparent(request.metadata());
-        self.invoke(request.into_inner(), grpc_deadline, traceparent, &principal)
-            .await
-            .map(Response::new)
-            .map_err(to_status)
+        let forwarded_from = forwarded_from(request.metadata());
+        self.invoke(
+            request.into_inner(),
+            grpc_deadline,
+            traceparent,
+            forwarded_from,
+            &principal,
+        )
+        .await
+        .map(Response::new)
+        .map_err(to_status)
     }
 
     async fn get_execution_status(
@@ -934,10 +1023,16 @@ impl FunctionService for FunctionServiceHandler {
     ) -> Result<Response<Self::StreamFunctionStream>, Status> {
         let principal = self.principal(&request)?;
         let traceparent = traceparent(request.metadata());
-        self.stream(request.into_inner(), traceparent, &principal)
-            .await
-            .map(Response::new)
-            .map_err(to_status)
+        let forwarded_from = forwarded_from(request.metadata());
+        self.stream(
+            request.into_inner(),
+            traceparent,
+            forwarded_from,
+            &principal,
+        )
+        .await
+        .map(Response::new)
+        .map_err(to_status)
     }
 
     async fn list_tasks(

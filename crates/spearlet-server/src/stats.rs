@@ -37,6 +37,11 @@ pub fn health(node: &Node, include_details: bool) -> SpearResult<proto::GetHealt
         .instance_failures_last_minute;
     // Worst first: a store that cannot commit loses durability for every async call (they are
     // refused), failing instances and a filling queue only slow calls down.
+    let cluster = node.cluster.as_ref().map(|cluster| cluster.status());
+    let cluster_trouble = cluster
+        .as_ref()
+        .filter(|cluster| !cluster.message.is_empty())
+        .map(|cluster| cluster.message.clone());
     let (status, message) = match manager.store().write_failure() {
         Some(failure) => (
             "unhealthy",
@@ -48,6 +53,7 @@ pub fn health(node: &Node, include_details: bool) -> SpearResult<proto::GetHealt
                 failure.error
             ),
         ),
+        None if cluster_trouble.is_some() => ("degraded", cluster_trouble.unwrap_or_default()),
         None if instance_failures > 0 => (
             "degraded",
             format!("{instance_failures} instances failed in the last minute"),
@@ -78,6 +84,7 @@ pub fn health(node: &Node, include_details: bool) -> SpearResult<proto::GetHealt
         message,
         uptime_seconds: node.observer.uptime().as_secs() as i64,
         details,
+        cluster,
     })
 }
 
@@ -275,6 +282,7 @@ pub fn stats(
         task_stats,
         execution_stats,
         pools,
+        cluster: node.cluster.as_ref().map(|cluster| cluster.status()),
     })
 }
 

@@ -55,6 +55,7 @@ fn dispatcher(max_concurrent: usize, max_queue_length: usize) -> Dispatcher<u64>
         priority_aging: Duration::from_secs(1),
         health_check_interval: Duration::from_secs(1),
         autoscale_tick: Duration::from_secs(1),
+        instance_id_prefix: String::new(),
     })
 }
 
@@ -63,6 +64,7 @@ fn call(priority: Priority) -> AcquireRequest {
         priority,
         force_new_instance: false,
         counts_against_queue_limit: true,
+        grant_now_only: false,
     }
 }
 
@@ -485,4 +487,27 @@ async fn failing_calls_drain_a_reuse_instance_but_not_a_per_call_one() {
         );
     }
     assert_eq!(dispatcher.snapshot().instances_failed, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grant_now_only_call_is_refused_instead_of_queued() {
+    let dispatcher = dispatcher(64, 64);
+    let pool = dispatcher.add_pool("task-a", settings(1), Arc::new(CountingFactory::default()));
+    let grant_now_only = AcquireRequest {
+        grant_now_only: true,
+        ..call(Priority::NORMAL)
+    };
+    assert!(dispatcher.can_grant_now(&pool, false));
+    let busy = acquire(&dispatcher, &pool, grant_now_only).await;
+    assert!(!dispatcher.can_grant_now(&pool, false));
+    let Err(rejection) = dispatcher.enqueue(&pool, grant_now_only) else {
+        panic!("a grant-now-only call was queued");
+    };
+    assert!(
+        matches!(rejection, Rejection::NoInstanceNow { .. }),
+        "{rejection}"
+    );
+    assert_eq!(dispatcher.queued(), 0);
+    drop(busy);
+    assert!(dispatcher.can_grant_now(&pool, false));
 }

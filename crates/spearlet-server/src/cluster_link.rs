@@ -1,0 +1,109 @@
+//! The seam between the node and cluster mode: what the node asks of a cluster, implemented by
+//! `spearlet-cluster` over NATS JetStream. The node never names NATS; a node without a cluster
+//! holds no `ClusterLink` and none of this runs.
+//!
+//! Invariants: the node calls the link only off its hot path — when a task is registered or
+//! removed, and for a sync or stream call the local dispatcher cannot grant now (a node with
+//! spare capacity never reaches the link). The link never calls back into the node while the
+//! node waits on it, except through the `Weak<Node>` handed to `start`.
+
+use std::pin::Pin;
+use std::sync::Weak;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use futures::future::BoxFuture;
+use spearlet_core::{SpearResult, TaskRecord};
+use spearlet_proto as proto;
+
+use crate::node::Node;
+
+/// Metadata key marking a call a peer forwarded here: it runs only if it can be granted now
+/// (never queued behind local work) and is never forwarded again (at most one hop). Sending it
+/// can only restrict what happens to a call, so it needs no secret.
+pub const FORWARDED_FROM_METADATA_KEY: &str = "x-spearlet-forwarded-from";
+
+/// A stream of `StreamFunction` messages, local or relayed from a peer.
+pub type ExecutionResultStream =
+    Pin<Box<dyn Stream<Item = Result<proto::StreamExecutionResult, tonic::Status>> + Send>>;
+
+/// Where a registration came from, which decides what the cluster is told.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RegistrationSource {
+    /// CreateTask, NEW_TASK, `create_if_not_exists`, HTTP: the cluster's rules decide.
+    #[default]
+    Client,
+    /// A bundled example at start: adopts the cluster's task of that name when it has one.
+    Example,
+    /// A task this node recorded before it restarted; the cluster reconciles it when it joins.
+    Restore,
+    /// Installed from the cluster's task bucket: told to nobody.
+    Cluster,
+}
+
+/// What the cluster made of a registration.
+pub enum ClusterPublication {
+    /// The task as the cluster holds it now: the registered record, or the cluster's own record
+    /// of the same content (its id, version and times), which this node adopts.
+    Accepted(Box<TaskRecord>),
+    /// A bundled example whose name the cluster already uses for other content: the cluster's
+    /// version wins and arrives through the task watcher.
+    Superseded,
+}
+
+/// What travels with a call forwarded to a peer.
+#[derive(Clone, Debug)]
+pub struct Forwarding {
+    /// The cluster-wide task id the call resolved to here.
+    pub task_id: String,
+    /// The caller's `authorization` header value, for the peer's own checks.
+    pub authorization: Option<String>,
+    pub traceparent: Option<String>,
+    /// What is left of the caller's deadline.
+    pub deadline: Option<Duration>,
+}
+
+/// Cluster mode as the node sees it.
+pub trait ClusterLink: Send + Sync + 'static {
+    /// This node's id in the cluster.
+    fn node_id(&self) -> &str;
+
+    /// Starts the heartbeat and the task watcher once the node is built; returns when the
+    /// node holds every task the cluster has (as far as they could be loaded).
+    fn start(&self, node: Weak<Node>) -> BoxFuture<'_, SpearResult<()>>;
+
+    /// Puts a task registered here (its artifact first) into the cluster under the cluster's
+    /// naming and versioning rules.
+    fn publish_task(
+        &self,
+        record: TaskRecord,
+        artifact: Bytes,
+        source: RegistrationSource,
+    ) -> BoxFuture<'_, SpearResult<ClusterPublication>>;
+
+    /// Removes a task from every node.
+    fn withdraw_task(&self, record: TaskRecord) -> BoxFuture<'_, SpearResult<()>>;
+
+    /// Runs a sync call on a peer with capacity. `None`: no peer could take it now (run it
+    /// here, queueing as usual).
+    fn forward_invoke(
+        &self,
+        request: proto::InvokeFunctionRequest,
+        forwarding: Forwarding,
+    ) -> BoxFuture<'_, Option<SpearResult<proto::InvokeFunctionResponse>>>;
+
+    /// Runs a stream call on a peer with capacity, relaying its messages; `None` as for
+    /// `forward_invoke`.
+    fn forward_stream(
+        &self,
+        request: proto::InvokeFunctionRequest,
+        forwarding: Forwarding,
+    ) -> BoxFuture<'_, Option<SpearResult<ExecutionResultStream>>>;
+
+    /// The cluster section of GetHealth and GetStats.
+    fn status(&self) -> proto::ClusterStatus;
+
+    /// Graceful leave: heartbeat `draining`, then remove this node's entry.
+    fn leave(&self) -> BoxFuture<'_, ()>;
+}
