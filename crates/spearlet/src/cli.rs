@@ -82,6 +82,9 @@ pub enum Command {
     Health,
     /// Show node, task and execution statistics.
     Stats(StatsArguments),
+    /// Cluster mode: the nodes of the cluster the node belongs to.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Measure invocation throughput and latency, optionally against a bare gRPC echo baseline.
     Bench(BenchArguments),
     /// Serve only the bare tonic echo method that `bench --baseline` compares against, on
@@ -184,6 +187,21 @@ pub struct ServeArguments {
         value_name = "URL"
     )]
     pub otlp_endpoint: Option<String>,
+
+    /// Join a cluster over NATS JetStream at this URL (`[cluster] nats_url`); see
+    /// docs/CLUSTER.md.
+    #[arg(
+        long = "cluster-nats",
+        env = "SPEARLET_CLUSTER_NATS_URL",
+        value_name = "URL"
+    )]
+    pub cluster_nats_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// List the nodes as the node at `--addr` sees them: load, readiness, heartbeat age.
+    Ls,
 }
 
 #[derive(Debug, Args)]

@@ -870,6 +870,72 @@ pub async fn health(client: &mut NodeClient, json_output: bool) -> anyhow::Resul
     })
 }
 
+/// `spearlet cluster ls`: the cluster section of GetStats as a table.
+pub async fn cluster_nodes(client: &mut NodeClient, json_output: bool) -> anyhow::Result<ExitCode> {
+    let response = client
+        .get_stats(proto::GetStatsRequest::default())
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let Some(cluster) = response.cluster else {
+        return Err(anyhow!(
+            "the node at this address is not in a cluster (it was started without \
+             --cluster-nats / [cluster] nats_url)"
+        ));
+    };
+    if json_output {
+        print_json(&output::cluster_json(&cluster))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = Table::new(&[
+        "NODE",
+        "ADDRESS",
+        "STATE",
+        "FREE SLOTS",
+        "RUNNING",
+        "QUEUED",
+        "HEARTBEAT",
+        "TASKS READY",
+    ]);
+    for node in &cluster.nodes {
+        let state = if node.draining {
+            "draining"
+        } else if node.is_self {
+            "self"
+        } else if node.routable {
+            "ready"
+        } else {
+            "stale"
+        };
+        table.push_row(vec![
+            node.node_id.clone(),
+            node.advertise_addr.clone(),
+            state.to_owned(),
+            node.free_slots.to_string(),
+            node.running.to_string(),
+            node.queue_length.to_string(),
+            format!("{} ms ago", node.heartbeat_age_ms),
+            node.tasks.len().to_string(),
+        ]);
+    }
+    let mut text = format!(
+        "CLUSTER {}  (asked node {}, NATS {})\n",
+        cluster.cluster_name,
+        cluster.node_id,
+        if cluster.nats_connected {
+            "connected"
+        } else {
+            "DISCONNECTED"
+        }
+    );
+    if !cluster.message.is_empty() {
+        text.push_str(&format!("{}\n", cluster.message));
+    }
+    text.push_str(&table.render());
+    write_stdout(text.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn stats(
     client: &mut NodeClient,
     arguments: &StatsArguments,

@@ -70,5 +70,9 @@ async fn run(command_line: &CommandLine) -> anyhow::Result<ExitCode> {
             let mut node = client::connect(node_connection).await?;
             client::stats(&mut node, arguments, json_output).await
         }
+        Command::Cluster(cli::ClusterCommand::Ls) => {
+            let mut node = client::connect(node_connection).await?;
+            client::cluster_nodes(&mut node, json_output).await
+        }
     }
 }

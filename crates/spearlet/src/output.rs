@@ -482,6 +482,35 @@ pub fn health_json(response: &proto::GetHealthResponse) -> Value {
             "total_executions": details.total_executions,
             "system_info": map_json(&details.system_info),
         })),
+        "cluster": response.cluster.as_ref().map_or(Value::Null, cluster_json),
+    })
+}
+
+/// The cluster section of GetHealth / GetStats.
+pub fn cluster_json(cluster: &proto::ClusterStatus) -> Value {
+    json!({
+        "node_id": cluster.node_id,
+        "cluster_name": cluster.cluster_name,
+        "nats_connected": cluster.nats_connected,
+        "message": cluster.message,
+        "nodes": cluster.nodes.iter().map(|node| json!({
+            "node_id": node.node_id,
+            "advertise_addr": node.advertise_addr,
+            "draining": node.draining,
+            "free_slots": node.free_slots,
+            "running": node.running,
+            "queue_length": node.queue_length,
+            "heartbeat_age_ms": node.heartbeat_age_ms,
+            "routable": node.routable,
+            "is_self": node.is_self,
+            "tasks": node.tasks.iter().map(|task| json!({
+                "task_id": task.task_id,
+                "task_name": task.task_name,
+                "instances": task.instances,
+                "idle_instances": task.idle_instances,
+                "can_start_instance": task.can_start_instance,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -537,6 +566,7 @@ pub fn stats_json(response: &proto::GetStatsResponse) -> Value {
             "executions_by_function": counts_json(&executions.executions_by_function),
         })),
         "pools": response.pools.iter().map(pool_stats_json).collect::<Vec<_>>(),
+        "cluster": response.cluster.as_ref().map_or(Value::Null, cluster_json),
     })
 }
 

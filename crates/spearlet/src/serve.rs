@@ -51,6 +51,7 @@ impl ServeArguments {
                 _ => None,
             },
             otlp_endpoint: self.otlp_endpoint.clone(),
+            cluster_nats_url: self.cluster_nats_url.clone(),
         }
     }
 }
@@ -96,7 +97,9 @@ async fn run_until_signal(config: NodeConfig) -> anyhow::Result<()> {
 
     let log_format = config.log_format;
     crate::allocator::purge_freed_memory_at_once();
-    let running = spearlet_server::serve(config)
+    let cluster_connector: spearlet_server::ClusterConnector =
+        Box::new(|join| Box::pin(spearlet_cluster::join(join)));
+    let running = spearlet_server::serve_in_cluster(config, Some(cluster_connector))
         .await
         .map_err(|error| anyhow::anyhow!("{}", error.message))?;
     let scheme = if running.tls { "https" } else { "http" };

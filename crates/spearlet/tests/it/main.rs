@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_types)]
 
 mod cli;
+mod cluster;
 mod durability;
 mod support;
 mod telemetry;

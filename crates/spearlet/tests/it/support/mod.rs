@@ -6,6 +6,10 @@
 
 #![allow(dead_code)]
 
+pub mod nats;
+#[path = "../../../../spearlet-examples/tests/it/prerequisites.rs"]
+pub mod prerequisites;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
