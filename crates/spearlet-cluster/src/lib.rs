@@ -8,6 +8,8 @@
 //!   `<name>_artifacts` Object Store, and the watcher that installs them on every node;
 //! - `forwarding`: sync and stream calls the local dispatcher cannot grant now, run on a peer
 //!   with capacity over gRPC (at most one hop);
+//! - `queue`: async calls through the `<name>_work` work-queue stream, each execution's state in
+//!   the `<name>_executions` KV bucket, fenced by compare-and-swap;
 //! - `names`: every bucket name and key.
 //!
 //! Invariants: the single-node path never calls into this crate (a node without `[cluster]`
@@ -19,6 +21,7 @@ pub mod catalog;
 pub mod forwarding;
 pub mod membership;
 pub mod names;
+pub mod queue;
 
 use std::path::Path;
 use std::sync::{Arc, Weak};
@@ -29,17 +32,19 @@ use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
-use spearlet_core::{SpearError, SpearResult, TaskRecord};
+use spearlet_core::{ExecutionRecord, SpearError, SpearResult, TaskRecord};
 use spearlet_proto as proto;
 use spearlet_server::cluster_link::{
     ClusterLink, ClusterPublication, ExecutionResultStream, Forwarding, RegistrationSource,
 };
+use spearlet_server::manager::{CancelResult, ExecutionRequest};
 use spearlet_server::{ClusterJoin, Node};
 
 use crate::catalog::TaskCatalog;
 use crate::forwarding::Forwarder;
 use crate::membership::Membership;
 use crate::names::ClusterNames;
+use crate::queue::WorkQueue;
 
 /// The file in the data directory that keeps a generated node id across restarts.
 pub const NODE_ID_FILE: &str = "cluster-node-id";
@@ -61,6 +66,7 @@ pub struct NatsCluster {
     membership: Arc<Membership>,
     catalog: Arc<TaskCatalog>,
     forwarder: Forwarder,
+    queue: Arc<WorkQueue>,
     heartbeat_interval: Duration,
     node: Mutex<Weak<Node>>,
     /// The last heartbeat write's failure, for health.
@@ -143,6 +149,16 @@ pub async fn join(join: ClusterJoin) -> SpearResult<Arc<dyn ClusterLink>> {
             .await
             .map_err(|error| bucket_error(&names.artifacts_bucket, error))?,
     };
+    let queue = Arc::new(
+        WorkQueue::open(
+            client.clone(),
+            names.clone(),
+            node_id.clone(),
+            Duration::from_millis(config.ack_wait_ms),
+            config.replicas,
+        )
+        .await?,
+    );
     let membership = Arc::new(Membership::new(
         nodes,
         node_id.clone(),
@@ -184,6 +200,7 @@ pub async fn join(join: ClusterJoin) -> SpearResult<Arc<dyn ClusterLink>> {
         client,
         membership,
         forwarder,
+        queue,
         heartbeat_interval,
         node: Mutex::new(Weak::new()),
         last_heartbeat_error: Arc::new(Mutex::new(None)),
@@ -293,6 +310,12 @@ impl ClusterLink for NatsCluster {
             }
             drop(strong);
             tokio::spawn(self.membership.clone().watch_forever());
+            tokio::spawn(self.queue.clone().serve_cancels(node.clone()));
+            tokio::spawn(
+                self.queue
+                    .clone()
+                    .supervise(node.clone(), self.heartbeat_interval),
+            );
             tokio::spawn(
                 self.catalog
                     .clone()
@@ -352,6 +375,36 @@ impl ClusterLink for NatsCluster {
         self.forwarder.stream(request, forwarding).boxed()
     }
 
+    fn submit_async<'a>(
+        &'a self,
+        request: &'a ExecutionRequest,
+    ) -> BoxFuture<'a, SpearResult<ExecutionRecord>> {
+        self.queue.submit(request).boxed()
+    }
+
+    fn execution(
+        &self,
+        execution_id: String,
+    ) -> BoxFuture<'_, SpearResult<Option<ExecutionRecord>>> {
+        async move { self.queue.execution(&execution_id).await }.boxed()
+    }
+
+    fn wait_execution(
+        &self,
+        execution_id: String,
+        budget: Duration,
+    ) -> BoxFuture<'_, SpearResult<Option<ExecutionRecord>>> {
+        async move { self.queue.wait(&execution_id, budget).await }.boxed()
+    }
+
+    fn cancel_execution(
+        &self,
+        execution_id: String,
+        reason: String,
+    ) -> BoxFuture<'_, SpearResult<Option<CancelResult>>> {
+        async move { self.queue.cancel(&execution_id, &reason).await }.boxed()
+    }
+
     fn status(&self) -> proto::ClusterStatus {
         proto::ClusterStatus {
             node_id: self.node_id.clone(),
@@ -366,6 +419,7 @@ impl ClusterLink for NatsCluster {
     fn leave(&self) -> BoxFuture<'_, ()> {
         async move {
             let node = self.node.lock().upgrade();
+            self.queue.stop_pulling();
             self.membership.leave(node.as_deref()).await;
             tracing::info!(node_id = %self.node_id, "left the cluster");
         }

@@ -12,6 +12,10 @@ pub struct ClusterNames {
     pub tasks_bucket: String,
     /// Object Store: lowercase sha256 hex → artifact bytes.
     pub artifacts_bucket: String,
+    /// Stream (work-queue retention): accepted async executions on `<name>.work.<task key>`.
+    pub work_stream: String,
+    /// KV: execution key → the execution's state, changed only by compare-and-swap.
+    pub executions_bucket: String,
 }
 
 impl ClusterNames {
@@ -21,6 +25,8 @@ impl ClusterNames {
             nodes_bucket: format!("{cluster_name}_nodes"),
             tasks_bucket: format!("{cluster_name}_tasks"),
             artifacts_bucket: format!("{cluster_name}_artifacts"),
+            work_stream: format!("{cluster_name}_work"),
+            executions_bucket: format!("{cluster_name}_executions"),
         }
     }
 }

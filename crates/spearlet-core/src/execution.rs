@@ -73,11 +73,14 @@ pub enum ErrorCode {
     WorkerCrashed,
     /// The function reported an error through its runtime (the Lambda Runtime API's `/error`).
     FunctionError,
+    /// Cluster mode: the node running the execution was lost (it stopped heartbeating and its
+    /// work was redelivered) and no attempt was left.
+    NodeLost,
 }
 
 impl ErrorCode {
     /// Every code, in [`ErrorCode::index`] order.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::ExitCode,
         ErrorCode::ReturnCode,
         ErrorCode::Trap,
@@ -89,6 +92,7 @@ impl ErrorCode {
         ErrorCode::InitFailed,
         ErrorCode::WorkerCrashed,
         ErrorCode::FunctionError,
+        ErrorCode::NodeLost,
     ];
 
     /// The code's position in [`ErrorCode::ALL`], for per-code counters. Exhaustive, so a new
@@ -106,6 +110,7 @@ impl ErrorCode {
             ErrorCode::InitFailed => 8,
             ErrorCode::WorkerCrashed => 9,
             ErrorCode::FunctionError => 10,
+            ErrorCode::NodeLost => 11,
         }
     }
 
@@ -122,6 +127,7 @@ impl ErrorCode {
             ErrorCode::InitFailed => "INIT_FAILED",
             ErrorCode::WorkerCrashed => "WORKER_CRASHED",
             ErrorCode::FunctionError => "FUNCTION_ERROR",
+            ErrorCode::NodeLost => "NODE_LOST",
         }
     }
 }

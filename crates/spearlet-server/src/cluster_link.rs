@@ -14,9 +14,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::Stream;
 use futures::future::BoxFuture;
-use spearlet_core::{SpearResult, TaskRecord};
+use spearlet_core::{ExecutionRecord, SpearResult, TaskRecord};
 use spearlet_proto as proto;
 
+use crate::manager::{CancelResult, ExecutionRequest};
 use crate::node::Node;
 
 /// Metadata key marking a call a peer forwarded here: it runs only if it can be granted now
@@ -100,6 +101,36 @@ pub trait ClusterLink: Send + Sync + 'static {
         request: proto::InvokeFunctionRequest,
         forwarding: Forwarding,
     ) -> BoxFuture<'_, Option<SpearResult<ExecutionResultStream>>>;
+
+    /// Accepts an async call into the cluster's durable work queue (any node with the task
+    /// ready and free capacity runs it); returns the execution as accepted, or the existing
+    /// one for a repeated client execution id (ALREADY_EXISTS if it names other work).
+    fn submit_async<'a>(
+        &'a self,
+        request: &'a ExecutionRequest,
+    ) -> BoxFuture<'a, SpearResult<ExecutionRecord>>;
+
+    /// A cluster execution as the cluster holds it (from any node, also while the node that
+    /// ran it is down); `None` if the cluster has no such execution.
+    fn execution(
+        &self,
+        execution_id: String,
+    ) -> BoxFuture<'_, SpearResult<Option<ExecutionRecord>>>;
+
+    /// Waits up to `budget` for a cluster execution to end; its state then.
+    fn wait_execution(
+        &self,
+        execution_id: String,
+        budget: Duration,
+    ) -> BoxFuture<'_, SpearResult<Option<ExecutionRecord>>>;
+
+    /// Cancels a cluster execution wherever it is: a pending one never runs, a running one is
+    /// stopped by its node. `None` if the cluster has no such execution.
+    fn cancel_execution(
+        &self,
+        execution_id: String,
+        reason: String,
+    ) -> BoxFuture<'_, SpearResult<Option<CancelResult>>>;
 
     /// The cluster section of GetHealth and GetStats.
     fn status(&self) -> proto::ClusterStatus;

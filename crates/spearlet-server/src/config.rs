@@ -105,6 +105,10 @@ pub struct ClusterConfig {
     pub heartbeat_interval_ms: u64,
     /// JetStream replicas of the cluster's buckets (3 on a three-server NATS cluster).
     pub replicas: usize,
+    /// How long an async execution's node may go without acknowledging (it sends progress
+    /// acks while it runs) before the queue redelivers the execution to another node, in
+    /// milliseconds.
+    pub ack_wait_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -121,6 +125,7 @@ impl Default for ClusterConfig {
             peer_ca_file: None,
             heartbeat_interval_ms: 1_000,
             replicas: 1,
+            ack_wait_ms: 30_000,
         }
     }
 }
@@ -574,6 +579,11 @@ impl NodeConfig {
         if cluster.replicas == 0 || cluster.replicas > 5 {
             return Err(SpearError::invalid_argument(
                 "config: cluster.replicas must be 1 to 5",
+            ));
+        }
+        if cluster.ack_wait_ms < 300 {
+            return Err(SpearError::invalid_argument(
+                "config: cluster.ack_wait_ms must be at least 300",
             ));
         }
         if cluster.heartbeat_interval_ms == 0 {

@@ -251,6 +251,53 @@ impl TaskExecutionManager {
         Ok(submitted)
     }
 
+    /// Runs one attempt of a cluster execution this node claimed from the cluster's work queue
+    /// (`spearlet-cluster`): the cluster holds the execution's durable state and its
+    /// idempotency, so no lookup happens here and the record is marked
+    /// [`CLUSTER_EXECUTION_METADATA_KEY`] (after a restart it is handed back to the cluster, not
+    /// run again here). Returns the terminal record, or `None` when the node shut down first.
+    pub async fn run_cluster_attempt(
+        self: &Arc<Self>,
+        mut request: ExecutionRequest,
+        attempt: u32,
+    ) -> SpearResult<Option<ExecutionRecord>> {
+        let execution_id = request
+            .execution_id
+            .clone()
+            .ok_or_else(|| SpearError::internal("a cluster execution carries its id"))?;
+        request.mode = ExecutionMode::Async;
+        request
+            .metadata
+            .insert(CLUSTER_EXECUTION_METADATA_KEY.into(), "true".into());
+        let fingerprint = request_fingerprint(&request);
+        let (record, handle) = {
+            let mut live = self.live.lock();
+            if live.contains_key(&execution_id) {
+                return Err(SpearError::failed_precondition(format!(
+                    "execution {execution_id} is already running on this node"
+                )));
+            }
+            let mut record = self.new_record(&request, execution_id, fingerprint, true);
+            record.attempt = attempt.max(1);
+            if let Some(first) = record.timeline.first_mut() {
+                first.attempt = record.attempt;
+                first.note = format!("claimed from the cluster's queue (attempt {attempt})");
+            }
+            let handle = self.register_live(&mut live, &record);
+            (record, handle)
+        };
+        self.store.put_execution_volatile(record.clone());
+        self.async_pending.fetch_add(1, Ordering::Relaxed);
+        request
+            .task
+            .counters
+            .execution_count
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(self
+            .execution_future(request, record, handle, None, Duration::ZERO)
+            .await)
+    }
+
     /// Idempotency, capacity and the PENDING record: everything before the execution runs.
     async fn admit(&self, request: ExecutionRequest) -> SpearResult<Admission> {
         let (record, handle, ticket) = match self.accept(&request)? {
@@ -330,9 +377,22 @@ impl TaskExecutionManager {
             .execution_id
             .clone()
             .unwrap_or_else(|| random_id("exec", rand::random()));
+        let record = self.new_record(request, execution_id, fingerprint, is_async);
+        let handle = self.register_live(&mut live, &record);
+        Ok(Acceptance::New(record, handle, ticket))
+    }
+
+    /// A new PENDING record for an accepted request.
+    fn new_record(
+        &self,
+        request: &ExecutionRequest,
+        execution_id: String,
+        fingerprint: String,
+        is_async: bool,
+    ) -> ExecutionRecord {
         let max_retries = request.call.max_retries.min(self.config.max_retries);
         let now_us = unix_us();
-        let record = ExecutionRecord {
+        ExecutionRecord {
             execution_id,
             sequence: self.next_sequence.fetch_add(1, Ordering::Relaxed),
             task_id: request.task.record.task_id.clone(),
@@ -377,9 +437,7 @@ impl TaskExecutionManager {
                 attempt: 1,
                 note: "accepted".into(),
             }],
-        };
-        let handle = self.register_live(&mut live, &record);
-        Ok(Acceptance::New(record, handle, ticket))
+        }
     }
 
     /// An existing execution with this client id: the same one (same task and input) or an
@@ -865,6 +923,11 @@ impl TaskExecutionManager {
     }
 
     /// Live executions of a task (pending or running).
+    /// Ids of the executions live (pending or running) on this node.
+    pub fn live_execution_ids(&self) -> std::collections::HashSet<String> {
+        self.live.lock().keys().cloned().collect()
+    }
+
     pub fn live_executions_of(&self, task_id: &str) -> Vec<String> {
         self.live
             .lock()
@@ -914,6 +977,24 @@ impl TaskExecutionManager {
     ) -> RecoverySummary {
         let mut summary = RecoverySummary::default();
         for mut record in unfinished {
+            if record.metadata.contains_key(CLUSTER_EXECUTION_METADATA_KEY) {
+                // The cluster's queue redelivers it after the ack wait; the cluster's rules
+                // decide (a new visible attempt, or NODE_LOST). Never run again here.
+                record.finish(
+                    unix_us(),
+                    &Outcome::Failed {
+                        code: ErrorCode::NodeLost,
+                        message: "this node restarted during the attempt; the execution was \
+                                  handed back to the cluster"
+                            .into(),
+                    },
+                );
+                if let Err(error) = self.store.put_execution(record).await {
+                    tracing::error!("recording a handed-back cluster execution failed: {error}");
+                }
+                summary.handed_back += 1;
+                continue;
+            }
             let task = registry.resolve(&record.task_id);
             let resumable = record.mode == ExecutionMode::Async
                 && (record.status == ExecutionStatus::Pending
@@ -1002,6 +1083,8 @@ pub struct RecoverySummary {
     pub resumed: usize,
     pub retried: usize,
     pub failed: usize,
+    /// Cluster executions this node was running when it stopped, left to the cluster.
+    pub handed_back: usize,
 }
 
 /// Exponential backoff with full jitter before attempt `attempt` (2, 3, …): up to 100 ms × 2^(n-2),
@@ -1187,8 +1270,12 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// Metadata key marking a record as one attempt of a cluster execution (see
+/// [`TaskExecutionManager::run_cluster_attempt`]).
+pub const CLUSTER_EXECUTION_METADATA_KEY: &str = "spearlet.cluster_execution";
+
 /// The idempotency fingerprint: same task, function and input → same fingerprint.
-fn request_fingerprint(request: &ExecutionRequest) -> String {
+pub fn request_fingerprint(request: &ExecutionRequest) -> String {
     let mut hasher = Sha256::new();
     hasher.update(request.task.record.task_id.as_bytes());
     hasher.update([0]);

@@ -130,6 +130,7 @@ impl Node {
             resumed = recovery.resumed,
             retried = recovery.retried,
             failed = recovery.failed,
+            handed_back_to_cluster = recovery.handed_back,
             "recovered state from the data dir"
         );
         let node = Arc::new(Node {

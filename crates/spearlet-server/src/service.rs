@@ -160,6 +160,11 @@ impl FunctionServiceHandler {
         wait: bool,
         grpc_deadline: Option<Duration>,
     ) -> SpearResult<proto::InvokeFunctionResponse> {
+        if let Some(cluster) = &self.node.cluster {
+            return self
+                .invoke_async_in_cluster(cluster.as_ref(), request, wait, grpc_deadline)
+                .await;
+        }
         let task = request.task.clone();
         let submitted = self.node.manager.submit(request).await?;
         if wait {
@@ -202,6 +207,47 @@ impl FunctionServiceHandler {
             &submitted.record,
             self.node.manager.estimate_completion_ms(&task),
         ))
+    }
+
+    /// ASYNC in cluster mode: the cluster's durable queue accepts it, any node runs it.
+    async fn invoke_async_in_cluster(
+        &self,
+        cluster: &dyn crate::cluster_link::ClusterLink,
+        request: ExecutionRequest,
+        wait: bool,
+        grpc_deadline: Option<Duration>,
+    ) -> SpearResult<proto::InvokeFunctionResponse> {
+        let accepted = cluster.submit_async(&request).await?;
+        let estimate = self.node.manager.estimate_completion_ms(&request.task);
+        if accepted.status.is_terminal() {
+            let mut response = final_response(&accepted);
+            response.success = true;
+            response.status_endpoint = status_endpoint(&accepted.execution_id);
+            return Ok(response);
+        }
+        if !wait {
+            return Ok(accepted_response(&accepted, estimate));
+        }
+        let mut budget = Duration::from_millis(self.node.config.max_wait_ms);
+        if let Some(deadline) = grpc_deadline {
+            budget = budget.min(deadline.saturating_sub(Duration::from_millis(50)));
+        }
+        let current = cluster
+            .wait_execution(accepted.execution_id.clone(), budget)
+            .await?
+            .unwrap_or(accepted);
+        if current.status.is_terminal() {
+            return Ok(final_response(&current));
+        }
+        let mut response = accepted_response(&current, estimate);
+        response.success = false;
+        response.message = format!(
+            "execution {} is still {} after waiting {} ms; poll it with GetExecutionStatus",
+            current.execution_id,
+            current.status.as_str(),
+            budget.as_millis()
+        );
+        Ok(response)
     }
 
     /// StreamFunction: RUNNING with the id, then stdout chunks as written, then the final
@@ -520,29 +566,39 @@ impl FunctionServiceHandler {
         } else {
             request.reason.clone()
         };
-        Ok(
-            match self
-                .node
-                .manager
-                .cancel(&request.execution_id, &reason)
-                .await?
-            {
-                CancelResult::Cancelled(record) => proto::CancelExecutionResponse {
-                    success: true,
-                    message: format!("execution {} cancelled: {reason}", record.execution_id),
-                    final_status: wire::status_to_wire(record.status) as i32,
-                },
-                CancelResult::AlreadyTerminal(record) => proto::CancelExecutionResponse {
-                    success: false,
-                    message: format!(
-                        "execution {} had already ended with status {}",
-                        record.execution_id,
-                        record.status.as_str()
-                    ),
-                    final_status: wire::status_to_wire(record.status) as i32,
-                },
+        let in_cluster = match &self.node.cluster {
+            Some(cluster) => {
+                cluster
+                    .cancel_execution(request.execution_id.clone(), reason.clone())
+                    .await?
+            }
+            None => None,
+        };
+        let result = match in_cluster {
+            Some(result) => result,
+            None => {
+                self.node
+                    .manager
+                    .cancel(&request.execution_id, &reason)
+                    .await?
+            }
+        };
+        Ok(match result {
+            CancelResult::Cancelled(record) => proto::CancelExecutionResponse {
+                success: true,
+                message: format!("execution {} cancelled: {reason}", record.execution_id),
+                final_status: wire::status_to_wire(record.status) as i32,
             },
-        )
+            CancelResult::AlreadyTerminal(record) => proto::CancelExecutionResponse {
+                success: false,
+                message: format!(
+                    "execution {} had already ended with status {}",
+                    record.execution_id,
+                    record.status.as_str()
+                ),
+                final_status: wire::status_to_wire(record.status) as i32,
+            },
+        })
     }
 
     fn list_tasks(
@@ -841,13 +897,25 @@ pub struct UploadedArtifact {
 /// The RPCs whose tonic methods above only decode and encode, and the artifact upload, which has
 /// no RPC: the gateway calls it as it calls the others.
 impl FunctionServiceHandler {
-    fn execution_status(
+    async fn execution_status(
         &self,
         request: &proto::GetExecutionStatusRequest,
         principal: &Principal,
     ) -> SpearResult<proto::GetExecutionStatusResponse> {
         principal.require(Scope::Read)?;
-        let Some(record) = self.node.manager.store().execution(&request.execution_id)? else {
+        // A cluster execution's state is the cluster's (the local record may be an attempt
+        // that was superseded, or absent on this node).
+        let from_cluster = match &self.node.cluster {
+            Some(cluster) if !request.execution_id.is_empty() => {
+                cluster.execution(request.execution_id.clone()).await?
+            }
+            _ => None,
+        };
+        let local = match from_cluster {
+            Some(record) => Some(record),
+            None => self.node.manager.store().execution(&request.execution_id)?,
+        };
+        let Some(record) = local else {
             return Ok(proto::GetExecutionStatusResponse {
                 found: false,
                 result: None,
@@ -1000,6 +1068,7 @@ impl FunctionService for FunctionServiceHandler {
     ) -> Result<Response<proto::GetExecutionStatusResponse>, Status> {
         let principal = self.principal(&request)?;
         self.execution_status(request.get_ref(), &principal)
+            .await
             .map(Response::new)
             .map_err(to_status)
     }

@@ -37,13 +37,18 @@ struct Cluster {
     _directory: tempfile::TempDir,
 }
 
-fn start_cluster(nats_binary: &str, extra_config: &str) -> Cluster {
+/// Three nodes; `top_level` and `cluster_keys` go into their config file (top level and
+/// `[cluster]`).
+fn start_cluster(nats_binary: &str, top_level: &str, cluster_keys: &str) -> Cluster {
     let directory = tempfile::tempdir().unwrap();
     let nats = NatsServer::start(nats_binary, directory.path());
     let config_path = directory.path().join("spearlet.toml");
     std::fs::write(
         &config_path,
-        format!("{extra_config}\n[cluster]\nheartbeat_interval_ms = {HEARTBEAT_INTERVAL_MS}\n"),
+        format!(
+            "{top_level}\n[cluster]\nheartbeat_interval_ms = {HEARTBEAT_INTERVAL_MS}\n\
+             {cluster_keys}\n"
+        ),
     )
     .unwrap();
     let nodes = (0..3)
@@ -174,7 +179,7 @@ async fn a_task_registered_on_one_node_runs_on_every_node() {
     let Some(nats_binary) = nats_server_binary() else {
         return;
     };
-    let cluster = start_cluster(&nats_binary, "");
+    let cluster = start_cluster(&nats_binary, "", "");
     let mut a = connect(&cluster.nodes[0]).await;
     let mut b = connect(&cluster.nodes[1]).await;
     let mut c = connect(&cluster.nodes[2]).await;
@@ -317,7 +322,7 @@ async fn calls_spill_to_peers_and_a_killed_node_leaves_routing() {
     let Some(nats_binary) = nats_server_binary() else {
         return;
     };
-    let mut cluster = start_cluster(&nats_binary, "max_queue_length = 1");
+    let mut cluster = start_cluster(&nats_binary, "max_queue_length = 1", "");
     let mut a = connect(&cluster.nodes[0]).await;
     let a_id = cluster_status(&mut a).await.node_id;
     a.create_task(script_task(
@@ -449,4 +454,398 @@ async fn calls_spill_to_peers_and_a_killed_node_leaves_routing() {
         nodes_that_ran.insert(ran_on(&answer));
     }
     assert!(!nodes_that_ran.contains(&c_id), "{nodes_that_ran:?}");
+}
+
+/// Async executions submitted to a node through the cluster's queue, by client id.
+async fn submit_async(
+    client: &mut NodeClient,
+    task: &str,
+    execution_id: &str,
+    max_retries: i32,
+) -> Result<proto::InvokeFunctionResponse, tonic::Status> {
+    let mut request = invoke(task, proto::ExecutionMode::Async, "");
+    request.context = Some(proto::ExecutionContext {
+        execution_id: execution_id.into(),
+        max_retries,
+        ..Default::default()
+    });
+    client
+        .invoke_function(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn status_of(client: &mut NodeClient, execution_id: &str) -> Option<proto::ExecutionResult> {
+    client
+        .get_execution_status(proto::GetExecutionStatusRequest {
+            execution_id: execution_id.into(),
+            include_result: true,
+            ..Default::default()
+        })
+        .await
+        .ok()?
+        .into_inner()
+        .result
+}
+
+fn is_terminal(result: &proto::ExecutionResult) -> bool {
+    ![
+        proto::ExecutionStatus::Pending as i32,
+        proto::ExecutionStatus::Running as i32,
+        proto::ExecutionStatus::Unknown as i32,
+    ]
+    .contains(&result.status)
+}
+
+/// How many times each execution id appears in the function's run log.
+fn runs_per_execution(run_log: &Path) -> std::collections::BTreeMap<String, u32> {
+    let mut runs = std::collections::BTreeMap::new();
+    for line in std::fs::read_to_string(run_log).unwrap_or_default().lines() {
+        *runs.entry(line.trim().to_owned()).or_insert(0) += 1;
+    }
+    runs
+}
+
+const ASYNC_EXECUTIONS: usize = 1200;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn async_executions_survive_a_killed_node_and_none_runs_twice_unseen() {
+    let Some(nats_binary) = nats_server_binary() else {
+        return;
+    };
+    let mut cluster = start_cluster(&nats_binary, "", "ack_wait_ms = 3000");
+    let run_log = cluster._directory.path().join("runs.log");
+    let mut a = connect(&cluster.nodes[0]).await;
+    let mut b = connect(&cluster.nodes[1]).await;
+    let c = connect(&cluster.nodes[2]).await;
+    a.create_task(script_task(
+        "appender",
+        &format!(
+            "#!/bin/sh\necho \"$SPEAR_EXECUTION_ID\" >> {}\nsleep 0.05\necho done\n",
+            run_log.display()
+        ),
+        &[("spearlet.pool.max_instances", "8")],
+    ))
+    .await
+    .unwrap();
+    wait_for("appender on three nodes", || {
+        let mut a = a.clone();
+        async move {
+            let status = cluster_status(&mut a).await;
+            let ready = status
+                .nodes
+                .iter()
+                .filter(|node| node.tasks.iter().any(|task| task.task_name == "appender"))
+                .count();
+            (ready == 3).then_some(())
+        }
+    })
+    .await;
+
+    // The same client id at two nodes at once: one execution, both callers get it.
+    let (mut twin_a, mut twin_b) = (a.clone(), b.clone());
+    let (first, second) = tokio::join!(
+        submit_async(&mut twin_a, "appender", "twin", 1),
+        submit_async(&mut twin_b, "appender", "twin", 1)
+    );
+    assert_eq!(first.unwrap().execution_id, "twin");
+    assert_eq!(second.unwrap().execution_id, "twin");
+
+    // 1,200 async executions spread over the three nodes; C is killed once 300 have run.
+    let clients = vec![a.clone(), b.clone(), c.clone()];
+    let submitter = tokio::spawn(async move {
+        futures::stream::iter(0..ASYNC_EXECUTIONS)
+            .map(|index| {
+                let clients = clients.clone();
+                async move {
+                    let id = format!("job-{index}");
+                    // A node being killed may refuse or drop the call: the client tries the
+                    // next node with the same id (idempotent cluster-wide).
+                    for offset in 0..3 {
+                        let mut client = clients[(index + offset) % 3].clone();
+                        if let Ok(answer) = submit_async(&mut client, "appender", &id, 1).await {
+                            assert!(answer.success, "{answer:?}");
+                            return id;
+                        }
+                    }
+                    panic!("no node accepted {id}");
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<String>>()
+            .await
+    });
+    wait_for("300 runs before the kill", || {
+        let run_log = run_log.clone();
+        async move { (runs_per_execution(&run_log).len() >= 300).then_some(()) }
+    })
+    .await;
+    cluster.nodes[2].kill_hard();
+    let mut ids = submitter.await.unwrap();
+    ids.push("twin".into());
+
+    // Every execution ends, as seen from both survivors.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut attempts = std::collections::BTreeMap::new();
+    for id in &ids {
+        let result = loop {
+            if let Some(result) = status_of(&mut a, id).await
+                && is_terminal(&result)
+            {
+                break result;
+            }
+            assert!(Instant::now() < deadline, "{id} did not end");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(
+            result.status,
+            proto::ExecutionStatus::Completed as i32,
+            "{id}: {result:?}"
+        );
+        let from_b = status_of(&mut b, id).await.expect("visible from B");
+        assert_eq!(from_b.status, result.status, "{id}");
+        let attempt: u32 = result.metrics["attempt"].parse().unwrap();
+        attempts.insert(id.clone(), attempt);
+    }
+    // No execution ran more often than its recorded attempts; the ones C held ran again,
+    // visibly, elsewhere.
+    let runs = runs_per_execution(&run_log);
+    for (id, attempt) in &attempts {
+        let ran = runs.get(id).copied().unwrap_or(0);
+        assert!(ran >= 1, "{id} never ran");
+        assert!(
+            ran <= *attempt,
+            "{id} ran {ran} times in {attempt} attempts"
+        );
+    }
+    let second_attempts = attempts.values().filter(|attempt| **attempt == 2).count();
+    assert!(
+        second_attempts > 0,
+        "no execution was taken over from the killed node"
+    );
+    assert_eq!(
+        runs.get("twin").copied(),
+        Some(1),
+        "one execution for the twin id"
+    );
+
+    // C comes back on its data directory: it re-runs nothing.
+    let before = runs_per_execution(&run_log);
+    let directory = cluster._directory.path().to_owned();
+    let nats_url = cluster.nats.url.clone();
+    let restarted = start_node(
+        &directory,
+        "node2",
+        &nats_url,
+        &directory.join("spearlet.toml"),
+    );
+    let mut restarted_client = connect(&restarted).await;
+    wait_for("the restarted node in the cluster", || {
+        let mut client = restarted_client.clone();
+        async move {
+            let status = cluster_status(&mut client).await;
+            (status.nodes.iter().filter(|node| node.routable).count() == 2).then_some(())
+        }
+    })
+    .await;
+    // Nothing happening is the behaviour under test: give a stray re-run time to show up.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        runs_per_execution(&run_log),
+        before,
+        "the restarted node re-ran work"
+    );
+    let sample = status_of(&mut restarted_client, &ids[0]).await.unwrap();
+    assert_eq!(sample.status, proto::ExecutionStatus::Completed as i32);
+}
+
+fn signal(node: &NodeProcess, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &node.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_stopped_past_the_ack_wait_cannot_overwrite_its_successor() {
+    let Some(nats_binary) = nats_server_binary() else {
+        return;
+    };
+    let cluster = start_cluster(&nats_binary, "", "ack_wait_ms = 2000");
+    let mut a = connect(&cluster.nodes[0]).await;
+    a.create_task(script_task(
+        "slow",
+        "#!/bin/sh\nsleep 4\necho finished\n",
+        &[("spearlet.pool.max_instances", "1")],
+    ))
+    .await
+    .unwrap();
+    wait_for("slow on three nodes", || {
+        let mut a = a.clone();
+        async move {
+            let status = cluster_status(&mut a).await;
+            let ready = status
+                .nodes
+                .iter()
+                .filter(|node| node.tasks.iter().any(|task| task.task_name == "slow"))
+                .count();
+            (ready == 3).then_some(())
+        }
+    })
+    .await;
+    let c_id = cluster_status(&mut connect(&cluster.nodes[2]).await)
+        .await
+        .node_id;
+    // One execution per node (one instance each); find C's.
+    for index in 0..3 {
+        submit_async(&mut a, "slow", &format!("slow-{index}"), 1)
+            .await
+            .unwrap();
+    }
+    let on_c = wait_for("an execution running on C", || {
+        let mut a = a.clone();
+        let c_id = c_id.clone();
+        async move {
+            for index in 0..3 {
+                let id = format!("slow-{index}");
+                let result = status_of(&mut a, &id).await?;
+                if result.status == proto::ExecutionStatus::Running as i32
+                    && result.metrics.get("node_id") == Some(&c_id)
+                {
+                    return Some(id);
+                }
+            }
+            None
+        }
+    })
+    .await;
+    signal(&cluster.nodes[2], "STOP");
+    // Past the ack wait another node takes it over as attempt 2.
+    let taken_over = wait_for("another node taking over", || {
+        let mut a = a.clone();
+        let on_c = on_c.clone();
+        let c_id = c_id.clone();
+        async move {
+            let result = status_of(&mut a, &on_c).await?;
+            (result.metrics.get("attempt").map(String::as_str) == Some("2")
+                && result.metrics.get("node_id") != Some(&c_id))
+            .then_some(result)
+        }
+    })
+    .await;
+    let successor = taken_over.metrics["node_id"].clone();
+    // C resumes: its attempt 1 ends, and its result must not replace the successor's.
+    signal(&cluster.nodes[2], "CONT");
+    wait_for("C giving up its superseded result", || {
+        let log = cluster.nodes[2].log();
+        async move {
+            log.contains("the cluster gave this execution to another attempt")
+                .then_some(())
+        }
+    })
+    .await;
+    let end = wait_for("the successor's attempt ending", || {
+        let mut a = a.clone();
+        let on_c = on_c.clone();
+        async move {
+            let result = status_of(&mut a, &on_c).await?;
+            is_terminal(&result).then_some(result)
+        }
+    })
+    .await;
+    assert_eq!(
+        end.status,
+        proto::ExecutionStatus::Completed as i32,
+        "{end:?}"
+    );
+    assert_eq!(end.metrics["attempt"], "2");
+    assert_eq!(end.metrics["node_id"], successor);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nothing_acknowledged_is_lost_when_nats_is_killed_and_restarted() {
+    let Some(nats_binary) = nats_server_binary() else {
+        return;
+    };
+    let mut cluster = start_cluster(&nats_binary, "", "ack_wait_ms = 3000");
+    let mut a = connect(&cluster.nodes[0]).await;
+    let mut b = connect(&cluster.nodes[1]).await;
+    a.create_task(script_task(
+        "nap",
+        "#!/bin/sh\nsleep 0.2\necho rested\n",
+        &[("spearlet.pool.max_instances", "2")],
+    ))
+    .await
+    .unwrap();
+    wait_for("nap on B", || {
+        let mut b = b.clone();
+        async move { task_id_on(&mut b, "nap").await }
+    })
+    .await;
+    let mut acknowledged = Vec::new();
+    for index in 0..60 {
+        let id = format!("nap-{index}");
+        if submit_async(&mut a, "nap", &id, 1).await.is_ok() {
+            acknowledged.push(id);
+        }
+    }
+    assert_eq!(acknowledged.len(), 60);
+    // kill -9 while most are still queued, then an async call is refused (never a lost "yes"),
+    // while a sync call still runs here.
+    let port = cluster.nats.port();
+    cluster.nats.kill_hard();
+    let refused = submit_async(&mut a, "nap", "during-outage", 1).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::Unavailable);
+    let degraded = wait_for("degraded health", || {
+        let mut a = a.clone();
+        async move {
+            let health = a
+                .get_health(proto::GetHealthRequest::default())
+                .await
+                .ok()?
+                .into_inner();
+            (health.status == "degraded").then_some(health)
+        }
+    })
+    .await;
+    assert!(degraded.message.contains("NATS"), "{}", degraded.message);
+    let sync = a
+        .invoke_function(invoke("nap", proto::ExecutionMode::Sync, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(sync.success, "{sync:?}");
+    // The same server, on the same port and store, comes back; the nodes reconnect alone.
+    let directory = cluster._directory.path().to_owned();
+    cluster.nats = NatsServer::start_on(&nats_binary, &directory, port);
+    wait_for("reconnected", || {
+        let mut b = b.clone();
+        async move {
+            let status = cluster_status(&mut b).await;
+            status.nats_connected.then_some(())
+        }
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for id in &acknowledged {
+        loop {
+            if let Some(result) = status_of(&mut b, id).await
+                && is_terminal(&result)
+            {
+                assert_eq!(
+                    result.status,
+                    proto::ExecutionStatus::Completed as i32,
+                    "{id}: {result:?}"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} never ended after NATS came back"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
