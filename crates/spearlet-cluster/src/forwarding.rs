@@ -167,24 +167,13 @@ impl Forwarder {
         message: proto::InvokeFunctionRequest,
         forwarding: Forwarding,
     ) -> Option<SpearResult<proto::InvokeFunctionResponse>> {
-        for peer in self.candidates(&forwarding.task_id) {
-            let outcome = match self.client(&peer.advertise_addr) {
-                Ok(mut client) => client
-                    .invoke_function(self.request(&message, &forwarding))
-                    .await
-                    .map(tonic::Response::into_inner),
-                Err(error) => {
-                    tracing::warn!(peer = %peer.node_id, "{}", error.message);
-                    continue;
-                }
-            };
-            match outcome.map_err(|status| self.judge(&peer, status)) {
-                Ok(answer) => return Some(Ok(answer)),
-                Err(Refusal::TryNext) => continue,
-                Err(Refusal::Final(status)) => return Some(Err(from_status(&status))),
-            }
-        }
-        None
+        self.first_peer_to_take(&message, &forwarding, |mut client, request| async move {
+            client
+                .invoke_function(request)
+                .await
+                .map(tonic::Response::into_inner)
+        })
+        .await
     }
 
     /// Runs a stream call on a peer, relaying its messages; `None` when no candidate took it.
@@ -193,21 +182,44 @@ impl Forwarder {
         message: proto::InvokeFunctionRequest,
         forwarding: Forwarding,
     ) -> Option<SpearResult<ExecutionResultStream>> {
+        self.first_peer_to_take(&message, &forwarding, |mut client, request| async move {
+            client
+                .stream_function(request)
+                .await
+                .map(|response| Box::pin(response.into_inner()) as ExecutionResultStream)
+        })
+        .await
+    }
+
+    /// Offers the call to each candidate in turn with `offer`, until one takes it or refuses
+    /// for good (see [`Forwarder::judge`]).
+    async fn first_peer_to_take<T, Offer, Offered>(
+        &self,
+        message: &proto::InvokeFunctionRequest,
+        forwarding: &Forwarding,
+        offer: Offer,
+    ) -> Option<SpearResult<T>>
+    where
+        Offer: Fn(
+            FunctionServiceClient<Channel>,
+            tonic::Request<proto::InvokeFunctionRequest>,
+        ) -> Offered,
+        Offered: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
         for peer in self.candidates(&forwarding.task_id) {
-            let outcome = match self.client(&peer.advertise_addr) {
-                Ok(mut client) => client
-                    .stream_function(self.request(&message, &forwarding))
-                    .await
-                    .map(tonic::Response::into_inner),
+            let client = match self.client(&peer.advertise_addr) {
+                Ok(client) => client,
                 Err(error) => {
                     tracing::warn!(peer = %peer.node_id, "{}", error.message);
                     continue;
                 }
             };
-            match outcome.map_err(|status| self.judge(&peer, status)) {
-                Ok(messages) => return Some(Ok(Box::pin(messages) as ExecutionResultStream)),
-                Err(Refusal::TryNext) => continue,
-                Err(Refusal::Final(status)) => return Some(Err(from_status(&status))),
+            match offer(client, self.request(message, forwarding)).await {
+                Ok(answer) => return Some(Ok(answer)),
+                Err(status) => match self.judge(&peer, status) {
+                    Refusal::TryNext => continue,
+                    Refusal::Final(status) => return Some(Err(from_status(&status))),
+                },
             }
         }
         None

@@ -13,8 +13,9 @@
 //!   exactly-once (JetStream accepts a late ack after a redelivery); the bucket can.
 //!
 //! Acceptance: read the entry (a repeated client id joins the execution or is ALREADY_EXISTS),
-//! publish the work (awaiting the stream's acknowledgement), create the entry PENDING (a
-//! concurrent twin loses the create and joins). The client hears "accepted" only after both.
+//! then at once publish the work and create the entry PENDING, each awaiting JetStream's
+//! acknowledgement (a concurrent twin's publish is deduplicated and its create loses, so it
+//! joins; a failed publish withdraws the entry). The client hears "accepted" only after both.
 //!
 //! A node that pulls a message claims the execution: PENDING → RUNNING with itself as owner and
 //! the next attempt number. A message delivered again (its owner did not acknowledge within the
@@ -57,6 +58,14 @@ pub const OUTPUT_CAP_BYTES: usize = 64 * 1024;
 
 /// How many times a state change re-reads the entry after losing a compare-and-swap race.
 const MAX_CAS_ATTEMPTS: usize = 16;
+
+/// How long an execution's state stays in the bucket after its last change (a week, as the
+/// node's default `execution_ttl_ms`).
+const EXECUTION_STATE_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Deliveries (half a second apart) of a message whose execution has no entry before it is
+/// dropped as the leftover of a failed acceptance.
+const ORPHAN_DELIVERIES: i64 = 40;
 
 /// How long an attempt's result is kept trying to reach an unreachable NATS.
 const TERMINAL_WRITE_PATIENCE: Duration = Duration::from_secs(120);
@@ -208,6 +217,7 @@ impl WorkQueue {
                 bucket: names.executions_bucket.clone(),
                 description: "spearlet cluster executions: execution id → state".into(),
                 history: 1,
+                max_age: EXECUTION_STATE_RETENTION,
                 storage: jetstream::stream::StorageType::File,
                 num_replicas: replicas,
                 ..Default::default()
@@ -298,16 +308,6 @@ impl WorkQueue {
         headers.insert("Nats-Msg-Id", execution_id.as_str());
         let payload = serde_json::to_vec(&item)
             .map_err(|error| SpearError::internal(format!("encoding work: {error}")))?;
-        self.jetstream
-            .publish_with_headers(
-                self.work_subject(&request.task.record.task_name),
-                headers,
-                payload.into(),
-            )
-            .await
-            .map_err(|error| unavailable(format!("queueing the execution: {error}")))?
-            .await
-            .map_err(|error| unavailable(format!("queueing the execution: {error}")))?;
         let state = ClusterExecution {
             execution_id: execution_id.clone(),
             task_id: request.task.record.task_id.clone(),
@@ -332,14 +332,36 @@ impl WorkQueue {
             instance_id: String::new(),
             cancel_requested: None,
         };
-        match self
+        // Both writes at once (each waits for JetStream's durable acknowledgement); the order
+        // does not matter because a claim waits for the entry, and a failed publish withdraws
+        // the entry again.
+        let publish = async {
+            self.jetstream
+                .publish_with_headers(
+                    self.work_subject(&request.task.record.task_name),
+                    headers,
+                    payload.into(),
+                )
+                .await?
+                .await
+        };
+        let create = self
             .executions
-            .create(execution_key(&execution_id), encode(&state)?)
-            .await
-        {
+            .create(execution_key(&execution_id), encode(&state)?);
+        let (published, created) = tokio::join!(publish, create);
+        if let Err(error) = published {
+            if let Ok(revision) = &created {
+                let _ = self
+                    .executions
+                    .delete_expect_revision(execution_key(&execution_id), Some(*revision))
+                    .await;
+            }
+            return Err(unavailable(format!("queueing the execution: {error}")));
+        }
+        match created {
             Ok(_) => Ok(state.to_record()),
             Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
-                // A twin acceptance (or the claiming node) wrote first.
+                // A twin acceptance wrote first: join it (or refuse other work under its id).
                 match self.state(&execution_id).await? {
                     Some((existing, _)) => {
                         join(existing, &request.task.record.task_id, &fingerprint)
@@ -624,7 +646,7 @@ impl WorkQueue {
         let claim = match self.claim(&node, &item, delivered).await {
             Ok(claim) => claim,
             Err(error) => {
-                tracing::warn!(execution_id = %item.execution_id, "claiming: {}", error.message);
+                tracing::debug!(execution_id = %item.execution_id, "claiming: {}", error.message);
                 let _ = message
                     .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
                     .await;
@@ -773,8 +795,23 @@ impl WorkQueue {
     async fn claim(&self, node: &Node, item: &WorkItem, delivered: i64) -> SpearResult<Claim> {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let Some((mut state, revision)) = self.state(&item.execution_id).await? else {
-                // Published, but the acceptance did not record it (it failed, or is racing):
-                // the acceptance's create decides; try again shortly.
+                // Withdrawn (its acceptance failed and the client was told so), or the
+                // acceptance's create is still racing this delivery: try again shortly, and
+                // drop it once it is clearly never coming.
+                let withdrawn = self
+                    .executions
+                    .entry(execution_key(&item.execution_id))
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|entry| entry.operation != kv::Operation::Put);
+                if withdrawn || delivered >= ORPHAN_DELIVERIES {
+                    tracing::warn!(
+                        execution_id = %item.execution_id,
+                        "dropping work whose acceptance was withdrawn or never recorded"
+                    );
+                    return Ok(Claim::Drop);
+                }
                 return Err(unavailable(format!(
                     "execution {} has no state yet",
                     item.execution_id
