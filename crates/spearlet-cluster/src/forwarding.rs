@@ -31,7 +31,7 @@ use spearlet_core::SpearResult;
 use spearlet_proto as proto;
 use spearlet_proto::function_service_client::FunctionServiceClient;
 use spearlet_server::cluster_link::{
-    ExecutionResultStream, FORWARDED_FROM_METADATA_KEY, Forwarding,
+    ExecutionResultStream, FORWARDED_FROM_METADATA_KEY, Forwarding, LOCAL_RECORD_METADATA_KEY,
 };
 use spearlet_server::errors::from_status;
 use tonic::Code;
@@ -223,6 +223,42 @@ impl Forwarder {
             }
         }
         None
+    }
+
+    /// The output of the owner's own record of an execution (its attempt `attempt`), asked with
+    /// the caller's `authorization`; `None` if the owner cannot be asked or has another attempt.
+    pub async fn owner_output(
+        &self,
+        address: &str,
+        execution_id: &str,
+        attempt: u32,
+        authorization: Option<String>,
+    ) -> Option<bytes::Bytes> {
+        let mut client = self.client(address).ok()?;
+        let mut request = tonic::Request::new(proto::GetExecutionStatusRequest {
+            execution_id: execution_id.to_owned(),
+            include_result: true,
+            ..Default::default()
+        });
+        request
+            .metadata_mut()
+            .insert(LOCAL_RECORD_METADATA_KEY, "true".parse().ok()?);
+        if let Some(authorization) = authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.parse().ok()?);
+        }
+        request.set_timeout(Duration::from_secs(10));
+        let result = client
+            .get_execution_status(request)
+            .await
+            .ok()?
+            .into_inner()
+            .result?;
+        if result.metrics.get("attempt") != Some(&attempt.to_string()) {
+            return None;
+        }
+        Some(bytes::Bytes::from(result.output?.data))
     }
 
     /// RESOURCE_EXHAUSTED (the peer is busy) and UNAVAILABLE (unreachable, or gone) send the

@@ -280,6 +280,39 @@ impl NatsCluster {
             .map_err(|error| SpearError::internal(format!("writing {}: {error}", marker.display())))
     }
 
+    /// The whole output of a cluster execution from the record of the node that ran it: this
+    /// node's store, or the owner's GetExecutionStatus while it is routable. `None` if neither
+    /// has it (the bucket's first 64 KiB are answered, marked truncated).
+    async fn owner_output(
+        &self,
+        record: &ExecutionRecord,
+        authorization: Option<String>,
+    ) -> Option<Bytes> {
+        let owner = record.metrics.get("node_id")?;
+        if owner == &self.node_id {
+            let node = self.node.lock().upgrade()?;
+            let local = node
+                .manager
+                .store()
+                .execution(&record.execution_id)
+                .ok()??;
+            return (local.attempt == record.attempt).then_some(local.output);
+        }
+        let peer = self
+            .membership
+            .routable_peers()
+            .into_iter()
+            .find(|peer| &peer.node_id == owner)?;
+        self.forwarder
+            .owner_output(
+                &peer.advertise_addr,
+                &record.execution_id,
+                record.attempt,
+                authorization,
+            )
+            .await
+    }
+
     fn nats_message(&self) -> String {
         match self.client.connection_state() {
             async_nats::connection::State::Connected => {
@@ -385,8 +418,21 @@ impl ClusterLink for NatsCluster {
     fn execution(
         &self,
         execution_id: String,
+        authorization: Option<String>,
     ) -> BoxFuture<'_, SpearResult<Option<ExecutionRecord>>> {
-        async move { self.queue.execution(&execution_id).await }.boxed()
+        async move {
+            let Some(mut record) = self.queue.execution(&execution_id).await? else {
+                return Ok(None);
+            };
+            if record.metrics.contains_key("output_truncated")
+                && let Some(output) = self.owner_output(&record, authorization).await
+            {
+                record.output = output;
+                record.metrics.remove("output_truncated");
+            }
+            Ok(Some(record))
+        }
+        .boxed()
     }
 
     fn wait_execution(

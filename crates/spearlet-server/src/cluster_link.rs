@@ -25,6 +25,11 @@ use crate::node::Node;
 /// can only restrict what happens to a call, so it needs no secret.
 pub const FORWARDED_FROM_METADATA_KEY: &str = "x-spearlet-forwarded-from";
 
+/// Metadata key asking GetExecutionStatus for this node's own record of an execution rather
+/// than the cluster's state: how a node fetches an output larger than the cluster keeps from
+/// the node that ran it. It only narrows what is read, so it needs no secret.
+pub const LOCAL_RECORD_METADATA_KEY: &str = "x-spearlet-local-record";
+
 /// A stream of `StreamFunction` messages, local or relayed from a peer.
 pub type ExecutionResultStream =
     Pin<Box<dyn Stream<Item = Result<proto::StreamExecutionResult, tonic::Status>> + Send>>;
@@ -111,10 +116,13 @@ pub trait ClusterLink: Send + Sync + 'static {
     ) -> BoxFuture<'a, SpearResult<ExecutionRecord>>;
 
     /// A cluster execution as the cluster holds it (from any node, also while the node that
-    /// ran it is down); `None` if the cluster has no such execution.
+    /// ran it is down); `None` if the cluster has no such execution. An output longer than the
+    /// cluster keeps is completed from the record of the node that ran it, when that node is up
+    /// (asked with the caller's `authorization`).
     fn execution(
         &self,
         execution_id: String,
+        authorization: Option<String>,
     ) -> BoxFuture<'_, SpearResult<Option<ExecutionRecord>>>;
 
     /// Waits up to `budget` for a cluster execution to end; its state then.

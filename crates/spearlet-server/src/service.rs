@@ -901,13 +901,20 @@ impl FunctionServiceHandler {
         &self,
         request: &proto::GetExecutionStatusRequest,
         principal: &Principal,
+        local_record_only: bool,
     ) -> SpearResult<proto::GetExecutionStatusResponse> {
         principal.require(Scope::Read)?;
         // A cluster execution's state is the cluster's (the local record may be an attempt
-        // that was superseded, or absent on this node).
+        // that was superseded, or absent on this node), unless a peer asks for this node's own
+        // record (see `cluster_link::LOCAL_RECORD_METADATA_KEY`).
         let from_cluster = match &self.node.cluster {
-            Some(cluster) if !request.execution_id.is_empty() => {
-                cluster.execution(request.execution_id.clone()).await?
+            Some(cluster) if !request.execution_id.is_empty() && !local_record_only => {
+                cluster
+                    .execution(
+                        request.execution_id.clone(),
+                        principal.forwarded_authorization(),
+                    )
+                    .await?
             }
             _ => None,
         };
@@ -1067,7 +1074,10 @@ impl FunctionService for FunctionServiceHandler {
         request: Request<proto::GetExecutionStatusRequest>,
     ) -> Result<Response<proto::GetExecutionStatusResponse>, Status> {
         let principal = self.principal(&request)?;
-        self.execution_status(request.get_ref(), &principal)
+        let local_record_only = request
+            .metadata()
+            .contains_key(crate::cluster_link::LOCAL_RECORD_METADATA_KEY);
+        self.execution_status(request.get_ref(), &principal, local_record_only)
             .await
             .map(Response::new)
             .map_err(to_status)

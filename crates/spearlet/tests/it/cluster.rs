@@ -2,7 +2,8 @@
 //! `spearlet serve --cluster-nats` processes on 127.0.0.1:
 //! - a task registered on node A runs on node C (sync, stream, async) without being registered
 //!   there; the bundled examples have one id cluster-wide; deleting on B removes it everywhere;
-//!   every node's GetHealth lists the three;
+//!   every node's GetHealth lists the three; an async output over the cluster's 64 KiB cap is
+//!   read whole from any node;
 //! - with one instance per node, three concurrent sync calls to A run at once on A, B and C;
 //!   with all three busy the next call queues on A (its peers refuse a forwarded call they
 //!   cannot grant at once, so it never takes a second hop), and once A's queue is full a call
@@ -16,6 +17,7 @@
 //!   once is one execution, and the killed node, restarted, re-runs nothing;
 //! - a node stopped with SIGSTOP past the ack wait, then resumed, cannot overwrite the result of
 //!   the node that took over;
+//! - a call spilled to a peer is authorized there by the caller's own token;
 //! - nats-server killed with `kill -9` and restarted: an async call during the outage is refused
 //!   (UNAVAILABLE, never a lost "accepted"), sync calls still run, health says degraded, the
 //!   nodes reconnect by themselves and every acknowledged execution completes.
@@ -278,6 +280,30 @@ async fn a_task_registered_on_one_node_runs_on_every_node() {
     request.wait = true;
     let answer = c.invoke_function(request).await.unwrap().into_inner();
     assert!(answer.success, "{answer:?}");
+
+    // An output larger than the cluster keeps (64 KiB) comes whole from any node: the rest is
+    // read from the node that ran it.
+    c.create_task(script_task(
+        "big",
+        "#!/bin/sh\nhead -c 100000 /dev/zero | tr '\\0' 'x'\n",
+        &[],
+    ))
+    .await
+    .unwrap();
+    wait_for("big on A", || {
+        let mut a = a.clone();
+        async move { task_id_on(&mut a, "big").await }
+    })
+    .await;
+    let mut request = invoke("big", proto::ExecutionMode::Async, "");
+    request.wait = true;
+    let answer = a.invoke_function(request).await.unwrap().into_inner();
+    assert!(answer.success, "{answer:?}");
+    for client in [&mut a, &mut b, &mut c] {
+        let result = status_of(client, &answer.execution_id).await.unwrap();
+        assert_eq!(result.output.unwrap().data.len(), 100_000);
+        assert!(!result.metrics.contains_key("output_truncated"));
+    }
 
     // Every node sees the other two (membership converges within a few heartbeats).
     for client in [&a, &b, &c] {
@@ -841,4 +867,99 @@ async fn nothing_acknowledged_is_lost_when_nats_is_killed_and_restarted() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spilled_call_is_authorized_by_the_peer_as_its_caller() {
+    let Some(nats_binary) = nats_server_binary() else {
+        return;
+    };
+    const ADMIN: &str = "cluster-admin-token";
+    let tokens = format!("[[auth.tokens]]\ntoken = \"{ADMIN}\"\n");
+    let cluster = start_cluster(&nats_binary, &tokens, "");
+    let a = connect(&cluster.nodes[0]).await;
+    let mut b = connect(&cluster.nodes[1]).await;
+    // The peers require a token of their own.
+    let anonymous = b
+        .invoke_function(invoke("echo", proto::ExecutionMode::Sync, "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
+
+    a.clone()
+        .create_task(with_token(
+            script_task(
+                "held",
+                "#!/bin/sh\nsleep 3\necho held\n",
+                &[("spearlet.pool.max_instances", "1")],
+            ),
+            ADMIN,
+        ))
+        .await
+        .unwrap();
+    let stats = |client: NodeClient| async move {
+        let mut client = client;
+        client
+            .get_stats(with_token(proto::GetStatsRequest::default(), ADMIN))
+            .await
+            .ok()
+            .map(tonic::Response::into_inner)
+    };
+    wait_for("held ready on three nodes", || {
+        let a = a.clone();
+        async move {
+            let cluster = stats(a).await?.cluster?;
+            let ready = cluster
+                .nodes
+                .iter()
+                .filter(|node| node.tasks.iter().any(|task| task.task_name == "held"))
+                .count();
+            (ready == 3).then_some(())
+        }
+    })
+    .await;
+    let a_id = stats(a.clone()).await.unwrap().cluster.unwrap().node_id;
+    // The first call holds A's only instance; the second must run on a peer, which accepts
+    // the caller's token.
+    let first = {
+        let mut a = a.clone();
+        tokio::spawn(async move {
+            a.invoke_function(with_token(
+                invoke("held", proto::ExecutionMode::Sync, ""),
+                ADMIN,
+            ))
+            .await
+            .map(tonic::Response::into_inner)
+        })
+    };
+    wait_for("A's instance running", || {
+        let a = a.clone();
+        async move {
+            let cluster = stats(a).await?.cluster?;
+            let me = cluster.nodes.iter().find(|node| node.is_self)?;
+            (me.running == 1).then_some(())
+        }
+    })
+    .await;
+    let spilled = a
+        .clone()
+        .invoke_function(with_token(
+            invoke("held", proto::ExecutionMode::Sync, ""),
+            ADMIN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(spilled.success, "{spilled:?}");
+    assert_ne!(ran_on(&spilled), a_id, "the second call ran on a peer");
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(ran_on(&first), a_id);
 }
