@@ -17,7 +17,8 @@
 //!   once is one execution, and the killed node, restarted, re-runs nothing;
 //! - a node stopped with SIGSTOP past the ack wait, then resumed, cannot overwrite the result of
 //!   the node that took over;
-//! - a call spilled to a peer is authorized there by the caller's own token;
+//! - a call spilled to a peer is authorized there by the caller's own token (with nodes that
+//!   authenticate to NATS with a token);
 //! - nats-server killed with `kill -9` and restarted: an async call during the outage is refused
 //!   (UNAVAILABLE, never a lost "accepted"), sync calls still run, health says degraded, the
 //!   nodes reconnect by themselves and every acknowledged execution completes.
@@ -52,8 +53,18 @@ struct Cluster {
 /// Three nodes; `top_level` and `cluster_keys` go into their config file (top level and
 /// `[cluster]`).
 fn start_cluster(nats_binary: &str, top_level: &str, cluster_keys: &str) -> Cluster {
+    start_cluster_with_nats(nats_binary, "", top_level, cluster_keys)
+}
+
+/// As [`start_cluster`], with `nats_extra` in nats-server's configuration.
+fn start_cluster_with_nats(
+    nats_binary: &str,
+    nats_extra: &str,
+    top_level: &str,
+    cluster_keys: &str,
+) -> Cluster {
     let directory = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(nats_binary, directory.path());
+    let nats = NatsServer::start_with(nats_binary, directory.path(), -1, nats_extra);
     let config_path = directory.path().join("spearlet.toml");
     std::fs::write(
         &config_path,
@@ -884,7 +895,13 @@ async fn a_spilled_call_is_authorized_by_the_peer_as_its_caller() {
     };
     const ADMIN: &str = "cluster-admin-token";
     let tokens = format!("[[auth.tokens]]\ntoken = \"{ADMIN}\"\n");
-    let cluster = start_cluster(&nats_binary, &tokens, "");
+    // NATS requires a token too; the nodes present theirs (`[cluster] token`).
+    let cluster = start_cluster_with_nats(
+        &nats_binary,
+        "authorization { token: \"nats-secret\" }",
+        &tokens,
+        "token = \"nats-secret\"",
+    );
     let a = connect(&cluster.nodes[0]).await;
     let mut b = connect(&cluster.nodes[1]).await;
     // The peers require a token of their own.

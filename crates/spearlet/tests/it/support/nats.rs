@@ -55,13 +55,18 @@ impl NatsServer {
 
     /// Starts it on `port` (-1: a free one), e.g. to restart it where the nodes expect it.
     pub fn start_on(binary: &str, directory: &Path, port: i32) -> NatsServer {
+        Self::start_with(binary, directory, port, "")
+    }
+
+    /// Starts it with `extra` appended to its configuration (e.g. `authorization { … }`).
+    pub fn start_with(binary: &str, directory: &Path, port: i32, extra: &str) -> NatsServer {
         let store = directory.join("jetstream");
         let config_path = directory.join("nats.conf");
         std::fs::write(
             &config_path,
             format!(
                 "listen: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: {:?}\n  \
-                 sync_interval: always\n}}\n",
+                 sync_interval: always\n}}\n{extra}\n",
                 store.display().to_string()
             ),
         )
