@@ -206,6 +206,26 @@ fn invoke(task: &str, mode: proto::ExecutionMode, input: &str) -> proto::InvokeF
     }
 }
 
+/// `count` concurrent sync calls of `task` to the node behind `client`, each in a task.
+fn spawn_sync_calls(
+    client: &NodeClient,
+    task: &str,
+    count: usize,
+) -> Vec<tokio::task::JoinHandle<Result<proto::InvokeFunctionResponse, tonic::Status>>> {
+    (0..count)
+        .map(|_| {
+            let mut client = client.clone();
+            let request = invoke(task, proto::ExecutionMode::Sync, "");
+            tokio::spawn(async move {
+                client
+                    .invoke_function(request)
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+        })
+        .collect()
+}
+
 fn ran_on(response: &proto::InvokeFunctionResponse) -> String {
     response
         .result
@@ -400,16 +420,7 @@ async fn calls_spill_to_peers_and_a_killed_node_leaves_routing() {
     wait_until_ready_on(&a, "sleeper", 3).await;
 
     // Three at once, all sent to A: each node runs one.
-    let calls: Vec<_> = (0..3)
-        .map(|_| {
-            let mut a = a.clone();
-            tokio::spawn(async move {
-                a.invoke_function(invoke("sleeper", proto::ExecutionMode::Sync, ""))
-                    .await
-                    .map(tonic::Response::into_inner)
-            })
-        })
-        .collect();
+    let calls = spawn_sync_calls(&a, "sleeper", 3);
     // Once all three run, a fourth queues on A, and a fifth finds A's queue (1) full.
     wait_for("one call running on each node", || {
         let mut a = a.clone();
@@ -423,14 +434,7 @@ async fn calls_spill_to_peers_and_a_killed_node_leaves_routing() {
         }
     })
     .await;
-    let fourth = {
-        let mut a = a.clone();
-        tokio::spawn(async move {
-            a.invoke_function(invoke("sleeper", proto::ExecutionMode::Sync, ""))
-                .await
-                .map(tonic::Response::into_inner)
-        })
-    };
+    let fourth = spawn_sync_calls(&a, "sleeper", 1).pop().unwrap();
     wait_for("the fourth call queued on A", || {
         let mut a = a.clone();
         async move {
@@ -473,16 +477,7 @@ async fn calls_spill_to_peers_and_a_killed_node_leaves_routing() {
     // At once, before C can have left routing: three calls to A. One runs on A; the others
     // spill, and one routed to the dead C is retried on another candidate (or queued on A)
     // within the same call.
-    let calls: Vec<_> = (0..3)
-        .map(|_| {
-            let mut a = a.clone();
-            tokio::spawn(async move {
-                a.invoke_function(invoke("sleeper", proto::ExecutionMode::Sync, ""))
-                    .await
-                    .map(tonic::Response::into_inner)
-            })
-        })
-        .collect();
+    let calls = spawn_sync_calls(&a, "sleeper", 3);
     wait_for("C out of routing", || {
         let mut a = a.clone();
         let c_id = c_id.clone();
