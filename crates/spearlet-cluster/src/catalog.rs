@@ -30,8 +30,9 @@ use serde::{Deserialize, Serialize};
 use spearlet_core::task_config::configuration_keys;
 use spearlet_core::{SpearError, SpearResult, TaskRecord};
 use spearlet_server::Node;
-use spearlet_server::cluster_link::{ClusterPublication, RegistrationSource};
-use spearlet_server::registry::{TaskRegistration, compare_versions};
+use spearlet_server::registry::{
+    ClusterPublication, RegistrationSource, TaskRegistration, compare_versions,
+};
 use tokio::io::AsyncReadExt;
 
 use crate::names::task_key;

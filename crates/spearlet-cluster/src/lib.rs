@@ -34,10 +34,9 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use spearlet_core::{ExecutionRecord, SpearError, SpearResult, TaskRecord};
 use spearlet_proto as proto;
-use spearlet_server::cluster_link::{
-    ClusterLink, ClusterPublication, ExecutionResultStream, Forwarding, RegistrationSource,
-};
+use spearlet_server::cluster_link::{ClusterLink, ExecutionResultStream, Forwarding};
 use spearlet_server::manager::{CancelResult, ExecutionRequest};
+use spearlet_server::registry::{ClusterPublication, ClusterTaskCatalog, RegistrationSource};
 use spearlet_server::{ClusterJoin, Node};
 
 use crate::catalog::TaskCatalog;
@@ -326,6 +325,21 @@ impl NatsCluster {
     }
 }
 
+impl ClusterTaskCatalog for NatsCluster {
+    fn publish_task(
+        &self,
+        record: TaskRecord,
+        artifact: Bytes,
+        source: RegistrationSource,
+    ) -> BoxFuture<'_, SpearResult<ClusterPublication>> {
+        self.catalog.publish(record, artifact, source).boxed()
+    }
+
+    fn withdraw_task(&self, record: TaskRecord) -> BoxFuture<'_, SpearResult<()>> {
+        async move { self.catalog.withdraw(&record).await }.boxed()
+    }
+}
+
 impl ClusterLink for NatsCluster {
     fn node_id(&self) -> &str {
         &self.node_id
@@ -377,19 +391,6 @@ impl ClusterLink for NatsCluster {
             Ok(())
         }
         .boxed()
-    }
-
-    fn publish_task(
-        &self,
-        record: TaskRecord,
-        artifact: Bytes,
-        source: RegistrationSource,
-    ) -> BoxFuture<'_, SpearResult<ClusterPublication>> {
-        self.catalog.publish(record, artifact, source).boxed()
-    }
-
-    fn withdraw_task(&self, record: TaskRecord) -> BoxFuture<'_, SpearResult<()>> {
-        async move { self.catalog.withdraw(&record).await }.boxed()
     }
 
     fn forward_invoke(

@@ -2,23 +2,27 @@
 //! `spearlet-cluster` over NATS JetStream. The node never names NATS; a node without a cluster
 //! holds no `ClusterLink` and none of this runs.
 //!
-//! Invariants: the node calls the link only off its hot path — when a task is registered or
-//! removed, and for a sync or stream call the local dispatcher cannot grant now (a node with
-//! spare capacity never reaches the link). The link never calls back into the node while the
-//! node waits on it, except through the `Weak<Node>` handed to `start`.
+//! The registry's part (publishing and withdrawing tasks) is `registry::ClusterTaskCatalog`,
+//! which this trait extends, so the registry does not depend on the rest of the node.
+//!
+//! Invariants: a sync or stream call reaches the link only when the local dispatcher cannot
+//! grant it now (a node with spare capacity pays one dispatcher check); async calls, and status,
+//! wait and cancel of executions, go through the link in cluster mode (the cluster holds their
+//! state). The link never calls back into the node while the node waits on it, except through
+//! the `Weak<Node>` handed to `start`.
 
 use std::pin::Pin;
 use std::sync::Weak;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::Stream;
 use futures::future::BoxFuture;
-use spearlet_core::{ExecutionRecord, SpearResult, TaskRecord};
+use spearlet_core::{ExecutionRecord, SpearResult};
 use spearlet_proto as proto;
 
 use crate::manager::{CancelResult, ExecutionRequest};
 use crate::node::Node;
+use crate::registry::ClusterTaskCatalog;
 
 /// Metadata key marking a call a peer forwarded here: it runs only if it can be granted now
 /// (never queued behind local work) and is never forwarded again (at most one hop). Sending it
@@ -34,30 +38,6 @@ pub const LOCAL_RECORD_METADATA_KEY: &str = "x-spearlet-local-record";
 pub type ExecutionResultStream =
     Pin<Box<dyn Stream<Item = Result<proto::StreamExecutionResult, tonic::Status>> + Send>>;
 
-/// Where a registration came from, which decides what the cluster is told.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum RegistrationSource {
-    /// CreateTask, NEW_TASK, `create_if_not_exists`, HTTP: the cluster's rules decide.
-    #[default]
-    Client,
-    /// A bundled example at start: adopts the cluster's task of that name when it has one.
-    Example,
-    /// A task this node recorded before it restarted; the cluster reconciles it when it joins.
-    Restore,
-    /// Installed from the cluster's task bucket: told to nobody.
-    Cluster,
-}
-
-/// What the cluster made of a registration.
-pub enum ClusterPublication {
-    /// The task as the cluster holds it now: the registered record, or the cluster's own record
-    /// of the same content (its id, version and times), which this node adopts.
-    Accepted(Box<TaskRecord>),
-    /// A bundled example whose name the cluster already uses for other content: the cluster's
-    /// version wins and arrives through the task watcher.
-    Superseded,
-}
-
 /// What travels with a call forwarded to a peer.
 #[derive(Clone, Debug)]
 pub struct Forwarding {
@@ -71,25 +51,13 @@ pub struct Forwarding {
 }
 
 /// Cluster mode as the node sees it.
-pub trait ClusterLink: Send + Sync + 'static {
+pub trait ClusterLink: ClusterTaskCatalog {
     /// This node's id in the cluster.
     fn node_id(&self) -> &str;
 
     /// Starts the heartbeat and the task watcher once the node is built; returns when the
     /// node holds every task the cluster has (as far as they could be loaded).
     fn start(&self, node: Weak<Node>) -> BoxFuture<'_, SpearResult<()>>;
-
-    /// Puts a task registered here (its artifact first) into the cluster under the cluster's
-    /// naming and versioning rules.
-    fn publish_task(
-        &self,
-        record: TaskRecord,
-        artifact: Bytes,
-        source: RegistrationSource,
-    ) -> BoxFuture<'_, SpearResult<ClusterPublication>>;
-
-    /// Removes a task from every node.
-    fn withdraw_task(&self, record: TaskRecord) -> BoxFuture<'_, SpearResult<()>>;
 
     /// Runs a sync call on a peer with capacity. `None`: no peer could take it now (run it
     /// here, queueing as usual).

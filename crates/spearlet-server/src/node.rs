@@ -10,11 +10,13 @@ use spearlet_store::{DurableStore, DurableStoreConfig};
 use spearlet_wasm::{WasmEngine, WasmEngineConfig};
 
 use crate::auth::AccessPolicy;
-use crate::cluster_link::{ClusterLink, RegistrationSource};
+use crate::cluster_link::ClusterLink;
 use crate::config::NodeConfig;
 use crate::manager::{ManagerConfig, TaskExecutionManager};
 use crate::observer::ProcessObserver;
-use crate::registry::{ProcessRuntimeConfig, TaskRegistration, TaskRegistry};
+use crate::registry::{
+    ClusterTaskCatalog, ProcessRuntimeConfig, RegistrationSource, TaskRegistration, TaskRegistry,
+};
 
 pub struct Node {
     pub config: NodeConfig,
@@ -108,7 +110,9 @@ impl Node {
                 default_run_as: config.process.run_as.clone(),
             },
             config.task_defaults.to_task_config_defaults(),
-            cluster.clone(),
+            cluster
+                .clone()
+                .map(|cluster| cluster as Arc<dyn ClusterTaskCatalog>),
         );
         let restored_tasks = registry.restore(recovered.tasks).await;
         restore_task_counters(&registry, &store)?;

@@ -37,7 +37,6 @@ use spearlet_store::DurableStore;
 use spearlet_wasm::{EntryPoint, WasmEngine, WasmModule, WasmTaskSettings};
 
 use crate::clock::unix_ms;
-use crate::cluster_link::{ClusterLink, ClusterPublication, RegistrationSource};
 use crate::instances::{CallTarget, InstanceRuntime, ProcessInstanceFactory, WasmInstanceFactory};
 
 /// Where process artifacts live on disk and who their processes run as by default.
@@ -59,6 +58,46 @@ pub enum TaskRuntime {
         settings: Arc<WasmTaskSettings>,
     },
     Process(Arc<ProcessTask>),
+}
+
+/// Where a registration came from, which decides what the cluster is told.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RegistrationSource {
+    /// CreateTask, NEW_TASK, `create_if_not_exists`, HTTP: the cluster's rules decide.
+    #[default]
+    Client,
+    /// A bundled example at start: adopts the cluster's task of that name when it has one.
+    Example,
+    /// A task this node recorded before it restarted; the cluster reconciles it when it joins.
+    Restore,
+    /// Installed from the cluster's task bucket: told to nobody.
+    Cluster,
+}
+
+/// What the cluster made of a registration.
+pub enum ClusterPublication {
+    /// The task as the cluster holds it now: the registered record, or the cluster's own record
+    /// of the same content (its id, version and times), which this node adopts.
+    Accepted(Box<TaskRecord>),
+    /// A bundled example whose name the cluster already uses for other content: the cluster's
+    /// version wins and arrives through the task watcher.
+    Superseded,
+}
+
+/// What the registry asks of a cluster (`cluster_link::ClusterLink` extends it): tasks
+/// registered here go to every node, and removals too.
+pub trait ClusterTaskCatalog: Send + Sync + 'static {
+    /// Puts a task registered here (its artifact first) into the cluster under the cluster's
+    /// naming and versioning rules.
+    fn publish_task(
+        &self,
+        record: TaskRecord,
+        artifact: bytes::Bytes,
+        source: RegistrationSource,
+    ) -> BoxFuture<'_, SpearResult<ClusterPublication>>;
+
+    /// Removes a task from every node.
+    fn withdraw_task(&self, record: TaskRecord) -> BoxFuture<'_, SpearResult<()>>;
 }
 
 /// What a client asked to register.
@@ -251,7 +290,7 @@ pub struct TaskRegistry {
     /// when the entry is swapped in, without holding the state lock across the disk write.
     commits: tokio::sync::Mutex<()>,
     /// Cluster mode: registrations and removals are published to every node.
-    cluster: Option<Arc<dyn ClusterLink>>,
+    cluster: Option<Arc<dyn ClusterTaskCatalog>>,
 }
 
 impl TaskRegistry {
@@ -262,7 +301,7 @@ impl TaskRegistry {
         dispatcher: Dispatcher<InstanceRuntime>,
         process_runtime: ProcessRuntimeConfig,
         defaults: TaskConfigDefaults,
-        cluster: Option<Arc<dyn ClusterLink>>,
+        cluster: Option<Arc<dyn ClusterTaskCatalog>>,
     ) -> TaskRegistry {
         TaskRegistry {
             state: RwLock::new(RegistryState::default()),

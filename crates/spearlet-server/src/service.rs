@@ -865,7 +865,7 @@ fn registration(
         checksum: artifact_spec.checksum.clone(),
         metadata: wire::to_btree(&artifact_spec.metadata),
         restored_timestamps: None,
-        source: crate::cluster_link::RegistrationSource::Client,
+        source: crate::registry::RegistrationSource::Client,
     }
 }
 
