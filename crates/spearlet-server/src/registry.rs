@@ -568,13 +568,27 @@ impl TaskRegistry {
                 }
             }
         }
+        // Adopting the cluster's id for a name this node knew under another id: the old row
+        // goes with the new one written, or a restart would restore both.
+        let replaced_id = self
+            .state
+            .read()
+            .task_id_by_name
+            .get(&task_record.task_name)
+            .filter(|previous_id| **previous_id != task_record.task_id)
+            .cloned();
         let store = self.store.clone();
         let written = task_record.clone();
-        tokio::task::spawn_blocking(move || store.put_task(&written))
-            .await
-            .map_err(|error| {
-                SpearError::internal(format!("recording the task panicked: {error}"))
-            })??;
+        let replaced = replaced_id.clone();
+        tokio::task::spawn_blocking(move || {
+            store.put_task(&written)?;
+            if let Some(previous_id) = &replaced {
+                store.delete_task(previous_id)?;
+            }
+            Ok::<(), SpearError>(())
+        })
+        .await
+        .map_err(|error| SpearError::internal(format!("recording the task panicked: {error}")))??;
 
         let config = validated.config;
         let factory: Arc<dyn InstanceFactory<InstanceRuntime>> = match &runtime {
@@ -608,12 +622,8 @@ impl TaskRegistry {
         });
         {
             let mut state = self.state.write();
-            // Adopting the cluster's id for a name this node knew under another id.
-            if let Some(previous_id) = state.task_id_by_name.get(&task.record.task_name)
-                && previous_id != &task.record.task_id
-            {
-                let previous_id = previous_id.clone();
-                state.tasks_by_id.remove(&previous_id);
+            if let Some(previous_id) = &replaced_id {
+                state.tasks_by_id.remove(previous_id);
             }
             state
                 .artifact_versions

@@ -975,3 +975,39 @@ async fn a_spilled_call_is_authorized_by_the_peer_as_its_caller() {
     let first = first.await.unwrap().unwrap();
     assert_eq!(ran_on(&first), a_id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_joining_with_its_own_tasks_adopts_the_cluster_ids_for_good() {
+    let Some(nats_binary) = nats_server_binary() else {
+        return;
+    };
+    let cluster = start_cluster(&nats_binary, "", "");
+    let directory = cluster._directory.path().to_owned();
+    let config = directory.join("spearlet.toml");
+    let mut a = connect(&cluster.nodes[0]).await;
+    let cluster_echo = task_id_on(&mut a, "echo").await.unwrap();
+    // A node that ran on its own first, with the bundled examples under ids of its own.
+    let data = directory.join("loner");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut alone = NodeProcess::start(&data, &directory.join("loner-1.log"), &[], &[]);
+    let own_echo = task_id_on(&mut connect(&alone).await, "echo")
+        .await
+        .unwrap();
+    assert_ne!(own_echo, cluster_echo);
+    alone.stop_gracefully();
+    // It joins: the cluster's id replaces its own, on disk too, so a further restart restores
+    // one `echo` under the cluster's id and nothing fails to restore.
+    for round in 0..2 {
+        let mut joined = start_node(&directory, "loner", &cluster.nats.url, &config);
+        let echo = task_id_on(&mut connect(&joined).await, "echo")
+            .await
+            .unwrap();
+        assert_eq!(echo, cluster_echo, "round {round}");
+        assert!(
+            !joined.log().contains("could not restore task"),
+            "round {round}: {}",
+            joined.log()
+        );
+        joined.stop_gracefully();
+    }
+}
