@@ -31,25 +31,25 @@ impl ClusterNames {
     }
 }
 
-/// The task bucket's key for a task name. Task names may hold `:` (and dots in places) that
-/// NATS keys refuse, so the key is the name in hex; the value carries the name itself.
-pub fn task_key(task_name: &str) -> String {
-    let mut key = String::with_capacity(2 + task_name.len() * 2);
-    key.push_str("t_");
-    for byte in task_name.as_bytes() {
-        key.push_str(&format!("{byte:02x}"));
-    }
-    key
+/// A bucket key: `prefix` and the text in hex. Task names, node ids and execution ids may hold
+/// `:` (and dots in places) that NATS keys refuse; the values carry the text itself.
+fn hex_key(prefix: &str, text: &str) -> String {
+    format!("{prefix}{}", hex::encode(text))
 }
 
-/// The membership bucket's key for a node id (`:` becomes `_3a`, like a hex escape, since node
-/// ids follow the id rules: letters, digits, `.`, `_`, `:`, `-`).
+/// The task bucket's key for a task name.
+pub fn task_key(task_name: &str) -> String {
+    hex_key("t_", task_name)
+}
+
+/// The membership bucket's key for a node id.
 pub fn node_key(node_id: &str) -> String {
-    let mut key = String::from("n_");
-    for byte in node_id.as_bytes() {
-        key.push_str(&format!("{byte:02x}"));
-    }
-    key
+    hex_key("n_", node_id)
+}
+
+/// The execution bucket's key for an execution id.
+pub fn execution_key(execution_id: &str) -> String {
+    hex_key("e_", execution_id)
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ use spearlet_server::Node;
 use spearlet_server::clock::{unix_ms, unix_us};
 use spearlet_server::manager::{CancelResult, ExecutionRequest, request_fingerprint};
 
-use crate::names::{ClusterNames, node_key, task_key};
+use crate::names::{ClusterNames, execution_key, node_key, task_key};
 
 /// Output kept in the execution bucket; larger output stays in the owner's record
 /// (`output_truncated`).
@@ -79,7 +79,6 @@ pub struct WorkItem {
     pub request: StoredRequest,
     pub result_encoding: ResultEncoding,
     pub metadata: BTreeMap<String, String>,
-    pub priority: Option<String>,
     pub traceparent: Option<String>,
     pub fingerprint: String,
 }
@@ -183,6 +182,8 @@ pub struct WorkQueue {
     ack_wait: Duration,
     /// Task id → its pull loop.
     pullers: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// Set when the node leaves: no pull loop starts again.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl WorkQueue {
@@ -235,6 +236,7 @@ impl WorkQueue {
             executions,
             ack_wait,
             pullers: Mutex::new(HashMap::new()),
+            stopped: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -300,7 +302,6 @@ impl WorkQueue {
             request: request.call.clone(),
             result_encoding: request.result_encoding,
             metadata: request.metadata.clone(),
-            priority: request.metadata.get(Priority::METADATA_KEY).cloned(),
             traceparent: request.traceparent.clone(),
             fingerprint: fingerprint.clone(),
         };
@@ -512,6 +513,9 @@ impl WorkQueue {
             let Some(strong) = node.upgrade() else {
                 return;
             };
+            if self.stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
             let tasks: HashMap<String, String> = strong
                 .registry
                 .all()
@@ -543,6 +547,8 @@ impl WorkQueue {
 
     /// Stops pulling work (graceful leave); what runs finishes.
     pub fn stop_pulling(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         for (_, puller) in self.pullers.lock().drain() {
             puller.abort();
         }
@@ -616,8 +622,9 @@ impl WorkQueue {
                 };
                 let (started_sender, started) = tokio::sync::oneshot::channel();
                 tokio::spawn(self.clone().handle(node.clone(), message, started_sender));
-                // The next pull waits until this execution holds its instance (or ended), so
-                // the capacity check above sees it.
+                // The next pull waits until this execution's guest starts (the sender fires
+                // then, or is dropped when the attempt ends without starting), so the capacity
+                // check above sees the instance it holds.
                 let _ = tokio::time::timeout(Duration::from_secs(5), started).await;
             }
         }
@@ -630,7 +637,6 @@ impl WorkQueue {
         message: jetstream::Message,
         started: tokio::sync::oneshot::Sender<()>,
     ) {
-        let mut started = Some(started);
         let item: WorkItem = match serde_json::from_slice(&message.payload) {
             Ok(item) => item,
             Err(error) => {
@@ -685,8 +691,8 @@ impl WorkQueue {
             mode: ExecutionMode::Async,
             metadata: item.metadata.clone(),
             priority: item
-                .priority
-                .as_deref()
+                .metadata
+                .get(Priority::METADATA_KEY)
                 .and_then(|text| Priority::parse(text).ok())
                 .unwrap_or_default(),
             force_new_instance: false,
@@ -694,6 +700,7 @@ impl WorkQueue {
             stream: None,
             traceparent: item.traceparent.clone(),
             forwarded_from: None,
+            on_start: Some(started),
         };
         let manager = node.manager.clone();
         drop(node);
@@ -701,23 +708,11 @@ impl WorkQueue {
         tokio::pin!(run);
         let mut progress = tokio::time::interval(self.ack_wait / 3);
         progress.tick().await;
-        let mut check_started = tokio::time::interval(Duration::from_millis(2));
         let outcome = loop {
             tokio::select! {
                 outcome = &mut run => break outcome,
                 _ = progress.tick() => {
                     let _ = message.ack_with(AckKind::Progress).await;
-                }
-                _ = check_started.tick(), if started.is_some() => {
-                    let leased = manager
-                        .store()
-                        .execution(&item.execution_id)
-                        .ok()
-                        .flatten()
-                        .is_some_and(|record| record.status != ExecutionStatus::Pending);
-                    if leased && let Some(sender) = started.take() {
-                        let _ = sender.send(());
-                    }
                 }
             }
         };
@@ -822,12 +817,7 @@ impl WorkQueue {
             }
             let attempt = match state.status {
                 ExecutionStatus::Pending => state.attempt + 1,
-                _ if state.owner == self.node_id
-                    && node
-                        .manager
-                        .live_execution_ids()
-                        .contains(&state.execution_id) =>
-                {
+                _ if state.owner == self.node_id && node.manager.is_live(&state.execution_id) => {
                     return Ok(Claim::Ignore);
                 }
                 // RUNNING elsewhere and delivered only once: a duplicate message.
@@ -913,14 +903,6 @@ fn join(
         )));
     }
     Ok(existing.to_record())
-}
-
-pub fn execution_key(execution_id: &str) -> String {
-    let mut key = String::from("e_");
-    for byte in execution_id.as_bytes() {
-        key.push_str(&format!("{byte:02x}"));
-    }
-    key
 }
 
 fn encode(state: &ClusterExecution) -> SpearResult<Bytes> {

@@ -90,12 +90,13 @@ pub struct ExecutionRequest {
     /// The cluster node that forwarded this call here: it runs only if an instance can be
     /// granted at once (RESOURCE_EXHAUSTED otherwise; the origin queues it).
     pub forwarded_from: Option<String>,
+    /// Fired when the guest starts (taken by the first start): a stream's caller sends
+    /// RUNNING then, the cluster's work puller takes the next message then.
+    pub on_start: Option<oneshot::Sender<()>>,
 }
 
 /// The live side of a streaming execution.
 pub struct StreamSink {
-    /// Fired when the guest starts; taken by the first start.
-    pub started: Option<oneshot::Sender<()>>,
     pub chunks: OutputChunkSender,
 }
 
@@ -277,7 +278,8 @@ impl TaskExecutionManager {
                     "execution {execution_id} is already running on this node"
                 )));
             }
-            let mut record = self.new_record(&request, execution_id, fingerprint, true);
+            // Not kept for a local re-run (`is_async` false): the cluster's queue holds the input.
+            let mut record = self.new_record(&request, execution_id, fingerprint, false);
             record.attempt = attempt.max(1);
             if let Some(first) = record.timeline.first_mut() {
                 first.attempt = record.attempt;
@@ -756,7 +758,7 @@ impl TaskExecutionManager {
         if let Err(error) = running_write {
             tracing::warn!(execution_id = %record.execution_id, "recording RUNNING failed: {error}");
         }
-        if let Some(started) = request.stream.as_mut().and_then(|sink| sink.started.take()) {
+        if let Some(started) = request.on_start.take() {
             let _ = started.send(());
         }
         tracing::debug!("execution started");
@@ -923,9 +925,9 @@ impl TaskExecutionManager {
     }
 
     /// Live executions of a task (pending or running).
-    /// Ids of the executions live (pending or running) on this node.
-    pub fn live_execution_ids(&self) -> std::collections::HashSet<String> {
-        self.live.lock().keys().cloned().collect()
+    /// Whether the execution is live (pending or running) on this node.
+    pub fn is_live(&self, execution_id: &str) -> bool {
+        self.live.lock().contains_key(execution_id)
     }
 
     pub fn live_executions_of(&self, task_id: &str) -> Vec<String> {
@@ -1049,6 +1051,7 @@ impl TaskExecutionManager {
                 // The caller's context, kept at acceptance: the resumed run continues its trace.
                 traceparent: record.metadata.get(TRACEPARENT_METADATA_KEY).cloned(),
                 forwarded_from: None,
+                on_start: None,
             };
             if let Err(error) = self.store.put_execution_durable(record.clone()).await {
                 tracing::error!(execution_id = %record.execution_id, "recording recovery failed: {error}");

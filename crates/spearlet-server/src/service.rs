@@ -130,6 +130,7 @@ impl FunctionServiceHandler {
             stream,
             traceparent,
             forwarded_from,
+            on_start: None,
         })
     }
 
@@ -261,12 +262,11 @@ impl FunctionServiceHandler {
     ) -> SpearResult<ResponseStream> {
         let (chunk_sender, mut chunk_receiver) = tokio::sync::mpsc::unbounded_channel();
         let (started_sender, started_receiver) = tokio::sync::oneshot::channel();
-        let execution_request = self
+        let mut execution_request = self
             .execution_request(
                 &request,
                 ExecutionMode::Stream,
                 Some(StreamSink {
-                    started: Some(started_sender),
                     chunks: chunk_sender,
                 }),
                 traceparent,
@@ -274,6 +274,7 @@ impl FunctionServiceHandler {
                 principal,
             )
             .await?;
+        execution_request.on_start = Some(started_sender);
         if let Some(cluster) = self.spill_target(&execution_request)
             && let Some(relayed) = cluster
                 .forward_stream(
