@@ -53,7 +53,7 @@ pub struct TaskReadiness {
     pub task_name: String,
     /// Live instances (starting, idle or busy).
     pub instances: u32,
-    /// Ready instances with no call.
+    /// Ready instances with room for another call.
     pub idle_instances: u32,
     /// Below `spearlet.pool.max_instances`, so a call could start one.
     pub can_start_instance: bool,

@@ -169,12 +169,7 @@ impl FunctionServiceHandler {
         let task = request.task.clone();
         let submitted = self.node.manager.submit(request).await?;
         if wait {
-            let mut budget = Duration::from_millis(self.node.config.max_wait_ms);
-            if let Some(deadline) = grpc_deadline {
-                // Answer a little before the client's deadline so it gets the state, not
-                // DEADLINE_EXCEEDED.
-                budget = budget.min(deadline.saturating_sub(Duration::from_millis(50)));
-            }
+            let budget = self.wait_budget(grpc_deadline);
             let mut finished = submitted.finished.clone();
             if let Ok(Ok(record)) = tokio::time::timeout(budget, wait_finished(&mut finished)).await
             {
@@ -186,23 +181,14 @@ impl FunctionServiceHandler {
                 .store()
                 .execution(&submitted.record.execution_id)?
                 .unwrap_or(submitted.record);
-            let mut response =
-                accepted_response(&current, self.node.manager.estimate_completion_ms(&task));
-            response.success = false;
-            response.message = format!(
-                "execution {} is still {} after waiting {} ms; poll it with GetExecutionStatus",
-                current.execution_id,
-                current.status.as_str(),
-                budget.as_millis()
-            );
-            return Ok(response);
+            return Ok(still_running_response(
+                &current,
+                self.node.manager.estimate_completion_ms(&task),
+                budget,
+            ));
         }
         if submitted.record.status.is_terminal() {
-            // An idempotent repeat of an execution that already ended.
-            let mut response = final_response(&submitted.record);
-            response.success = true;
-            response.status_endpoint = status_endpoint(&submitted.record.execution_id);
-            return Ok(response);
+            return Ok(repeat_of_ended_response(&submitted.record));
         }
         Ok(accepted_response(
             &submitted.record,
@@ -221,18 +207,12 @@ impl FunctionServiceHandler {
         let accepted = cluster.submit_async(&request).await?;
         let estimate = self.node.manager.estimate_completion_ms(&request.task);
         if accepted.status.is_terminal() {
-            let mut response = final_response(&accepted);
-            response.success = true;
-            response.status_endpoint = status_endpoint(&accepted.execution_id);
-            return Ok(response);
+            return Ok(repeat_of_ended_response(&accepted));
         }
         if !wait {
             return Ok(accepted_response(&accepted, estimate));
         }
-        let mut budget = Duration::from_millis(self.node.config.max_wait_ms);
-        if let Some(deadline) = grpc_deadline {
-            budget = budget.min(deadline.saturating_sub(Duration::from_millis(50)));
-        }
+        let budget = self.wait_budget(grpc_deadline);
         let current = cluster
             .wait_execution(accepted.execution_id.clone(), budget)
             .await?
@@ -240,15 +220,17 @@ impl FunctionServiceHandler {
         if current.status.is_terminal() {
             return Ok(final_response(&current));
         }
-        let mut response = accepted_response(&current, estimate);
-        response.success = false;
-        response.message = format!(
-            "execution {} is still {} after waiting {} ms; poll it with GetExecutionStatus",
-            current.execution_id,
-            current.status.as_str(),
-            budget.as_millis()
-        );
-        Ok(response)
+        Ok(still_running_response(&current, estimate, budget))
+    }
+
+    /// How long an async call with `wait` may block: `max_wait_ms`, ending a little before the
+    /// client's deadline so it gets the state, not DEADLINE_EXCEEDED.
+    fn wait_budget(&self, grpc_deadline: Option<Duration>) -> Duration {
+        let budget = Duration::from_millis(self.node.config.max_wait_ms);
+        match grpc_deadline {
+            Some(deadline) => budget.min(deadline.saturating_sub(Duration::from_millis(50))),
+            None => budget,
+        }
     }
 
     /// StreamFunction: RUNNING with the id, then stdout chunks as written, then the final
@@ -393,6 +375,31 @@ fn forwarding(
         traceparent: execution.traceparent.clone(),
         deadline,
     }
+}
+
+/// The answer to an idempotent repeat of an async execution that already ended.
+fn repeat_of_ended_response(record: &ExecutionRecord) -> proto::InvokeFunctionResponse {
+    let mut response = final_response(record);
+    response.success = true;
+    response.status_endpoint = status_endpoint(&record.execution_id);
+    response
+}
+
+/// The answer to an async call with `wait` whose execution had not ended within `budget`.
+fn still_running_response(
+    current: &ExecutionRecord,
+    estimated_completion_ms: i64,
+    budget: Duration,
+) -> proto::InvokeFunctionResponse {
+    let mut response = accepted_response(current, estimated_completion_ms);
+    response.success = false;
+    response.message = format!(
+        "execution {} is still {} after waiting {} ms; poll it with GetExecutionStatus",
+        current.execution_id,
+        current.status.as_str(),
+        budget.as_millis()
+    );
+    response
 }
 
 fn status_endpoint(execution_id: &str) -> String {
