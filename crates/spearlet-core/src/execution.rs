@@ -76,11 +76,13 @@ pub enum ErrorCode {
     /// Cluster mode: the node running the execution was lost (it stopped heartbeating and its
     /// work was redelivered) and no attempt was left.
     NodeLost,
+    /// A `wasi:http` handler returned (or set an error) without setting a response.
+    HttpNoResponse,
 }
 
 impl ErrorCode {
     /// Every code, in [`ErrorCode::index`] order.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::ExitCode,
         ErrorCode::ReturnCode,
         ErrorCode::Trap,
@@ -93,6 +95,7 @@ impl ErrorCode {
         ErrorCode::WorkerCrashed,
         ErrorCode::FunctionError,
         ErrorCode::NodeLost,
+        ErrorCode::HttpNoResponse,
     ];
 
     /// The code's position in [`ErrorCode::ALL`], for per-code counters. Exhaustive, so a new
@@ -111,6 +114,7 @@ impl ErrorCode {
             ErrorCode::WorkerCrashed => 9,
             ErrorCode::FunctionError => 10,
             ErrorCode::NodeLost => 11,
+            ErrorCode::HttpNoResponse => 12,
         }
     }
 
@@ -128,6 +132,7 @@ impl ErrorCode {
             ErrorCode::WorkerCrashed => "WORKER_CRASHED",
             ErrorCode::FunctionError => "FUNCTION_ERROR",
             ErrorCode::NodeLost => "NODE_LOST",
+            ErrorCode::HttpNoResponse => "HTTP_NO_RESPONSE",
         }
     }
 }

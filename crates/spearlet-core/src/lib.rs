@@ -11,6 +11,7 @@ pub mod error;
 pub mod execution;
 pub mod histogram;
 pub mod ids;
+pub mod outbound_hosts;
 pub mod pool_settings;
 pub mod process_settings;
 pub mod record;
@@ -18,6 +19,7 @@ pub mod task_config;
 
 pub use error::{ErrorKind, SpearError, SpearResult};
 pub use execution::{ErrorCode, ExecutionMode, ExecutionStatus, Outcome};
+pub use outbound_hosts::AllowedOutboundHosts;
 pub use pool_settings::{AutoscaleSettings, Isolation, PoolSettings, Priority, SchedulingPolicy};
 pub use process_settings::{PROCESS_DEFAULT_MEMORY_LIMIT_MB, ProcessMode, ProcessSettings};
 pub use record::{

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::{SpearError, SpearResult};
+use crate::outbound_hosts::{ALLOWED_HOSTS_KEY, AllowedOutboundHosts};
 use crate::pool_settings::{Isolation, PoolSettings, SchedulingPolicy};
 use crate::process_settings::{PROCESS_DEFAULT_MEMORY_LIMIT_MB, ProcessMode, ProcessSettings};
 
@@ -70,6 +71,9 @@ pub struct TaskConfig {
     pub pool: PoolSettings,
     /// The `spearlet.process.*` keys (process tasks only; the registry rejects them elsewhere).
     pub process: ProcessSettings,
+    /// `spearlet.http.allowed_hosts`: where a wasm component may send outbound HTTP (nowhere by
+    /// default).
+    pub allowed_outbound_hosts: AllowedOutboundHosts,
 }
 
 /// Which runtime a task's artifact runs on; decides which keys apply and some defaults.
@@ -181,6 +185,7 @@ impl TaskConfig {
             preopened_directories: BTreeMap::new(),
             pool: defaults.pool,
             process: ProcessSettings::default(),
+            allowed_outbound_hosts: AllowedOutboundHosts::default(),
         };
         for (key, value) in metadata {
             if !key.starts_with(CONFIG_KEY_PREFIX) {
@@ -256,6 +261,9 @@ impl TaskConfig {
                         "false" => false,
                         _ => return Err(not_one_of(key, value, &["true", "false"])),
                     };
+                }
+                ALLOWED_HOSTS_KEY => {
+                    config.allowed_outbound_hosts = AllowedOutboundHosts::parse(value)?;
                 }
                 "spearlet.process.mode" => {
                     config.process.mode = ProcessMode::parse(value.trim())
@@ -351,6 +359,7 @@ const KNOWN_KEYS: &[&str] = &[
     "spearlet.autoscale.stable_window_ms",
     "spearlet.autoscale.panic_window_ms",
     "spearlet.autoscale.predictive",
+    ALLOWED_HOSTS_KEY,
     "spearlet.process.mode",
     "spearlet.process.entrypoint",
     "spearlet.process.format",
@@ -444,7 +453,9 @@ fn check_keys_fit_the_runtime(
 ) -> SpearResult<()> {
     for key in metadata.keys() {
         let process_key = key.starts_with("spearlet.process.");
-        let wasm_only_key = key == "spearlet.isolation" || key.starts_with(PREOPEN_KEY_PREFIX);
+        let wasm_only_key = key == "spearlet.isolation"
+            || key == ALLOWED_HOSTS_KEY
+            || key.starts_with(PREOPEN_KEY_PREFIX);
         if process_key && runtime != RuntimeKind::Process {
             return Err(SpearError::invalid_argument(format!(
                 "artifact_spec.metadata[{key:?}] applies only to artifact_type process"
