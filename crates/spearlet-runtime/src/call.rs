@@ -13,6 +13,42 @@ use crate::trace::TraceContext;
 /// Receives each chunk of stdout as the guest writes it (for streaming executions).
 pub type OutputChunkSender = tokio::sync::mpsc::UnboundedSender<Bytes>;
 
+/// The status and headers of an HTTP handler's response, sent as soon as the handler sets them
+/// (before its body), for callers that stream the body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpResponseHead {
+    pub status: u16,
+    /// In the handler's order; a repeated header appears once per value.
+    pub headers: Vec<(String, String)>,
+}
+
+/// The record metric (and stream message metadata key) that carries an HTTP handler's response
+/// status; each response header is `http.header.<lower-case name>`.
+pub const HTTP_STATUS_METRIC: &str = "http.status";
+pub const HTTP_HEADER_METRIC_PREFIX: &str = "http.header.";
+
+impl HttpResponseHead {
+    /// The head as record metrics: `http.status` and `http.header.<name>`, a repeated header's
+    /// values joined with ", ".
+    pub fn as_metrics(&self) -> BTreeMap<String, String> {
+        let mut metrics = BTreeMap::new();
+        metrics.insert(HTTP_STATUS_METRIC.to_owned(), self.status.to_string());
+        for (name, value) in &self.headers {
+            metrics
+                .entry(format!("{HTTP_HEADER_METRIC_PREFIX}{name}"))
+                .and_modify(|joined: &mut String| {
+                    joined.push_str(", ");
+                    joined.push_str(value);
+                })
+                .or_insert_with(|| value.clone());
+        }
+        metrics
+    }
+}
+
+/// Receives an HTTP handler's response head.
+pub type HttpResponseHeadSender = tokio::sync::oneshot::Sender<HttpResponseHead>;
+
 /// The caps one call runs under, from the task's configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CallLimits {
@@ -50,6 +86,9 @@ pub struct FunctionCall {
     pub cancellation: CancellationToken,
     /// Where stdout chunks go as the guest writes them, for streaming callers.
     pub output_chunks: Option<OutputChunkSender>,
+    /// Where an HTTP handler's response head goes as soon as it is set, for streaming callers
+    /// (other runtimes drop it).
+    pub http_response_head: Option<HttpResponseHeadSender>,
 }
 
 impl FunctionCall {
@@ -159,6 +198,7 @@ mod tests {
             deadline: tokio::time::Instant::now(),
             cancellation: CancellationToken::new(),
             output_chunks: None,
+            http_response_head: None,
         }
     }
 

@@ -21,5 +21,8 @@
 mod call;
 mod trace;
 
-pub use call::{CallLimits, CallReport, FunctionCall, OutputChunkSender, upper_snake};
+pub use call::{
+    CallLimits, CallReport, FunctionCall, HTTP_HEADER_METRIC_PREFIX, HTTP_STATUS_METRIC,
+    HttpResponseHead, HttpResponseHeadSender, OutputChunkSender, upper_snake,
+};
 pub use trace::TraceContext;

@@ -6,9 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use spearlet_core::{SpearError, SpearResult};
+use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, PoolingAllocationConfig};
 
-use crate::compiled_module_cache::CompiledModuleCache;
+use crate::compiled_module_cache::{CompiledArtifact, CompiledModuleCache};
+use crate::component::{ComponentState, WasmComponent, component_linker, is_component};
 use crate::module::{CompileSource, GuestState, WasmModule};
 
 /// Bytes of each linear memory kept resident between calls and reset with memset. Typical
@@ -18,6 +20,30 @@ const LINEAR_MEMORY_KEEP_RESIDENT_BYTES: usize = 2 * 1024 * 1024;
 const TABLE_KEEP_RESIDENT_BYTES: usize = 64 * 1024;
 /// Slot decommits gathered into one batch of madvise calls.
 const DECOMMIT_BATCH_SIZE: usize = 32;
+
+// Components share the engine and its pool. A Rust component holds a few core instances (its
+// code plus the WASI adapter's shims); a Python (componentize-py) or JavaScript
+// (componentize-js) one about ten, with two or three linear memories and tables of tens of
+// thousands of elements. Each slot only reserves address space until used, so the pool is sized
+// for the large ones: per instance slot, up to CORE_INSTANCES_PER_SLOT core instances and
+// MEMORIES_PER_SLOT memories node-wide.
+/// Core instances (and their vmctx slots) per instance slot, node-wide.
+const CORE_INSTANCES_PER_SLOT: u32 = 4;
+/// Linear memories per instance slot, node-wide.
+const MEMORIES_PER_SLOT: u32 = 2;
+/// Tables per instance slot, node-wide.
+const TABLES_PER_SLOT: u32 = 4;
+/// Core instances one component may hold (componentize-py: about ten).
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+/// Linear memories one component may hold.
+const MAX_MEMORIES_PER_COMPONENT: u32 = 8;
+/// Tables one component may hold.
+const MAX_TABLES_PER_COMPONENT: u32 = 16;
+/// Elements per table (the interpreter runtimes inside componentize-py and componentize-js
+/// guests need more than wasmtime's default of 20 000).
+const MAX_TABLE_ELEMENTS: usize = 200_000;
+/// The vmctx of one component instance (its metadata, not its memories).
+const MAX_COMPONENT_INSTANCE_SIZE: usize = 16 * 1024 * 1024;
 
 /// Node-wide settings of the WebAssembly engine.
 #[derive(Clone, Debug)]
@@ -58,6 +84,7 @@ pub struct WasmEngine {
 struct EngineInner {
     engine: Engine,
     linker: Linker<GuestState>,
+    component_linker: wasmtime::component::Linker<ComponentState>,
     compiled_module_cache: Option<CompiledModuleCache>,
     max_memory_limit_mb: u32,
     epoch_ticker_stop: Arc<AtomicBool>,
@@ -73,10 +100,16 @@ impl WasmEngine {
     pub fn new(config: &WasmEngineConfig) -> SpearResult<WasmEngine> {
         let mut pooling = PoolingAllocationConfig::default();
         pooling
-            .total_core_instances(config.max_instances)
-            .total_memories(config.max_instances)
-            .total_tables(config.max_instances)
+            .total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances.saturating_mul(CORE_INSTANCES_PER_SLOT))
+            .total_memories(config.max_instances.saturating_mul(MEMORIES_PER_SLOT))
+            .total_tables(config.max_instances.saturating_mul(TABLES_PER_SLOT))
             .total_stacks(config.max_instances)
+            .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
+            .table_elements(MAX_TABLE_ELEMENTS)
+            .max_component_instance_size(MAX_COMPONENT_INSTANCE_SIZE)
             .max_memory_size(config.max_memory_limit_mb as usize * 1024 * 1024)
             // Resetting a freed slot with madvise makes the kernel shoot down TLB entries on
             // every core (IPIs) and the next call page-faults the memory back in; profiles of
@@ -101,6 +134,8 @@ impl WasmEngine {
         })
         .map_err(|error| SpearError::internal(format!("linking WASI: {error:#}")))?;
 
+        let component_linker = component_linker(&engine)?;
+
         let compiled_module_cache = match &config.compiled_module_cache_directory {
             Some(directory) => Some(CompiledModuleCache::open(&engine, directory)?),
             None => None,
@@ -113,6 +148,7 @@ impl WasmEngine {
             inner: Arc::new(EngineInner {
                 engine,
                 linker,
+                component_linker,
                 compiled_module_cache,
                 max_memory_limit_mb: config.max_memory_limit_mb,
                 epoch_ticker_stop,
@@ -125,28 +161,68 @@ impl WasmEngine {
         self.inner.max_memory_limit_mb
     }
 
-    /// Compiles (or loads from the disk cache) and links the module whose content has the given
-    /// sha256 `digest`. CPU-heavy: call it from a blocking thread. Malformed modules and modules
-    /// importing anything but WASI preview1 are `InvalidArgument`.
-    pub fn load_module(&self, digest: &str, wasm_bytes: &[u8]) -> SpearResult<WasmModule> {
-        let (module, source) = match &self.inner.compiled_module_cache {
-            Some(cache) => cache.load_or_compile(&self.inner.engine, digest, wasm_bytes)?,
-            None => (
-                compile(&self.inner.engine, wasm_bytes)?,
-                CompileSource::Compiled,
-            ),
-        };
+    /// Compiles (or loads from the disk cache) and links the artifact whose content has the
+    /// given sha256 `digest`: a core module or a component, told apart by its header.
+    /// CPU-heavy: call it from a blocking thread. Malformed artifacts, modules importing anything
+    /// but WASI preview 1 and components importing anything but WASI 0.2 and wasi:http are
+    /// `InvalidArgument`.
+    pub fn load(&self, digest: &str, wasm_bytes: &[u8]) -> SpearResult<LoadedWasm> {
+        if is_component(wasm_bytes) {
+            let (component, source) = self.compile::<Component>(digest, wasm_bytes)?;
+            return WasmComponent::link(
+                &self.inner.engine,
+                &self.inner.component_linker,
+                component,
+                source,
+            )
+            .map(LoadedWasm::Component);
+        }
+        let (module, source) = self.compile::<wasmtime::Module>(digest, wasm_bytes)?;
         WasmModule::link(&self.inner.engine, &self.inner.linker, module, source)
+            .map(LoadedWasm::Module)
+    }
+
+    /// Compiles and links a core module (see [`WasmEngine::load`]); a component is
+    /// `InvalidArgument`.
+    pub fn load_module(&self, digest: &str, wasm_bytes: &[u8]) -> SpearResult<WasmModule> {
+        match self.load(digest, wasm_bytes)? {
+            LoadedWasm::Module(module) => Ok(module),
+            LoadedWasm::Component(_) => Err(SpearError::invalid_argument(
+                "artifact is a WebAssembly component, not a core module",
+            )),
+        }
+    }
+
+    fn compile<Artifact: CompiledArtifact>(
+        &self,
+        digest: &str,
+        wasm_bytes: &[u8],
+    ) -> SpearResult<(Artifact, CompileSource)> {
+        match &self.inner.compiled_module_cache {
+            Some(cache) => cache.load_or_compile(&self.inner.engine, digest, wasm_bytes),
+            None => Ok((
+                Artifact::compile(&self.inner.engine, wasm_bytes)?,
+                CompileSource::Compiled,
+            )),
+        }
     }
 }
 
-/// Compiles `wasm_bytes` (binary or text format).
-pub(crate) fn compile(engine: &Engine, wasm_bytes: &[u8]) -> SpearResult<wasmtime::Module> {
-    wasmtime::Module::new(engine, wasm_bytes).map_err(|error| {
-        SpearError::invalid_argument(format!(
-            "artifact is not a valid WebAssembly module: {error:#}"
-        ))
-    })
+/// A loaded wasm artifact: a core module (WASI preview 1) or a component (WASI 0.2).
+#[derive(Clone, Debug)]
+pub enum LoadedWasm {
+    Module(WasmModule),
+    Component(WasmComponent),
+}
+
+impl LoadedWasm {
+    /// Where the compiled code came from.
+    pub fn compile_source(&self) -> CompileSource {
+        match self {
+            LoadedWasm::Module(module) => module.compile_source,
+            LoadedWasm::Component(component) => component.compile_source,
+        }
+    }
 }
 
 /// One thread for the whole node advances the epoch; stores decide per tick whether to yield.

@@ -4,9 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use spearlet_core::AllowedOutboundHosts;
 use spearlet_runtime::{CallReport, FunctionCall};
 
+use crate::component::{ComponentEntry, ComponentInvocation, WasmComponent};
 use crate::module::{EntryPoint, RunReport, WasmInvocation, WasmModule};
 use crate::reusable::ReusableInstance;
 
@@ -18,6 +21,8 @@ pub struct WasmTaskSettings {
     /// Read-only directories: host path (already checked against the allowed roots), guest
     /// path.
     pub preopened_directories: Vec<(PathBuf, String)>,
+    /// Where a component may send outbound HTTP (`spearlet.http.allowed_hosts`).
+    pub allowed_outbound_hosts: Arc<AllowedOutboundHosts>,
 }
 
 impl WasmTaskSettings {
@@ -37,6 +42,37 @@ impl WasmTaskSettings {
             cancellation: call.cancellation,
             output_chunks: call.output_chunks,
         }
+    }
+}
+
+impl WasmComponent {
+    /// Runs `call` on a fresh instance of the component. A command gets the WASI invocation a
+    /// module gets; an HTTP handler gets the request `entry` names, with the call's headers and
+    /// its input as the body.
+    pub async fn run_call(
+        &self,
+        entry: ComponentEntry,
+        settings: &WasmTaskSettings,
+        call: FunctionCall,
+    ) -> CallReport {
+        let environment = call.guest_environment(&settings.environment);
+        let invocation = ComponentInvocation {
+            entry,
+            input: call.input,
+            arguments: vec![call.task_name, call.function_name],
+            environment,
+            request_headers: call.caller_headers,
+            preopened_directories: settings.preopened_directories.clone(),
+            allowed_outbound_hosts: settings.allowed_outbound_hosts.clone(),
+            memory_limit_bytes: call.limits.memory_limit_bytes,
+            max_output_bytes: call.limits.max_output_bytes,
+            max_log_bytes: call.limits.max_log_bytes,
+            deadline: call.deadline,
+            cancellation: call.cancellation,
+            output_chunks: call.output_chunks,
+            http_response_head: call.http_response_head,
+        };
+        call_report(self.run(invocation).await, true)
     }
 }
 
@@ -75,7 +111,7 @@ fn call_report(report: RunReport, instance_still_usable: bool) -> CallReport {
         logs: report.logs,
         memory_used_bytes: Some(report.peak_memory_bytes),
         start_duration: report.instantiate_duration,
-        metrics: BTreeMap::new(),
+        metrics: report.metrics,
         instance_still_usable,
     }
 }

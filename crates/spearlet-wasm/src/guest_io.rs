@@ -56,6 +56,15 @@ impl CapturedOutput {
         self.state.lock().capacity
     }
 
+    /// Appends a line the host writes into the guest's logs (an outbound request it denied):
+    /// dropped, without marking an overflow, when it does not fit under the cap.
+    pub(crate) fn append_note(&self, bytes: &[u8]) {
+        let mut state = self.state.lock();
+        if bytes.len() <= state.capacity - state.buffer.len() {
+            state.buffer.extend_from_slice(bytes);
+        }
+    }
+
     fn append(&self, bytes: &[u8]) -> Result<(), StreamError> {
         let mut state = self.state.lock();
         if bytes.len() > state.capacity - state.buffer.len() {

@@ -2,8 +2,11 @@
 //!
 //! Shape (after wasmtime and Spin): one [`WasmEngine`] per node, shared by every task, with the
 //! pooling allocator and epoch interruption driven by one ticker thread. Loading a task compiles
-//! and links its module once into a [`WasmModule`] (an `InstancePre`, the warm part). A call then
-//! runs in one of two modes, chosen per task by `spearlet.isolation`:
+//! and links its artifact once: a core module (WASI preview 1) into a [`WasmModule`], a component
+//! (WASI 0.2; told apart by the binary header) into a [`WasmComponent`] — each an
+//! `InstancePre`, the warm part. A component is a command or an HTTP handler
+//! ([`ComponentWorld`]) and always runs per call (see `component.rs`). A module's call runs in
+//! one of two modes, chosen per task by `spearlet.isolation`:
 //! - `per_call` ([`WasmModule::run`]): every call instantiates the module into a fresh `Store`,
 //!   so calls never see each other's state.
 //! - `reuse` ([`WasmModule::instantiate_reusable`], then [`ReusableInstance::call`]): one live
@@ -26,13 +29,18 @@
 #![deny(unsafe_code)]
 
 mod compiled_module_cache;
+mod component;
 mod engine;
 mod function_call;
 mod guest_io;
 mod module;
 mod reusable;
 
-pub use engine::{WasmEngine, WasmEngineConfig};
+pub use component::{
+    ComponentEntry, ComponentInvocation, ComponentWorld, HTTP_METHOD_METADATA_KEY,
+    HTTP_PATH_METADATA_KEY, WasmComponent, is_component,
+};
+pub use engine::{LoadedWasm, WasmEngine, WasmEngineConfig};
 pub use function_call::WasmTaskSettings;
 pub use guest_io::OutputChunkSender;
 pub use module::{CompileSource, EntryPoint, RunReport, WasmInvocation, WasmModule};

@@ -1,6 +1,7 @@
 //! A compiled, linked module (the warm part of a task), one per-call run of it, and the pieces of
 //! a call (WASI context, store, deadline race, outcome) that reuse isolation shares.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -45,12 +46,27 @@ pub(crate) struct GuestState {
     pub(crate) limiter: GuestLimiter,
 }
 
-/// Enforces the linear-memory cap and records the peak, so the outcome can say MEMORY_LIMIT and
-/// the record can report `memory_used_bytes`.
+/// Enforces the memory cap and records the peak, so the outcome can say MEMORY_LIMIT and the
+/// record can report `memory_used_bytes`. The cap is on the sum of every linear memory of the
+/// store: a module has one, a component one per core instance that defines one (a Python or
+/// JavaScript component has several), and the task's limit is for the whole call.
 pub(crate) struct GuestLimiter {
     memory_limit_bytes: usize,
+    /// The sum of the store's linear memories now.
+    total_memory_bytes: usize,
     pub(crate) peak_memory_bytes: usize,
     pub(crate) memory_limit_hit: bool,
+}
+
+impl GuestLimiter {
+    pub(crate) fn new(memory_limit_bytes: u64) -> GuestLimiter {
+        GuestLimiter {
+            memory_limit_bytes: clamp_to_usize(memory_limit_bytes),
+            total_memory_bytes: 0,
+            peak_memory_bytes: 0,
+            memory_limit_hit: false,
+        }
+    }
 }
 
 /// Tables are tiny in practice; this only stops a guest from exhausting host memory with them.
@@ -59,18 +75,21 @@ const MAX_TABLE_ELEMENTS: usize = 1_000_000;
 impl ResourceLimiter for GuestLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_limit_bytes {
+        let total = (self.total_memory_bytes - current.min(self.total_memory_bytes))
+            .saturating_add(desired);
+        if total > self.memory_limit_bytes {
             self.memory_limit_hit = true;
             wasmtime::bail!(
-                "linear memory would grow to {desired} bytes, beyond the task's limit of {} MiB",
+                "linear memory would grow to {total} bytes, beyond the task's limit of {} MiB",
                 self.memory_limit_bytes / (1024 * 1024)
             );
         }
-        self.peak_memory_bytes = self.peak_memory_bytes.max(desired);
+        self.total_memory_bytes = total;
+        self.peak_memory_bytes = self.peak_memory_bytes.max(total);
         Ok(true)
     }
 
@@ -112,6 +131,8 @@ pub struct RunReport {
     pub peak_memory_bytes: u64,
     /// Time spent instantiating (the per-call cost of a warm task).
     pub instantiate_duration: Duration,
+    /// Runtime figures for the record (an HTTP handler's `http.status`, `http.header.*`).
+    pub metrics: BTreeMap<String, String>,
 }
 
 /// A compiled module linked against WASI preview1, ready to instantiate. Cheap to clone.
@@ -338,16 +359,26 @@ impl CallCaptures {
             logs: self.stderr.take_contents(),
             peak_memory_bytes,
             instantiate_duration,
+            metrics: BTreeMap::new(),
         }
     }
 }
 
-/// Builds the fresh WASI context of one call: in-memory stdin, capped stdout and stderr,
-/// arguments, environment and read-only preopened directories. `Err` carries the message of a
-/// directory that cannot be preopened.
+/// Builds the fresh WASI preview 1 context of one call (see [`call_wasi_builder`]).
 pub(crate) fn build_call_wasi(
     settings: GuestWasiSettings<'_>,
 ) -> Result<(WasiP1Ctx, CallCaptures), String> {
+    let (mut builder, captures) = call_wasi_builder(settings)?;
+    Ok((builder.build_p1(), captures))
+}
+
+/// The WASI context of one call, for either WASI version: in-memory stdin, capped stdout and
+/// stderr, arguments, environment and read-only preopened directories; no network (every socket
+/// address is denied, WASI's default). `Err` carries the message of a directory that cannot be
+/// preopened.
+pub(crate) fn call_wasi_builder(
+    settings: GuestWasiSettings<'_>,
+) -> Result<(WasiCtxBuilder, CallCaptures), String> {
     let stdout = CapturedOutput::new(
         clamp_to_usize(settings.max_output_bytes),
         settings.output_chunks,
@@ -370,7 +401,7 @@ pub(crate) fn build_call_wasi(
             ));
         }
     }
-    Ok((builder.build_p1(), CallCaptures { stdout, stderr }))
+    Ok((builder, CallCaptures { stdout, stderr }))
 }
 
 /// The report of a call whose guest never ran (its WASI context could not be built, or the
@@ -385,6 +416,7 @@ pub(crate) fn not_run_report(message: String) -> RunReport {
         logs: Bytes::new(),
         peak_memory_bytes: 0,
         instantiate_duration: Duration::ZERO,
+        metrics: BTreeMap::new(),
     }
 }
 
@@ -396,11 +428,7 @@ pub(crate) fn new_guest_store(
 ) -> Store<GuestState> {
     let state = GuestState {
         wasi,
-        limiter: GuestLimiter {
-            memory_limit_bytes: clamp_to_usize(memory_limit_bytes),
-            peak_memory_bytes: 0,
-            memory_limit_hit: false,
-        },
+        limiter: GuestLimiter::new(memory_limit_bytes),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
@@ -411,7 +439,7 @@ pub(crate) fn new_guest_store(
 /// Makes the guest yield to the async executor at every epoch tick: a busy guest then gives the
 /// surrounding `select!` a chance to notice its deadline or cancellation. The deadline is
 /// relative to the current epoch, so a store that runs more than one call re-arms it per call.
-pub(crate) fn arm_epoch_yield(store: &mut Store<GuestState>) {
+pub(crate) fn arm_epoch_yield<State>(store: &mut Store<State>) {
     store.set_epoch_deadline(1);
     store.epoch_deadline_async_yield_and_update(1);
 }
@@ -496,7 +524,7 @@ pub(crate) async fn call_export(
     }
 }
 
-fn status_outcome(entry_point: &EntryPoint, status: i32) -> Outcome {
+pub(crate) fn status_outcome(entry_point: &EntryPoint, status: i32) -> Outcome {
     match entry_point {
         _ if status == 0 => Outcome::Completed,
         EntryPoint::Export { name, .. } => Outcome::Failed {
@@ -548,6 +576,6 @@ fn classify_error(
     }
 }
 
-fn clamp_to_usize(value: u64) -> usize {
+pub(crate) fn clamp_to_usize(value: u64) -> usize {
     usize::try_from(value).unwrap_or(usize::MAX)
 }

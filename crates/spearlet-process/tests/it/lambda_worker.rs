@@ -95,6 +95,7 @@ fn call(execution_id: &str, event: &str) -> FunctionCall {
         deadline: tokio::time::Instant::now() + Duration::from_secs(30),
         cancellation: CancellationToken::new(),
         output_chunks: None,
+        http_response_head: None,
     }
 }
 
