@@ -673,7 +673,7 @@ impl WorkQueue {
                 .await;
             return;
         };
-        let target = match task.resolve_call_target(&item.function_name) {
+        let target = match task.resolve_call_target(&item.function_name, &item.metadata) {
             Ok(target) => target,
             Err(error) => {
                 self.settle_refusal(&item, revision, error.message).await;

@@ -5,6 +5,7 @@
 //! module owns the file format and the defaults. Unknown keys in the file are an error naming
 //! the key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -72,6 +73,10 @@ pub struct NodeConfig {
     pub telemetry: TelemetryConfig,
     /// Cluster mode over NATS JetStream; off while `cluster.nats_url` is empty.
     pub cluster: ClusterConfig,
+    /// `[http_task_hosts]`: host name (without port) → task name. An HTTP request whose `Host`
+    /// is one of these goes to that task's `wasi:http` handler with its whole path, as under
+    /// `wasmtime serve`. Empty by default.
+    pub http_task_hosts: BTreeMap<String, String>,
 }
 
 /// `[cluster]`: joining other nodes over NATS JetStream (`spearlet-cluster`). With no
@@ -492,6 +497,7 @@ impl Default for NodeConfig {
             tls: None,
             telemetry: TelemetryConfig::default(),
             cluster: ClusterConfig::default(),
+            http_task_hosts: BTreeMap::new(),
         }
     }
 }
@@ -632,6 +638,24 @@ impl NodeConfig {
     /// Every rule the file and the overrides must satisfy; `serve` checks it again for configs
     /// built in code.
     pub fn validate(&self) -> SpearResult<()> {
+        for (host, task) in &self.http_task_hosts {
+            let is_host_name = !host.is_empty()
+                && host.chars().all(|c| {
+                    c.is_ascii_lowercase()
+                        || c.is_ascii_digit()
+                        || matches!(c, '.' | '-' | '[' | ']' | ':')
+                });
+            if !is_host_name {
+                return Err(SpearError::invalid_argument(format!(
+                    "config: http_task_hosts key {host:?} must be a lower-case host name without \
+                     a port"
+                )));
+            }
+            spearlet_core::ids::validate_task_name(
+                &format!("config: http_task_hosts[{host:?}]"),
+                task,
+            )?;
+        }
         let task_defaults = &self.task_defaults;
         let pool_defaults = &task_defaults.pool;
         let autoscale_defaults = &task_defaults.autoscale;

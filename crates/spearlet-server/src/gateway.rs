@@ -26,7 +26,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, post};
+use axum::routing::{MethodRouter, any, delete, get, post};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -62,9 +62,9 @@ pub const STATUS_HEADER: &str = "x-spear-status";
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
-struct Gateway {
-    node: Arc<Node>,
-    handler: FunctionServiceHandler,
+pub(crate) struct Gateway {
+    pub(crate) node: Arc<Node>,
+    pub(crate) handler: FunctionServiceHandler,
 }
 
 /// Every route: path, method, handler. The router is built from this table, and a test checks
@@ -96,11 +96,37 @@ fn route_table() -> Vec<(&'static str, Method, MethodRouter<Gateway>)> {
     ]
 }
 
-/// The (path, method) pairs the gateway serves.
+/// The routes of `wasi:http` handler tasks (`task_http.rs`): every method, any path below.
+const TASK_HTTP_PATHS: [(&str, &str); 2] = [
+    ("/v1/tasks/{task}/http", "/v1/tasks/{task}/http"),
+    (
+        "/v1/tasks/{task}/http/{*path}",
+        "/v1/tasks/{task}/http/{path}",
+    ),
+];
+
+/// The methods the OpenAPI document lists for the task HTTP routes (the router takes any).
+const TASK_HTTP_DOCUMENTED_METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+    Method::OPTIONS,
+];
+
+/// The (path, method) pairs the gateway serves, as the OpenAPI document writes them.
 pub fn routes() -> Vec<(&'static str, Method)> {
+    let task_http = TASK_HTTP_PATHS.iter().flat_map(|(_, documented_path)| {
+        TASK_HTTP_DOCUMENTED_METHODS
+            .iter()
+            .map(|method| (*documented_path, method.clone()))
+    });
     route_table()
         .into_iter()
         .map(|(path, method, _)| (path, method))
+        .chain(task_http)
         .collect()
 }
 
@@ -116,9 +142,17 @@ pub fn router(node: Arc<Node>) -> Router {
         .fold(Router::new(), |router, (path, _, handler)| {
             router.route(path, handler)
         });
+    let router = TASK_HTTP_PATHS.iter().fold(router, |router, (path, _)| {
+        router.route(path, any(crate::task_http::task_http_route))
+    });
+    // Layers run outside in: authentication first, then host routing (which needs the caller).
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            gateway.clone(),
+            crate::task_http::route_task_hosts,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             gateway.clone(),
             authenticate,
@@ -230,7 +264,7 @@ fn spear_error_response(error: SpearError) -> Response {
 
 /// A route's early answer: an error response, reached with `?` from a `SpearError`, a handler's
 /// `Status` or a finished response.
-struct Refusal(Response);
+pub(crate) struct Refusal(Response);
 
 impl From<SpearError> for Refusal {
     fn from(error: SpearError) -> Refusal {
@@ -273,8 +307,8 @@ fn json_response<T: Serialize>(status: StatusCode, message: &T) -> Response {
 
 /// Who is calling (put there by [`authenticate`]) and the trace context they sent: what travels
 /// from an HTTP request into the RPC, as the gRPC server would hand it to the handler.
-struct Caller {
-    principal: Arc<Principal>,
+pub(crate) struct Caller {
+    pub(crate) principal: Arc<Principal>,
     traceparent: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
@@ -282,15 +316,24 @@ impl<State: Send + Sync> FromRequestParts<State> for Caller {
     type Rejection = Refusal;
 
     async fn from_request_parts(parts: &mut Parts, _: &State) -> Result<Caller, Refusal> {
-        let principal = parts
-            .extensions
-            .get::<Arc<Principal>>()
-            .cloned()
-            .ok_or_else(|| {
-                SpearError::unauthenticated("the request carries no authenticated principal")
-            })?;
-        let traceparent = parts
-            .headers
+        Caller::from_extensions_and_headers(&parts.extensions, &parts.headers)
+    }
+}
+
+impl Caller {
+    /// The caller of a whole request (for middleware, before extraction).
+    pub(crate) fn of_request(request: &Request) -> Result<Caller, Refusal> {
+        Caller::from_extensions_and_headers(request.extensions(), request.headers())
+    }
+
+    fn from_extensions_and_headers(
+        extensions: &axum::http::Extensions,
+        headers: &HeaderMap,
+    ) -> Result<Caller, Refusal> {
+        let principal = extensions.get::<Arc<Principal>>().cloned().ok_or_else(|| {
+            SpearError::unauthenticated("the request carries no authenticated principal")
+        })?;
+        let traceparent = headers
             .get("traceparent")
             .and_then(|value| value.to_str().ok())
             .and_then(|text| text.parse().ok());
@@ -299,10 +342,8 @@ impl<State: Send + Sync> FromRequestParts<State> for Caller {
             traceparent,
         })
     }
-}
 
-impl Caller {
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.extensions_mut().insert(self.principal.clone());
         if let Some(traceparent) = &self.traceparent {
@@ -315,7 +356,7 @@ impl Caller {
 }
 
 /// Reads a body up to `limit` bytes; beyond → 413 naming the setting.
-async fn read_body(body: Body, limit: usize, setting: &str) -> Result<Bytes, Refusal> {
+pub(crate) async fn read_body(body: Body, limit: usize, setting: &str) -> Result<Bytes, Refusal> {
     axum::body::to_bytes(body, limit).await.map_err(|error| {
         let is_too_large = std::error::Error::source(&error)
             .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
@@ -392,7 +433,7 @@ fn execution_status_from_query(text: &str) -> SpearResult<proto::ExecutionStatus
 }
 
 /// `COMPLETED` for `EXECUTION_STATUS_COMPLETED`: the form of `X-Spear-Status` and stream events.
-fn short_status_name(status: i32) -> &'static str {
+pub(crate) fn short_status_name(status: i32) -> &'static str {
     proto::ExecutionStatus::try_from(status)
         .unwrap_or(proto::ExecutionStatus::Unknown)
         .as_str_name()
@@ -510,6 +551,27 @@ fn sync_answer(
         )
             .into_response();
     }
+    let message = if result.error_message.is_empty() {
+        answer.message.as_str()
+    } else {
+        result.error_message.as_str()
+    };
+    execution_error_response(
+        &answer.execution_id,
+        result.status,
+        message,
+        &result.error_code,
+    )
+}
+
+/// The JSON error of an execution that did not complete, with the HTTP status
+/// `errors::http_status_of_execution` gives its end.
+pub(crate) fn execution_error_response(
+    execution_id: &str,
+    status: i32,
+    message: &str,
+    error_code: &str,
+) -> Response {
     #[derive(Serialize)]
     struct ExecutionErrorBody<'a> {
         code: &'a str,
@@ -518,19 +580,20 @@ fn sync_answer(
         status: &'a str,
         error_code: &'a str,
     }
-    let message = if result.error_message.is_empty() {
-        answer.message.as_str()
-    } else {
-        result.error_message.as_str()
-    };
+    let (http, code) =
+        http_status_of_execution(proto::ExecutionStatus::try_from(status).unwrap_or_default());
     let body = ExecutionErrorBody {
         code: grpc_code_name(code),
         message,
-        execution_id: &answer.execution_id,
-        status: short_status_name(result.status),
-        error_code: &result.error_code,
+        execution_id,
+        status: short_status_name(status),
+        error_code,
     };
-    (http, axum::Json(body)).into_response()
+    let mut response = (http, axum::Json(body)).into_response();
+    if let Ok(value) = HeaderValue::from_str(execution_id) {
+        response.headers_mut().insert(EXECUTION_ID_HEADER, value);
+    }
+    response
 }
 
 /// `?mode=stream`: `text/event-stream` with a `status` event (RUNNING), one `output` event per

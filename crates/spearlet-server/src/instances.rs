@@ -3,6 +3,7 @@
 //!
 //! - `per_call` wasm: the instance is the task's linked module (an `InstancePre`) plus its
 //!   capacity; every call instantiates it into a fresh `Store`. Starting one costs nothing.
+//! - a component (WASI 0.2 command or HTTP handler): the same, always per call.
 //! - `reuse` wasm: one live wasm instance whose state survives between calls; starting it
 //!   instantiates the module and runs `_initialize` once.
 //! - process `exec`: the instance is the unpacked artifact plus its capacity; every call starts
@@ -32,13 +33,16 @@ use spearlet_process::lambda_worker::LambdaWorker;
 use spearlet_process::task::ProcessTask;
 use spearlet_runtime::{CallReport, FunctionCall};
 use spearlet_wasm::{
-    EntryPoint, ReusableInstance, ReusableInstanceSetup, WasmModule, WasmTaskSettings,
+    ComponentEntry, EntryPoint, ReusableInstance, ReusableInstanceSetup, WasmComponent, WasmModule,
+    WasmTaskSettings,
 };
 
 /// What a call runs, resolved from its `function_name` before the execution exists.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CallTarget {
     Wasm(EntryPoint),
+    /// A component's `run`, or one HTTP request to its handler.
+    Component(ComponentEntry),
     /// The task's process (exec: argv[1] is the function name; lambda: the task's handler).
     Process,
 }
@@ -52,6 +56,11 @@ pub enum InstanceRuntime {
     WasmReuse {
         /// Taken by the call that runs on it; put back when the instance may serve again.
         instance: Mutex<Option<ReusableInstance>>,
+        settings: Arc<WasmTaskSettings>,
+    },
+    /// A component's pre-instance: every call instantiates it into a fresh `Store`.
+    ComponentPerCall {
+        component: WasmComponent,
         settings: Arc<WasmTaskSettings>,
     },
     ProcessExec(Arc<ProcessTask>),
@@ -82,6 +91,13 @@ impl InstanceRuntime {
                 }
                 report
             }
+            (
+                InstanceRuntime::ComponentPerCall {
+                    component,
+                    settings,
+                },
+                CallTarget::Component(entry),
+            ) => component.run_call(entry.clone(), settings, call).await,
             // The process runtimes' futures are boxed: they are larger than the wasm ones, and
             // every execution future would otherwise carry (and copy) their size.
             (InstanceRuntime::ProcessExec(task), CallTarget::Process) => {
@@ -170,6 +186,27 @@ impl InstanceFactory<InstanceRuntime> for WasmInstanceFactory {
             }
             _ => true,
         }
+    }
+}
+
+/// Starts instances of one component task: like per-call modules, an instance is the linked
+/// component plus its capacity, and starting one costs nothing.
+pub struct ComponentInstanceFactory {
+    pub component: WasmComponent,
+    pub settings: Arc<WasmTaskSettings>,
+}
+
+impl InstanceFactory<InstanceRuntime> for ComponentInstanceFactory {
+    fn create_instance(&self) -> BoxFuture<'static, Result<InstanceRuntime, InstanceStartError>> {
+        futures::future::ready(Ok(InstanceRuntime::ComponentPerCall {
+            component: self.component.clone(),
+            settings: self.settings.clone(),
+        }))
+        .boxed()
+    }
+
+    fn is_healthy(&self, _runtime: &InstanceRuntime) -> bool {
+        true
     }
 }
 

@@ -31,6 +31,7 @@ pub mod registry;
 pub mod server;
 pub mod service;
 pub mod stats;
+pub mod task_http;
 pub mod tls;
 pub mod trace_context;
 pub mod wire;

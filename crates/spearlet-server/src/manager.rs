@@ -51,7 +51,7 @@ use spearlet_core::{
     SpearError, SpearResult, StoredRequest, TimelineEntry,
 };
 use spearlet_pool::{AcquireRequest, Dispatcher, InstanceLease, Rejection, Ticket};
-use spearlet_runtime::{CallReport, FunctionCall, OutputChunkSender};
+use spearlet_runtime::{CallReport, FunctionCall, HttpResponseHeadSender, OutputChunkSender};
 use spearlet_store::DurableStore;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -98,6 +98,8 @@ pub struct ExecutionRequest {
 /// The live side of a streaming execution.
 pub struct StreamSink {
     pub chunks: OutputChunkSender,
+    /// An HTTP handler's response head, sent before its body's chunks.
+    pub http_response_head: Option<HttpResponseHeadSender>,
 }
 
 /// Settings of the manager.
@@ -775,6 +777,11 @@ impl TaskExecutionManager {
         deadline: Instant,
         cancellation: &CancellationToken,
     ) -> (CallReport, Duration) {
+        // Moved into the call: the stream ends when the guest's output does.
+        let (output_chunks, http_response_head) = match request.stream.take() {
+            Some(sink) => (Some(sink.chunks), sink.http_response_head),
+            None => (None, None),
+        };
         let task = &request.task;
         let call = FunctionCall {
             execution_id: record.execution_id.clone(),
@@ -789,8 +796,8 @@ impl TaskExecutionManager {
             limits: task.call_limits,
             deadline,
             cancellation: cancellation.clone(),
-            // Moved into the call: the stream ends when the guest's output does.
-            output_chunks: request.stream.take().map(|sink| sink.chunks),
+            output_chunks,
+            http_response_head,
         };
         let run_started = Instant::now();
         let report = lease.runtime().run(&request.target, call).await;
@@ -1003,7 +1010,7 @@ impl TaskExecutionManager {
                     || record.attempt <= record.request.max_retries);
             let target = task
                 .as_ref()
-                .map(|task| task.resolve_call_target(&record.function_name));
+                .map(|task| task.resolve_call_target(&record.function_name, &record.metadata));
             let (Some(task), Some(Ok(target)), true) = (task, target, resumable) else {
                 let message = match record.mode {
                     ExecutionMode::Async if record.status == ExecutionStatus::Running => format!(

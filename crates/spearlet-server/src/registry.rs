@@ -34,10 +34,15 @@ use spearlet_process::sandbox::{ProcessLimits, RunAs};
 use spearlet_process::task::ProcessTask;
 use spearlet_runtime::CallLimits;
 use spearlet_store::DurableStore;
-use spearlet_wasm::{EntryPoint, WasmEngine, WasmModule, WasmTaskSettings};
+use spearlet_wasm::{
+    ComponentWorld, EntryPoint, LoadedWasm, WasmComponent, WasmEngine, WasmModule, WasmTaskSettings,
+};
 
 use crate::clock::unix_ms;
-use crate::instances::{CallTarget, InstanceRuntime, ProcessInstanceFactory, WasmInstanceFactory};
+use crate::instances::{
+    CallTarget, ComponentInstanceFactory, InstanceRuntime, ProcessInstanceFactory,
+    WasmInstanceFactory,
+};
 
 /// Where process artifacts live on disk and who their processes run as by default.
 #[derive(Clone, Debug)]
@@ -55,6 +60,11 @@ pub enum TaskRuntime {
     Wasm {
         module: WasmModule,
         /// The task's environment and preopened directories, shared by every instance.
+        settings: Arc<WasmTaskSettings>,
+    },
+    /// A WASI 0.2 component: a command or an HTTP handler, always per-call.
+    Component {
+        component: WasmComponent,
         settings: Arc<WasmTaskSettings>,
     },
     Process(Arc<ProcessTask>),
@@ -221,9 +231,18 @@ pub struct LoadedTask {
 }
 
 impl LoadedTask {
-    /// Resolves a call's `function_name` to what it runs, or an `InvalidArgument` naming it.
-    pub fn resolve_call_target(&self, function_name: &str) -> SpearResult<CallTarget> {
+    /// Resolves a call's `function_name` (and, for an HTTP handler component, the method and
+    /// path in its invocation `metadata`) to what it runs, or an `InvalidArgument` naming the
+    /// field.
+    pub fn resolve_call_target(
+        &self,
+        function_name: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> SpearResult<CallTarget> {
         match &self.runtime {
+            TaskRuntime::Component { component, .. } => Ok(CallTarget::Component(
+                component.resolve_entry(function_name, metadata)?,
+            )),
             TaskRuntime::Wasm { module, .. } => {
                 let entry_point = module.resolve_entry_point(function_name)?;
                 if entry_point == EntryPoint::Start
@@ -254,10 +273,18 @@ impl LoadedTask {
         }
     }
 
+    /// Whether the task is a `wasi:http` handler component (served under
+    /// `/v1/tasks/{name}/http/`).
+    pub fn is_http_handler(&self) -> bool {
+        matches!(&self.runtime, TaskRuntime::Component { component, .. }
+            if component.world() == ComponentWorld::HttpHandler)
+    }
+
     /// What the task can be asked to run, for listings: wasm exports or the lambda handler.
     pub fn callable_functions(&self) -> Vec<String> {
         match &self.runtime {
             TaskRuntime::Wasm { module, .. } => module.exported_functions().to_vec(),
+            TaskRuntime::Component { component, .. } => component.callable_functions(),
             TaskRuntime::Process(process) if process.settings.mode == ProcessMode::Lambda => {
                 vec![process.handler.clone()]
             }
@@ -266,7 +293,7 @@ impl LoadedTask {
     }
 }
 
-type InFlightLoad = Shared<BoxFuture<'static, SpearResult<WasmModule>>>;
+type InFlightLoad = Shared<BoxFuture<'static, SpearResult<LoadedWasm>>>;
 
 #[derive(Default)]
 struct RegistryState {
@@ -284,7 +311,7 @@ pub struct TaskRegistry {
     dispatcher: Dispatcher<InstanceRuntime>,
     process_runtime: ProcessRuntimeConfig,
     defaults: TaskConfigDefaults,
-    modules_by_digest: Mutex<HashMap<String, WasmModule>>,
+    modules_by_digest: Mutex<HashMap<String, LoadedWasm>>,
     loads_in_flight: Mutex<HashMap<String, InFlightLoad>>,
     /// Serialises commits and removals, so the rules decided under the read lock still hold
     /// when the entry is swapped in, without holding the state lock across the disk write.
@@ -467,17 +494,40 @@ impl TaskRegistry {
                     .await?,
             ))),
             RuntimeKind::Wasm => {
-                let module = self.load_module(digest, bytes).await?;
-                if validated.config.pool.isolation == Isolation::Reuse {
-                    module.check_reusable()?;
+                let settings = Arc::new(WasmTaskSettings {
+                    environment: validated.config.environment.clone(),
+                    preopened_directories: validated.preopened_directories.clone(),
+                    allowed_outbound_hosts: Arc::new(
+                        validated.config.allowed_outbound_hosts.clone(),
+                    ),
+                });
+                match self.load_wasm(digest, bytes).await? {
+                    LoadedWasm::Module(module) => {
+                        if validated.config.pool.isolation == Isolation::Reuse {
+                            module.check_reusable()?;
+                        }
+                        Ok(TaskRuntime::Wasm { module, settings })
+                    }
+                    LoadedWasm::Component(component) => {
+                        // Refused when the task asks for reuse; a node default of reuse does not
+                        // apply to components.
+                        if validated.config.pool.isolation == Isolation::Reuse
+                            && validated.metadata.contains_key("spearlet.isolation")
+                        {
+                            return Err(SpearError::invalid_argument(
+                                "artifact_spec.metadata[\"spearlet.isolation\"] = reuse: the \
+                                 artifact is a WASI 0.2 component, and a component instance \
+                                 serves exactly one call (its command runs once; its HTTP \
+                                 handler's resources belong to one request), so components \
+                                 always run per_call",
+                            ));
+                        }
+                        Ok(TaskRuntime::Component {
+                            component,
+                            settings,
+                        })
+                    }
                 }
-                Ok(TaskRuntime::Wasm {
-                    module,
-                    settings: Arc::new(WasmTaskSettings {
-                        environment: validated.config.environment.clone(),
-                        preopened_directories: validated.preopened_directories.clone(),
-                    }),
-                })
             }
         }
     }
@@ -597,6 +647,13 @@ impl TaskRegistry {
                 &config,
                 settings.clone(),
             )),
+            TaskRuntime::Component {
+                component,
+                settings,
+            } => Arc::new(ComponentInstanceFactory {
+                component: component.clone(),
+                settings: settings.clone(),
+            }),
             TaskRuntime::Process(process) => Arc::new(ProcessInstanceFactory {
                 task: process.clone(),
                 max_response_bytes: config.max_output_bytes,
@@ -828,7 +885,7 @@ impl TaskRegistry {
         })
     }
 
-    async fn load_module(&self, digest: &str, bytes: bytes::Bytes) -> SpearResult<WasmModule> {
+    async fn load_wasm(&self, digest: &str, bytes: bytes::Bytes) -> SpearResult<LoadedWasm> {
         if let Some(module) = self.modules_by_digest.lock().get(digest) {
             return Ok(module.clone());
         }
@@ -840,7 +897,7 @@ impl TaskRegistry {
                 let engine = self.engine.clone();
                 let digest_owned = digest.to_owned();
                 let future = async move {
-                    tokio::task::spawn_blocking(move || engine.load_module(&digest_owned, &bytes))
+                    tokio::task::spawn_blocking(move || engine.load(&digest_owned, &bytes))
                         .await
                         .map_err(|error| {
                             SpearError::internal(format!("module compilation panicked: {error}"))

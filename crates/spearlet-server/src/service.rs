@@ -100,7 +100,8 @@ impl FunctionServiceHandler {
     ) -> SpearResult<ExecutionRequest> {
         let (input, result_encoding) = wire::decode_input(request)?;
         let (task, cold_start) = self.resolve_task_for_invoke(request, principal).await?;
-        let target = task.resolve_call_target(&request.function_name)?;
+        let metadata = wire::to_btree(&request.invocation_metadata);
+        let target = task.resolve_call_target(&request.function_name, &metadata)?;
         let priority = match request.invocation_metadata.get(Priority::METADATA_KEY) {
             Some(text) => Priority::parse(text)?,
             None => Priority::default(),
@@ -123,7 +124,7 @@ impl FunctionServiceHandler {
             result_encoding,
             execution_id,
             mode,
-            metadata: wire::to_btree(&request.invocation_metadata),
+            metadata,
             priority,
             force_new_instance: request.force_new_instance,
             cold_start,
@@ -244,12 +245,15 @@ impl FunctionServiceHandler {
     ) -> SpearResult<ResponseStream> {
         let (chunk_sender, mut chunk_receiver) = tokio::sync::mpsc::unbounded_channel();
         let (started_sender, started_receiver) = tokio::sync::oneshot::channel();
+        // An HTTP handler's response head (other runtimes drop the sender unused).
+        let (head_sender, head_receiver) = tokio::sync::oneshot::channel();
         let mut execution_request = self
             .execution_request(
                 &request,
                 ExecutionMode::Stream,
                 Some(StreamSink {
                     chunks: chunk_sender,
+                    http_response_head: Some(head_sender),
                 }),
                 traceparent,
                 forwarded_from,
@@ -288,8 +292,24 @@ impl FunctionServiceHandler {
             if message_sender.send(Ok(running)).await.is_err() {
                 return;
             }
+            let mut head_receiver = Some(head_receiver);
             loop {
+                // The head is sent before the first body chunk, so preferring it keeps the order.
                 let chunk = tokio::select! {
+                    biased;
+                    head = async { head_receiver.as_mut().expect("guarded").await },
+                        if head_receiver.is_some() =>
+                    {
+                        head_receiver = None;
+                        let Ok(head) = head else { continue };
+                        let mut message =
+                            stream_message(&execution_id, ExecutionStatus::Running, None, false, "");
+                        message.metadata = wire::http_response_head_metadata(&head);
+                        if message_sender.send(Ok(message)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                     chunk = chunk_receiver.recv() => chunk,
                     () = message_sender.closed() => return,
                 };

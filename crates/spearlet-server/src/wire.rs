@@ -357,6 +357,14 @@ pub fn task_details(
     info
 }
 
+/// An HTTP handler's response head as stream message metadata: the same `http.status` and
+/// `http.header.<name>` keys the execution's metrics carry.
+pub fn http_response_head_metadata(
+    head: &spearlet_runtime::HttpResponseHead,
+) -> std::collections::HashMap<String, String> {
+    head.as_metrics().into_iter().collect()
+}
+
 pub fn to_btree(map: &std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
     map.iter()
         .map(|(key, value)| (key.clone(), value.clone()))

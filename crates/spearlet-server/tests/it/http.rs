@@ -70,11 +70,11 @@ async fn upload_create_invoke_poll_and_cancel_over_http() {
     let node = start_node().await;
     let base = base(&node);
     let http = reqwest::Client::new();
-    let task_id = upload_and_create(&http, &base, "http-echo", example("echo")).await;
+    let task_id = upload_and_create(&http, &base, "echo-over-http", example("echo")).await;
 
     // Sync: the raw output as the body, the id and status in headers.
     let answer = http
-        .post(format!("{base}/v1/tasks/http-echo/invoke"))
+        .post(format!("{base}/v1/tasks/echo-over-http/invoke"))
         .header("content-type", "text/plain")
         .body("hello over http")
         .send()
@@ -158,7 +158,7 @@ async fn upload_create_invoke_poll_and_cancel_over_http() {
     // Listings.
     let executions = json(
         http.get(format!(
-            "{base}/v1/executions?task=http-echo&status=completed"
+            "{base}/v1/executions?task=echo-over-http&status=completed"
         ))
         .send()
         .await
@@ -179,7 +179,7 @@ async fn upload_create_invoke_poll_and_cancel_over_http() {
     .await;
     assert_eq!(tasks["tasks"].as_array().unwrap().len(), 2, "{tasks}");
     let task = json(
-        http.get(format!("{base}/v1/tasks/http-echo?include_executions=true"))
+        http.get(format!("{base}/v1/tasks/echo-over-http?include_executions=true"))
             .send()
             .await
             .unwrap(),
@@ -191,13 +191,13 @@ async fn upload_create_invoke_poll_and_cancel_over_http() {
 
     // Delete, then it is gone.
     let deleted = http
-        .delete(format!("{base}/v1/tasks/http-echo?cleanup_executions=true"))
+        .delete(format!("{base}/v1/tasks/echo-over-http?cleanup_executions=true"))
         .send()
         .await
         .unwrap();
     assert_eq!(deleted.status(), StatusCode::OK);
     let gone = http
-        .get(format!("{base}/v1/tasks/http-echo"))
+        .get(format!("{base}/v1/tasks/echo-over-http"))
         .send()
         .await
         .unwrap();
