@@ -4,6 +4,7 @@
 // and nothing in them runs on a paused tokio clock.
 #![allow(clippy::disallowed_types)]
 
+mod components;
 mod guests_behave;
 mod prerequisites;
 mod reproducible;
