@@ -316,20 +316,23 @@ impl<State: Send + Sync> FromRequestParts<State> for Caller {
     type Rejection = Refusal;
 
     async fn from_request_parts(parts: &mut Parts, _: &State) -> Result<Caller, Refusal> {
-        Caller::from_extensions_and_headers(&parts.extensions, &parts.headers)
+        Ok(Caller::from_extensions_and_headers(
+            &parts.extensions,
+            &parts.headers,
+        )?)
     }
 }
 
 impl Caller {
     /// The caller of a whole request (for middleware, before extraction).
-    pub(crate) fn of_request(request: &Request) -> Result<Caller, Refusal> {
+    pub(crate) fn of_request(request: &Request) -> SpearResult<Caller> {
         Caller::from_extensions_and_headers(request.extensions(), request.headers())
     }
 
     fn from_extensions_and_headers(
         extensions: &axum::http::Extensions,
         headers: &HeaderMap,
-    ) -> Result<Caller, Refusal> {
+    ) -> SpearResult<Caller> {
         let principal = extensions.get::<Arc<Principal>>().cloned().ok_or_else(|| {
             SpearError::unauthenticated("the request carries no authenticated principal")
         })?;

@@ -26,7 +26,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
-use spearlet_core::SpearError;
+use spearlet_core::{SpearError, SpearResult};
 use spearlet_proto as proto;
 use spearlet_proto::function_service_server::FunctionService;
 use spearlet_runtime::{HTTP_HEADER_METRIC_PREFIX, HTTP_STATUS_METRIC};
@@ -87,7 +87,7 @@ pub(crate) async fn route_task_hosts(
     };
     let caller = match Caller::of_request(&request) {
         Ok(caller) => caller,
-        Err(refusal) => return refusal.into_response(),
+        Err(error) => return Refusal::from(error).into_response(),
     };
     let path_with_query = request
         .uri()
@@ -214,17 +214,17 @@ fn refuse_tasks_that_are_not_http_handlers(
     gateway: &Gateway,
     principal: &Principal,
     task: &str,
-) -> Result<(), Refusal> {
+) -> SpearResult<()> {
     let Some(loaded) = gateway.node.registry.resolve(task) else {
         return Ok(());
     };
     if !principal.allows_task(&loaded.record.task_name) || loaded.is_http_handler() {
         return Ok(());
     }
-    Err(Refusal::from(SpearError::failed_precondition(format!(
+    Err(SpearError::failed_precondition(format!(
         "task {:?} is not a wasi:http handler component; call it at /v1/tasks/{}/invoke",
         loaded.record.task_name, loaded.record.task_name
-    ))))
+    )))
 }
 
 /// The handler's response: its status and headers from the head message, then its body.

@@ -179,10 +179,12 @@ async fn upload_create_invoke_poll_and_cancel_over_http() {
     .await;
     assert_eq!(tasks["tasks"].as_array().unwrap().len(), 2, "{tasks}");
     let task = json(
-        http.get(format!("{base}/v1/tasks/echo-over-http?include_executions=true"))
-            .send()
-            .await
-            .unwrap(),
+        http.get(format!(
+            "{base}/v1/tasks/echo-over-http?include_executions=true"
+        ))
+        .send()
+        .await
+        .unwrap(),
     )
     .await;
     assert_eq!(task["task"]["task_id"], task_id.as_str());
@@ -191,7 +193,9 @@ async fn upload_create_invoke_poll_and_cancel_over_http() {
 
     // Delete, then it is gone.
     let deleted = http
-        .delete(format!("{base}/v1/tasks/echo-over-http?cleanup_executions=true"))
+        .delete(format!(
+            "{base}/v1/tasks/echo-over-http?cleanup_executions=true"
+        ))
         .send()
         .await
         .unwrap();
