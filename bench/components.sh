@@ -57,6 +57,30 @@ wrk_line() {
   echo "| $1 | $3 | $rps | $p50 | $p99 | ${errors:-none} |"
 }
 
+# url_of NAME: where a call of that polyglot task goes (a command is invoked, a handler GETs /hello).
+url_of() {
+  if [ "$1" = python-command ]; then
+    echo "http://$http/v1/tasks/$1/invoke"
+  else
+    echo "http://$http/v1/tasks/$1/http/hello"
+  fi
+}
+
+# seconds_of URL: curl's time_total of one call: POST with the input "Ada" to invoke the command,
+# GET of a handler's /hello; a status other than 200 stops the run.
+seconds_of() {
+  local answer
+  case "$1" in
+    */invoke) answer=$(curl -s -o /dev/null -w '%{http_code} %{time_total}' -X POST --data Ada "$1") ;;
+    *) answer=$(curl -s -o /dev/null -w '%{http_code} %{time_total}' "$1") ;;
+  esac
+  [ "${answer%% *}" = 200 ] || { echo "$1 answered ${answer%% *}" >&2; exit 1; }
+  echo "${answer#* }"
+}
+
+# median_of_20 URL: the median time_total of 20 calls.
+median_of_20() { for _ in $(seq 20); do seconds_of "$1"; done | sort -n | sed -n 10p; }
+
 ms() { python3 -c "import sys; print(f'{float(sys.argv[1]) * 1000:.1f}')" "$1"; }
 
 echo "## wasi:http echo, 64-byte POST, wrk ${seconds}s per row"
@@ -103,14 +127,9 @@ for name in "${components[@]}"; do
   create=$(curl -s -o "$work/create.json" -w '%{time_total}' -X POST "http://$http/v1/tasks" \
     -d "{\"task_name\": \"$name\", \"artifact_spec\": {\"artifact_type\": \"wasm\", \"location\": \"file://$path\"}}")
   grep -q '"task_id"' "$work/create.json" || { cat "$work/create.json"; exit 1; }
-  if [ "$name" = python-command ]; then
-    url="http://$http/v1/tasks/$name/invoke"
-  else
-    url="http://$http/v1/tasks/$name/http/hello"
-  fi
-  first=$(curl -s -o /dev/null -w '%{time_total}' -X POST --data Ada "$url")
-  warm=$(for _ in $(seq 20); do curl -s -o /dev/null -w '%{time_total}\n' -X POST --data Ada "$url"; done \
-    | sort -n | sed -n 10p)
+  url=$(url_of "$name")
+  first=$(seconds_of "$url")
+  warm=$(median_of_20 "$url")
   echo "| $name | $(( $(stat -c %s "$path") / 1024 / 1024 )) MiB | $(ms "$create") ms | $(ms "$first") ms | $(ms "$warm") ms |"
 done
 echo "idle RSS with the three loaded: $(awk '/VmRSS/ {print $2}' "/proc/$node_pid/status") KiB"
@@ -122,13 +141,8 @@ echo "restart (tasks restored, components loaded from the compiled cache): ${sta
 echo "| component | first call after restart | warm call (median of 20) |"
 echo "|---|---|---|"
 for name in "${components[@]}"; do
-  if [ "$name" = python-command ]; then
-    url="http://$http/v1/tasks/$name/invoke"
-  else
-    url="http://$http/v1/tasks/$name/http/hello"
-  fi
-  first=$(curl -s -o /dev/null -w '%{time_total}' -X POST --data Ada "$url")
-  warm=$(for _ in $(seq 20); do curl -s -o /dev/null -w '%{time_total}\n' -X POST --data Ada "$url"; done \
-    | sort -n | sed -n 10p)
+  url=$(url_of "$name")
+  first=$(seconds_of "$url")
+  warm=$(median_of_20 "$url")
   echo "| $name | $(ms "$first") ms | $(ms "$warm") ms |"
 done

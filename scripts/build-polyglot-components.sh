@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
 # Builds the Python and JavaScript example functions into WASI 0.2 components:
 #
-#   OUTDIR/python-http-hello.wasm  examples/python/http-hello   wasi:http/proxy   componentize-py
-#   OUTDIR/python-command.wasm     examples/python/command      wasi:cli/command  componentize-py
-#   OUTDIR/js-http-hello.wasm      examples/javascript/http-hello  wasi:http/proxy  ComponentizeJS
+#   OUTDIR/python-http-hello.wasm  examples/python/http-hello   wasi:http/proxy@0.2.4   componentize-py
+#   OUTDIR/python-command.wasm     examples/python/command      wasi:cli/command@0.2.4  componentize-py
+#   OUTDIR/js-http-hello.wasm      examples/javascript/http-hello  wasi:http/proxy@0.2.3  ComponentizeJS
 #
-# The toolchains come from the registries, pinned: componentize-py by version and hash
-# (examples/python/requirements.txt) into a virtualenv, ComponentizeJS and jco by
-# examples/javascript/http-hello/package-lock.json (`npm ci`, no AOT, so nothing is downloaded from
-# elsewhere). Needs python3 (>= 3.9, with venv) and node (>= 20) with npm.
+# Everything comes from package registries, pinned, at build time; nothing fetched from elsewhere is
+# checked in. The toolchains: componentize-py by version and hash (examples/python/requirements.txt)
+# into a virtualenv, ComponentizeJS and jco by examples/javascript/http-hello/package-lock.json
+# (`npm ci`, no AOT, so nothing is downloaded from outside npm). The WASI WIT: from the crates.io
+# package `wasi`, which ships the WASI 0.2 WIT in wit/deps/ (cargo fetches it, checksum-verified,
+# into its registry cache, through a throwaway Cargo project in OUTDIR/.wit-fetch/):
+#   wasi 0.14.2+wasi-0.2.4  the Python builds (-d OUTDIR/.wit/wasi-0.2.4, its wit/ directory)
+#   wasi 0.14.0+wasi-0.2.3  the JavaScript build (OUTDIR/.wit/js: the hand-written
+#                           examples/javascript/http-hello/wit/world.wit plus that crate's wit/deps/);
+#                           0.2.3 because ComponentizeJS 0.19.3's engine exports exactly
+#                           wasi:http/incoming-handler@0.2.3.
+# Needs cargo, python3 (>= 3.9, with venv) and node (>= 20) with npm.
 #
 # Idempotent: a component whose inputs (sources, WIT, pins, this script) have not changed since it
 # was built is kept. Quiet: tools' output goes to OUTDIR/.logs/; one line per component is printed
 # (size, build time). Each step is bounded by a timeout.
 #
-# Exit status: 0 all three built; 3 a toolchain could not be installed (one line per toolchain on
-# stderr, "build-polyglot-components: cannot install ..."; the components of the other toolchain
-# are still built); 1 a build failed (the tail of its log is printed); 2 usage.
+# Exit status: 0 all three built; 3 a toolchain or the WASI WIT could not be installed (one line
+# each on stderr, "build-polyglot-components: cannot install ..."; the components that do not need
+# it are still built); 1 a build failed (the tail of its log is printed); 2 usage.
 #
 # Environment:
 #   SPEARLET_POLYGLOT_VENV     virtualenv for componentize-py (default: OUTDIR/.venv)
@@ -96,6 +104,55 @@ build() {
   fi
 }
 
+# ---- WASI WIT from crates.io ----------------------------------------------------------------------
+
+wit_log="$logs/wit.log"
+: >"$wit_log"
+
+# fetch_wasi_wit CRATE VERSION: prints the directory of the crates.io package CRATE at exactly
+# VERSION in cargo's registry cache, fetching it (with a throwaway Cargo project under
+# OUTDIR/.wit-fetch/) when needed. Fails when cargo cannot get it.
+fetch_wasi_wit() {
+  local crate="$1" version="$2" proj="$out/.wit-fetch/$1@$2"
+  mkdir -p "$proj/src"
+  : >"$proj/src/lib.rs"
+  cat >"$proj/Cargo.toml" <<EOF_TOML
+[package]
+name = "spearlet-wit-fetch"
+version = "0.0.0"
+edition = "2021"
+publish = false
+
+[dependencies]
+$crate = "=$version"
+
+[workspace]
+EOF_TOML
+  run "$wit_log" cargo fetch --quiet --manifest-path "$proj/Cargo.toml" || return 1
+  local manifest
+  manifest="$(timeout --kill-after=10 "$step_timeout" cargo metadata --format-version 1 --offline \
+      --manifest-path "$proj/Cargo.toml" 2>>"$wit_log" \
+    | grep -o "\"manifest_path\":\"[^\"]*/$crate-$version/Cargo.toml\"" | head -n 1 \
+    | sed 's/^"manifest_path":"//; s/"$//')" || return 1
+  [ -n "$manifest" ] && [ -d "$(dirname "$manifest")/wit/deps" ] || return 1
+  dirname "$manifest"
+}
+
+# wasi_wit NAME CRATE VERSION: copies the crate's wit/ directory to OUTDIR/.wit/NAME (kept while
+# the pin is unchanged, so a rebuild needs no network); fails when it cannot.
+wasi_wit() {
+  local dir="$out/.wit/$1" pin="$2@$3" src
+  if [ -d "$dir/deps" ] && [ "$(cat "$out/.wit/.$1.pin" 2>/dev/null)" = "$pin" ]; then
+    return 0
+  fi
+  command -v cargo >/dev/null || { echo "cargo not found" >>"$wit_log"; return 1; }
+  src="$(fetch_wasi_wit "$2" "$3")" || return 1
+  rm -rf "$dir" "$out/.wit/.$1.pin"
+  mkdir -p "$out/.wit"
+  cp -R "$src/wit" "$dir"
+  echo "$pin" >"$out/.wit/.$1.pin"
+}
+
 # ---- Python: componentize-py in a virtualenv --------------------------------------------------
 
 py_ok=0
@@ -118,6 +175,12 @@ else
   py_ok=1
   printf '%-24s installed in %.1f s\n' "componentize-py" "$(awk "BEGIN{print ($(now_ms)-$start)/1000}")"
 fi
+py_wit="$out/.wit/wasi-0.2.4"
+if [ "$py_ok" = 1 ] && ! wasi_wit wasi-0.2.4 wasi 0.14.2+wasi-0.2.4; then
+  cannot_install "the WASI 0.2.4 WIT (crates.io package wasi 0.14.2+wasi-0.2.4, with cargo)" \
+    "python-http-hello.wasm, python-command.wasm" "$wit_log"
+  py_ok=0
+fi
 
 # build_python NAME APP_DIR WORLD: componentize-py writes __pycache__ next to the app, so it builds
 # from a copy of the app directory.
@@ -127,14 +190,14 @@ build_python() {
   mkdir -p "$stage/$name"
   cp -R "$app_dir/." "$stage/$name/"
   rm -rf "$stage/$name/__pycache__"
-  build "$name" "$(inputs_hash "$app_dir" "$py_dir/wit" "$py_dir/requirements.txt" "$self")" \
-    "$venv/bin/componentize-py" -d "$py_dir/wit" -w "$world" \
+  build "$name" "$(inputs_hash "$app_dir" "$py_wit" "$py_dir/requirements.txt" "$self")" \
+    "$venv/bin/componentize-py" -d "$py_wit" -w "$world" \
     componentize -p "$stage/$name" app -o "$out/$name.wasm"
 }
 
 if [ "$py_ok" = 1 ]; then
-  build_python python-http-hello "$py_dir/http-hello" wasi:http/proxy@0.2.0
-  build_python python-command "$py_dir/command" wasi:cli/command@0.2.0
+  build_python python-http-hello "$py_dir/http-hello" wasi:http/proxy@0.2.4
+  build_python python-command "$py_dir/command" wasi:cli/command@0.2.4
 fi
 
 # ---- JavaScript: ComponentizeJS from npm ------------------------------------------------------
@@ -159,11 +222,26 @@ else
   printf '%-24s installed in %.1f s\n' "ComponentizeJS" "$(awk "BEGIN{print ($(now_ms)-$start)/1000}")"
 fi
 
+# The WIT: the hand-written world (wit/world.wit) plus the WASI 0.2.3 interfaces from crates.io.
+js_wit="$out/.wit/js"
+if [ "$js_ok" = 1 ]; then
+  if wasi_wit wasi-0.2.3 wasi 0.14.0+wasi-0.2.3; then
+    rm -rf "$js_wit"
+    mkdir -p "$js_wit"
+    cp "$js_dir/wit/world.wit" "$js_wit/"
+    cp -R "$out/.wit/wasi-0.2.3/deps" "$js_wit/deps"
+  else
+    cannot_install "the WASI 0.2.3 WIT (crates.io package wasi 0.14.0+wasi-0.2.3, with cargo)" \
+      "js-http-hello.wasm" "$wit_log"
+    js_ok=0
+  fi
+fi
+
 if [ "$js_ok" = 1 ]; then
   # No --aot: AOT (weval) would download its binary from outside the npm registry.
   build js-http-hello \
-    "$(inputs_hash "$js_dir" "$self")" \
-    "$js_dir/node_modules/.bin/componentize-js" --wit "$js_dir/wit" --world-name http-handler \
+    "$(inputs_hash "$js_dir" "$js_wit" "$self")" \
+    "$js_dir/node_modules/.bin/componentize-js" --wit "$js_wit" --world-name http-handler \
     --out "$out/js-http-hello.wasm" "$js_dir/app.js"
 fi
 

@@ -648,12 +648,7 @@ fn http_outcome(
     response: &HttpResponseRead,
 ) -> Outcome {
     match call_end {
-        CallEnd::DeadlinePassed => Outcome::TimedOut {
-            message: "the call did not finish before its deadline".into(),
-        },
-        CallEnd::Cancelled => Outcome::Cancelled {
-            reason: "cancelled".into(),
-        },
+        CallEnd::DeadlinePassed | CallEnd::Cancelled => call_end.stopped_outcome(),
         _ if response.body_over_cap => Outcome::Failed {
             code: ErrorCode::OutputTooLarge,
             message: format!(
@@ -691,12 +686,7 @@ fn command_outcome(
     memory_limit_hit: bool,
 ) -> Outcome {
     match call_end {
-        CallEnd::DeadlinePassed => Outcome::TimedOut {
-            message: "the call did not finish before its deadline".into(),
-        },
-        CallEnd::Cancelled => Outcome::Cancelled {
-            reason: "cancelled".into(),
-        },
+        CallEnd::DeadlinePassed | CallEnd::Cancelled => call_end.stopped_outcome(),
         CallEnd::Returned(Ok(0)) => Outcome::Completed,
         CallEnd::Returned(Ok(code)) => Outcome::Failed {
             code: ErrorCode::ExitCode,

@@ -324,14 +324,9 @@ impl CallCaptures {
         memory_limit_hit: bool,
     ) -> Outcome {
         match call_end {
-            CallEnd::DeadlinePassed => Outcome::TimedOut {
-                message: "the call did not finish before its deadline".into(),
-            },
-            CallEnd::Cancelled => Outcome::Cancelled {
-                reason: "cancelled".into(),
-            },
             CallEnd::Returned(Ok(status)) => status_outcome(entry_point, *status),
             CallEnd::Returned(Err(error)) => self.error_outcome(error, memory_limit_hit),
+            CallEnd::DeadlinePassed | CallEnd::Cancelled => call_end.stopped_outcome(),
         }
     }
 
@@ -452,6 +447,21 @@ pub(crate) enum CallEnd<CallResult> {
     DeadlinePassed,
     /// The cancellation token fired first; the guest was stopped mid-run.
     Cancelled,
+}
+
+impl<CallResult> CallEnd<CallResult> {
+    /// The outcome of a call the host stopped: TIMEOUT or CANCELLED (for a call that returned,
+    /// the runtime classifies what it returned instead).
+    pub(crate) fn stopped_outcome(&self) -> Outcome {
+        match self {
+            CallEnd::DeadlinePassed => Outcome::TimedOut {
+                message: "the call did not finish before its deadline".into(),
+            },
+            _ => Outcome::Cancelled {
+                reason: "cancelled".into(),
+            },
+        }
+    }
 }
 
 /// Runs `call` until it ends, `deadline` passes or `cancellation` fires, whichever comes first.

@@ -10,14 +10,16 @@
 // fetch event serves only one request per instance (StarlingMonkey issue #247), this serves any
 // number, so the host may keep an instance warm.
 //
-// Build: `npm ci && npm run build` (scripts/build-polyglot-components.sh does this).
+// Build: scripts/build-polyglot-components.sh. By hand: put the WASI 0.2.3 WIT in wit/deps/ (the
+// wit/deps/ of the crates.io package `wasi` 0.14.0+wasi-0.2.3; not checked in), then
+// `npm ci && npm run build`.
 
 import {
   Fields,
   OutgoingBody,
   OutgoingResponse,
   ResponseOutparam,
-} from 'wasi:http/types@0.2.10';
+} from 'wasi:http/types@0.2.3';
 
 const TEXT = 'text/plain; charset=utf-8';
 // wasi:io's blocking-write-and-flush takes at most 4096 bytes per call.

@@ -3,9 +3,10 @@
 Reads all of stdin and writes `Hello, <stdin, stripped, or "world">! (from Python)` to stdout and a
 log line to stderr. Input that is exactly `fail` exits with status 2 instead.
 
-Build (scripts/build-polyglot-components.sh does this):
+Build (scripts/build-polyglot-components.sh does this; OUTDIR/.wit/wasi-0.2.4 is the wit/ directory
+of the crates.io package `wasi` 0.14.2+wasi-0.2.4, which the script fetches with cargo):
 
-    componentize-py -d examples/python/wit -w wasi:cli/command@0.2.0 \
+    componentize-py -d OUTDIR/.wit/wasi-0.2.4 -w wasi:cli/command@0.2.4 \
         componentize -p examples/python/command app -o python-command.wasm
 """
 
