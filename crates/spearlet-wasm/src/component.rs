@@ -185,7 +185,7 @@ pub(crate) fn component_linker(engine: &Engine) -> SpearResult<Linker<ComponentS
 /// Whether `bytes` is a component rather than a core module: the binary header's version field
 /// (`0d 00 01 00` for components, `01 00 00 00` for modules), or for the text format a leading
 /// `(component`.
-pub fn is_component(bytes: &[u8]) -> bool {
+pub(crate) fn is_component(bytes: &[u8]) -> bool {
     if bytes.starts_with(b"\0asm") {
         return bytes.get(4..8) == Some(&[0x0d, 0x00, 0x01, 0x00]);
     }

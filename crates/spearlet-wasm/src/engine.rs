@@ -215,16 +215,6 @@ pub enum LoadedWasm {
     Component(WasmComponent),
 }
 
-impl LoadedWasm {
-    /// Where the compiled code came from.
-    pub fn compile_source(&self) -> CompileSource {
-        match self {
-            LoadedWasm::Module(module) => module.compile_source,
-            LoadedWasm::Component(component) => component.compile_source,
-        }
-    }
-}
-
 /// One thread for the whole node advances the epoch; stores decide per tick whether to yield.
 /// A thread per call would cost a thread spawn on every invocation (wasmtime issue 11814).
 fn spawn_epoch_ticker(engine: Engine, tick: Duration, stop: Arc<AtomicBool>) -> SpearResult<()> {

@@ -38,7 +38,7 @@ mod reusable;
 
 pub use component::{
     ComponentEntry, ComponentInvocation, ComponentWorld, HTTP_METHOD_METADATA_KEY,
-    HTTP_PATH_METADATA_KEY, WasmComponent, is_component,
+    HTTP_PATH_METADATA_KEY, WasmComponent,
 };
 pub use engine::{LoadedWasm, WasmEngine, WasmEngineConfig};
 pub use function_call::WasmTaskSettings;
