@@ -125,6 +125,8 @@ pub struct WriteStats {
     pub records_written: u64,
     /// Rows actually written: at most one per execution id per batch.
     pub rows_upserted: u64,
+    /// Records retention took out of the store, counted as they leave the index (when readers
+    /// stop seeing them), before their rows are deleted from the file.
     pub records_deleted_by_retention: u64,
     /// Operations in the most recent committed batch.
     pub last_batch_size: u64,

@@ -498,16 +498,18 @@ impl Writer {
         if victims.is_empty() {
             return Ok(0);
         }
+        // Counted as they leave the index, which is when readers stop seeing them: a reader that
+        // finds a record gone also finds it counted.
+        self.shared
+            .counters
+            .records_deleted_by_retention
+            .fetch_add(victims.len() as u64, Ordering::Relaxed);
         schema::delete_sequences(&mut self.connection, &victims).map_err(
             schema::sqlite_failure(format!(
                 "deleting {} execution records for retention",
                 victims.len()
             )),
         )?;
-        self.shared
-            .counters
-            .records_deleted_by_retention
-            .fetch_add(victims.len() as u64, Ordering::Relaxed);
         Ok(victims.len())
     }
 }
