@@ -31,6 +31,13 @@ pub struct ExecutionQuery {
     pub limit: usize,
     /// Return the newest `limit` matches instead of the oldest (still in ascending order).
     pub newest: bool,
+    /// Walk from the newest execution backwards: the page is in descending sequence order and
+    /// `after_sequence` means "older than this one".
+    pub descending: bool,
+    /// Only executions submitted at or after this instant (Unix milliseconds).
+    pub submitted_at_or_after_ms: Option<i64>,
+    /// Only executions submitted strictly before this instant (Unix milliseconds).
+    pub submitted_before_ms: Option<i64>,
 }
 
 /// One page of executions, ascending by sequence.

@@ -249,16 +249,40 @@ impl ExecutionIndex {
     /// sequence, after `after_sequence`, filtered by task and status, the oldest or newest
     /// `limit` matches.
     pub(crate) fn page(&self, query: &ExecutionQuery) -> ExecutionPage {
-        let start = query
-            .after_sequence
-            .map_or(0, |after| after.saturating_add(1));
         let matches = |summary: &&ExecutionRecord| {
             query
                 .task_id
                 .as_ref()
                 .is_none_or(|task_id| &summary.task_id == task_id)
                 && query.status.is_none_or(|status| summary.status == status)
+                && query
+                    .submitted_at_or_after_ms
+                    .is_none_or(|after| summary.submitted_at_ms >= after)
+                && query
+                    .submitted_before_ms
+                    .is_none_or(|before| summary.submitted_at_ms < before)
         };
+        if query.descending {
+            let older = self
+                .summaries
+                .range(..query.after_sequence.unwrap_or(u64::MAX))
+                .rev()
+                .map(|(_, summary)| summary.as_ref());
+            let mut executions: Vec<ExecutionRecord> = older
+                .filter(matches)
+                .take(query.limit.saturating_add(1))
+                .map(summary_of)
+                .collect();
+            let has_more = executions.len() > query.limit;
+            executions.truncate(query.limit);
+            return ExecutionPage {
+                executions,
+                has_more,
+            };
+        }
+        let start = query
+            .after_sequence
+            .map_or(0, |after| after.saturating_add(1));
         let in_range = self
             .summaries
             .range(start..)
@@ -291,6 +315,11 @@ impl ExecutionIndex {
 
     pub(crate) fn summaries(&self) -> impl Iterator<Item = &ExecutionRecord> {
         self.summaries.values().map(Arc::as_ref)
+    }
+
+    /// The version of the newest put: it changes whenever an execution is added or updated.
+    pub(crate) fn last_version(&self) -> u64 {
+        self.last_version
     }
 
     pub(crate) fn len(&self) -> usize {

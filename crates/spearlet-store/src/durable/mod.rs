@@ -334,6 +334,12 @@ impl DurableStore {
         Ok(())
     }
 
+    /// A number that grows with every put (an execution added or updated) since the store was
+    /// opened: a reader that saw it change knows a listing may have changed.
+    pub fn last_put_version(&self) -> u64 {
+        self.shared.index.read().last_version()
+    }
+
     pub fn execution_count(&self) -> SpearResult<usize> {
         Ok(self.shared.index.read().len())
     }

@@ -337,6 +337,28 @@ async fn listing_matches_the_memory_store() {
             after_sequence,
             limit,
             newest,
+            ..ExecutionQuery::default()
+        },
+        expected_sequences: expected_sequences.to_vec(),
+        expected_has_more,
+    };
+    // Newest first and by submission time (records are submitted at 1_700_000_000_000 + their
+    // sequence, in milliseconds).
+    let submitted = |sequence: i64| 1_700_000_000_000 + sequence;
+    let newest_first = |task_id: Option<&str>,
+                        after_sequence: Option<u64>,
+                        limit: usize,
+                        window: (Option<i64>, Option<i64>),
+                        expected_sequences: &[u64],
+                        expected_has_more: bool| Case {
+        query: ExecutionQuery {
+            task_id: task_id.map(str::to_owned),
+            after_sequence,
+            limit,
+            descending: true,
+            submitted_at_or_after_ms: window.0,
+            submitted_before_ms: window.1,
+            ..ExecutionQuery::default()
         },
         expected_sequences: expected_sequences.to_vec(),
         expected_has_more,
@@ -386,6 +408,42 @@ async fn listing_matches_the_memory_store() {
         case(Some("nobody"), None, None, 10, false, &[], false),
         case(None, None, None, 0, false, &[], true),
         case(None, None, Some(12), 10, true, &[], false),
+        newest_first(None, None, 3, (None, None), &[12, 11, 10], true),
+        newest_first(
+            None,
+            Some(10),
+            20,
+            (None, None),
+            &[9, 8, 7, 6, 5, 4, 3, 2, 1],
+            false,
+        ),
+        newest_first(Some("even"), Some(10), 3, (None, None), &[8, 6, 4], true),
+        newest_first(
+            None,
+            None,
+            10,
+            (Some(submitted(5)), Some(submitted(9))),
+            &[8, 7, 6, 5],
+            false,
+        ),
+        newest_first(
+            None,
+            Some(7),
+            10,
+            (Some(submitted(5)), None),
+            &[6, 5],
+            false,
+        ),
+        case(None, None, None, 0, false, &[], true),
+        Case {
+            query: ExecutionQuery {
+                limit: 10,
+                submitted_at_or_after_ms: Some(submitted(11)),
+                ..ExecutionQuery::default()
+            },
+            expected_sequences: vec![11, 12],
+            expected_has_more: false,
+        },
     ];
 
     let check = |durable: &DurableStore| {

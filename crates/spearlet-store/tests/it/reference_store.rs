@@ -100,10 +100,29 @@ impl Store for MemoryStore {
                 .as_ref()
                 .is_none_or(|task_id| &record.task_id == task_id)
                 && query.status.is_none_or(|status| record.status == status)
+                && query
+                    .submitted_at_or_after_ms
+                    .is_none_or(|after| record.submitted_at_ms >= after)
+                && query
+                    .submitted_before_ms
+                    .is_none_or(|before| record.submitted_at_ms < before)
         };
         let mut executions: Vec<ExecutionRecord>;
         let has_more;
-        if query.newest {
+        if query.descending {
+            executions = state
+                .executions
+                .iter()
+                .rev()
+                .filter(|(sequence, _)| query.after_sequence.is_none_or(|after| **sequence < after))
+                .map(|(_, record)| record)
+                .filter(matches)
+                .take(query.limit + 1)
+                .cloned()
+                .collect();
+            has_more = executions.len() > query.limit;
+            executions.truncate(query.limit);
+        } else if query.newest {
             executions = state
                 .executions
                 .range(start..)
