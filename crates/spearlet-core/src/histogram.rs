@@ -113,6 +113,52 @@ impl HistogramSnapshot {
             })
             .collect()
     }
+
+    /// The observations made since `earlier`, a snapshot of the same histogram: per-bucket
+    /// differences (a counter that went backwards, which a reset would cause, counts as 0).
+    pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
+        HistogramSnapshot {
+            bounds: self.bounds,
+            counts: self
+                .counts
+                .iter()
+                .enumerate()
+                .map(|(index, count)| {
+                    count.saturating_sub(earlier.counts.get(index).copied().unwrap_or(0))
+                })
+                .collect(),
+            sum: (self.sum - earlier.sum).max(0.0),
+        }
+    }
+
+    /// The `quantile` (0..=1) estimated from the buckets as Prometheus' `histogram_quantile`
+    /// does: linear within the bucket that holds it (from 0 for the first bucket), and the
+    /// highest bound for values above every bound. `None` without observations.
+    pub fn quantile(&self, quantile: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = quantile.clamp(0.0, 1.0) * total as f64;
+        let mut below = 0u64;
+        for (index, count) in self.counts.iter().enumerate() {
+            let through = below + count;
+            if (through as f64) >= rank && *count > 0 {
+                let Some(upper) = self.bounds.get(index) else {
+                    return self.bounds.last().copied();
+                };
+                let lower = if index == 0 {
+                    0.0
+                } else {
+                    self.bounds[index - 1]
+                };
+                let within = (rank - below as f64) / *count as f64;
+                return Some(lower + (upper - lower) * within);
+            }
+            below = through;
+        }
+        self.bounds.last().copied()
+    }
 }
 
 #[cfg(test)]
@@ -133,6 +179,39 @@ mod tests {
             snapshot.cumulative(),
             [(1.0, 2), (2.0, 4), (5.0, 5), (f64::INFINITY, 7)]
         );
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_their_bucket_like_prometheus() {
+        let histogram = Histogram::new(&[1.0, 2.0, 4.0]);
+        assert_eq!(histogram.snapshot().quantile(0.5), None);
+        for value in [0.5, 1.5, 1.5, 3.0] {
+            histogram.observe(value);
+        }
+        let snapshot = histogram.snapshot();
+        // Rank 2 of 4 is the first of the two observations in (1, 2]: halfway through it.
+        assert_eq!(snapshot.quantile(0.5), Some(1.5));
+        assert_eq!(snapshot.quantile(0.25), Some(1.0));
+        assert_eq!(snapshot.quantile(1.0), Some(4.0));
+        histogram.observe(100.0);
+        assert_eq!(
+            histogram.snapshot().quantile(1.0),
+            Some(4.0),
+            "above every bound: the highest bound"
+        );
+    }
+
+    #[test]
+    fn since_counts_only_the_observations_in_between() {
+        let histogram = Histogram::new(&[1.0, 2.0]);
+        histogram.observe(0.5);
+        let earlier = histogram.snapshot();
+        histogram.observe(1.5);
+        histogram.observe(1.5);
+        let between = histogram.snapshot().since(&earlier);
+        assert_eq!(between.counts, [0, 2, 0]);
+        assert_eq!(between.sum, 3.0);
+        assert_eq!(between.quantile(0.5), Some(1.5));
     }
 
     #[test]

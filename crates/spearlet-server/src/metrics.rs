@@ -199,10 +199,49 @@ impl TaskMetrics {
             .collect()
     }
 
+    /// Every function's counters added up: what the history sampler and task listings need.
+    pub fn totals(&self) -> TaskTotals {
+        let mut totals = TaskTotals {
+            ended: 0,
+            failed_or_timed_out: 0,
+            invoke_duration: Histogram::new(DURATION_SECONDS_BOUNDS).snapshot(),
+        };
+        for function in self.functions.read().values() {
+            let invocations = function
+                .invocations
+                .each_ref()
+                .map(|count| count.load(Ordering::Relaxed));
+            totals.ended += invocations.iter().sum::<u64>();
+            totals.failed_or_timed_out += invocations[1] + invocations[2];
+            let durations = function.invoke_duration.snapshot();
+            for (total, count) in totals
+                .invoke_duration
+                .counts
+                .iter_mut()
+                .zip(&durations.counts)
+            {
+                *total += count;
+            }
+            totals.invoke_duration.sum += durations.sum;
+        }
+        totals
+    }
+
     /// Start times of the instances the task's calls started, in seconds.
     pub fn init_duration(&self) -> HistogramSnapshot {
         self.init_duration.snapshot()
     }
+}
+
+/// A task's counters summed over its functions.
+#[derive(Clone, Debug)]
+pub struct TaskTotals {
+    /// Executions that ended, with any terminal status.
+    pub ended: u64,
+    /// Those that ended FAILED or TIMEOUT (`faas_errors_total` + `faas_timeouts_total`).
+    pub failed_or_timed_out: u64,
+    /// Guest run times (`faas_invoke_duration_seconds`), all functions together.
+    pub invoke_duration: HistogramSnapshot,
 }
 
 /// Node-wide measurements that have no other home: kept by the manager.

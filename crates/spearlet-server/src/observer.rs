@@ -70,7 +70,9 @@ impl ProcessObserver {
         }
     }
 
-    /// The node's CPU use over the last 10 s as a percent of the whole machine.
+    /// The node's CPU use over the last 10 s as a percent of the whole machine; 0 during the
+    /// first second, when the window is too short for the kernel's clock-tick counts (a few
+    /// ticks over a few milliseconds would read as several hundred percent).
     pub fn cpu_usage_percent(&self) -> f64 {
         let Some(now_cpu) = self.process_cpu_seconds() else {
             return 0.0;
@@ -85,10 +87,10 @@ impl ProcessObserver {
             return 0.0;
         };
         let wall = now.duration_since(*since).as_secs_f64();
-        if wall <= 0.0 {
+        if wall < CPU_SAMPLE_PERIOD.as_secs_f64() {
             return 0.0;
         }
-        ((now_cpu - cpu_then) / wall / self.cpu_count as f64 * 100.0).max(0.0)
+        ((now_cpu - cpu_then) / wall / self.cpu_count as f64 * 100.0).clamp(0.0, 100.0)
     }
 
     /// Resident set size of the node process, in bytes.
