@@ -95,6 +95,16 @@ impl Principal {
             .map(|token| format!("Bearer {}", token.expose()))
     }
 
+    /// The widest scope granted.
+    pub fn scope(&self) -> Scope {
+        self.granted
+    }
+
+    /// The task names and prefixes (ending in `*`) the token is limited to; empty: every task.
+    pub fn task_patterns(&self) -> &[String] {
+        &self.task_patterns
+    }
+
     pub fn has(&self, scope: Scope) -> bool {
         self.granted >= scope
     }

@@ -12,6 +12,7 @@ use spearlet_wasm::{WasmEngine, WasmEngineConfig};
 use crate::auth::AccessPolicy;
 use crate::cluster_link::ClusterLink;
 use crate::config::NodeConfig;
+use crate::history::{self, StatsHistory};
 use crate::manager::{ManagerConfig, TaskExecutionManager};
 use crate::observer::ProcessObserver;
 use crate::registry::{
@@ -27,6 +28,8 @@ pub struct Node {
     pub access: Arc<AccessPolicy>,
     /// Cluster mode (`spearlet-cluster`); `None` on a node of its own.
     pub cluster: Option<Arc<dyn ClusterLink>>,
+    /// The last 15 minutes at one point per second (`history.rs`), sampled from the start.
+    pub history: StatsHistory,
 }
 
 impl Node {
@@ -144,7 +147,9 @@ impl Node {
             access: Arc::new(AccessPolicy::new(&config.auth)),
             config: NodeConfig { data_dir, ..config },
             cluster,
+            history: StatsHistory::default(),
         });
+        history::start_sampler(Arc::downgrade(&node));
         if node.config.register_examples {
             node.register_examples().await?;
         }

@@ -806,6 +806,17 @@ impl FunctionServiceHandler {
             after_sequence,
             limit,
             newest: false,
+            descending: request.newest_first,
+            submitted_at_or_after_ms: request
+                .submitted_after
+                .as_ref()
+                .map(|instant| wire::timestamp_to_unix_ms("submitted_after", instant))
+                .transpose()?,
+            submitted_before_ms: request
+                .submitted_before
+                .as_ref()
+                .map(|instant| wire::timestamp_to_unix_ms("submitted_before", instant))
+                .transpose()?,
         })?;
         let next_start_after = if page.has_more {
             page.executions
@@ -956,6 +967,7 @@ impl FunctionServiceHandler {
                 result: None,
                 logs: vec![],
                 message: format!("execution_id {:?} is unknown", request.execution_id),
+                execution: None,
             });
         };
         principal.require_task(Scope::Read, &record.task_name)?;
@@ -968,7 +980,64 @@ impl FunctionServiceHandler {
                 vec![]
             },
             message: format!("execution is {}", record.status.as_str()),
+            execution: Some(wire::execution_info(&record)),
         })
+    }
+
+    fn stats_history(
+        &self,
+        request: &proto::GetStatsHistoryRequest,
+        principal: &Principal,
+    ) -> SpearResult<proto::GetStatsHistoryResponse> {
+        principal.require(Scope::Read)?;
+        let max_seconds = crate::history::HISTORY_POINTS as i32;
+        if !(0..=max_seconds).contains(&request.seconds) {
+            return Err(SpearError::invalid_argument(format!(
+                "seconds {} must be between 1 and {max_seconds} (0: all that is kept)",
+                request.seconds
+            )));
+        }
+        let seconds = request.seconds as u32;
+        let points = if request.task_name.is_empty() {
+            self.node
+                .history
+                .node_points(seconds)
+                .iter()
+                .map(crate::history::node_point_to_wire)
+                .collect()
+        } else {
+            let Some(task) = self.node.registry.resolve(&request.task_name) else {
+                return Err(SpearError::not_found(format!(
+                    "task_name {:?} is not a registered task",
+                    request.task_name
+                )));
+            };
+            principal.require_task(Scope::Read, &task.record.task_name)?;
+            self.node
+                .history
+                .task_points(&task.record.task_id, seconds)
+                .unwrap_or_default()
+                .iter()
+                .map(|(at_ms, point)| crate::history::task_point_to_wire(*at_ms, point))
+                .collect()
+        };
+        Ok(proto::GetStatsHistoryResponse {
+            interval_seconds: crate::history::SAMPLE_INTERVAL.as_secs() as i32,
+            task_name: request.task_name.clone(),
+            points,
+        })
+    }
+
+    fn who_am_i(&self, principal: &Principal) -> proto::WhoAmIResponse {
+        proto::WhoAmIResponse {
+            label: if self.node.access.is_enabled() {
+                principal.label.clone()
+            } else {
+                "anonymous".to_owned()
+            },
+            scope: principal.scope().as_str().to_owned(),
+            tasks: principal.task_patterns().to_vec(),
+        }
     }
 
     fn health(
@@ -1212,5 +1281,23 @@ impl FunctionService for FunctionServiceHandler {
             .await
             .map(Response::new)
             .map_err(to_status)
+    }
+
+    async fn get_stats_history(
+        &self,
+        request: Request<proto::GetStatsHistoryRequest>,
+    ) -> Result<Response<proto::GetStatsHistoryResponse>, Status> {
+        let principal = self.principal(&request)?;
+        self.stats_history(request.get_ref(), &principal)
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<proto::WhoAmIRequest>,
+    ) -> Result<Response<proto::WhoAmIResponse>, Status> {
+        let principal = self.principal(&request)?;
+        Ok(Response::new(self.who_am_i(&principal)))
     }
 }

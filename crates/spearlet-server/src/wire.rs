@@ -238,6 +238,24 @@ pub fn execution_result(record: &ExecutionRecord, include_output: bool) -> proto
     }
 }
 
+/// A request's Timestamp as Unix milliseconds; INVALID_ARGUMENT naming `field` when its nanos
+/// are out of range.
+pub fn timestamp_to_unix_ms(
+    field: &str,
+    instant: &spearlet_proto::pbjson_types::Timestamp,
+) -> spearlet_core::SpearResult<i64> {
+    if !(0..1_000_000_000).contains(&instant.nanos) {
+        return Err(spearlet_core::SpearError::invalid_argument(format!(
+            "{field}.nanos {} must be between 0 and 999999999",
+            instant.nanos
+        )));
+    }
+    Ok(instant
+        .seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(instant.nanos / 1_000_000)))
+}
+
 pub fn execution_info(record: &ExecutionRecord) -> proto::ExecutionInfo {
     proto::ExecutionInfo {
         execution_id: record.execution_id.clone(),
@@ -256,6 +274,9 @@ pub fn execution_info(record: &ExecutionRecord) -> proto::ExecutionInfo {
             .chain(record.metrics.iter())
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect(),
+        submitted_at: Some(timestamp_from_us(
+            record.submitted_at_ms.saturating_mul(1000),
+        )),
     }
 }
 
@@ -306,6 +327,8 @@ pub fn task_summary(task: &LoadedTask) -> proto::TaskInfo {
             .last_status()
             .map_or(proto::ExecutionStatus::Unknown, status_to_wire) as i32,
         metadata,
+        error_count: i32::try_from(task.counters.metrics.totals().failed_or_timed_out)
+            .unwrap_or(i32::MAX),
     }
 }
 

@@ -763,6 +763,7 @@ async fn list_executions(
                 .status
                 .map_or(proto::ExecutionStatus::Unknown, |status| status.to_wire())
                 as i32,
+            ..Default::default()
         })
         .await
         .map_err(rpc_error)?

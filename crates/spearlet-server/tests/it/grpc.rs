@@ -887,6 +887,7 @@ async fn list_executions_filters_and_paginates_in_submission_order() {
                 limit: 2,
                 start_after: start_after.clone(),
                 status_filter: proto::ExecutionStatus::Completed as i32,
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -174,6 +174,7 @@ async fn list_test_executions(
                 limit: 1000,
                 start_after: start_after.clone(),
                 status_filter: status_filter as i32,
+                ..Default::default()
             })
             .await
             .unwrap()
