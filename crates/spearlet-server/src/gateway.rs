@@ -89,6 +89,9 @@ fn route_table() -> Vec<(&'static str, Method, MethodRouter<Gateway>)> {
         ),
         ("/v1/artifacts", Method::POST, post(upload_artifact)),
         ("/v1/stats", Method::GET, get(stats)),
+        ("/v1/stats/history", Method::GET, get(stats_history)),
+        ("/v1/events", Method::GET, get(crate::dashboard::events)),
+        ("/v1/auth/whoami", Method::GET, get(who_am_i)),
         ("/healthz", Method::GET, get(healthz)),
         ("/readyz", Method::GET, get(readyz)),
         ("/metrics", Method::GET, get(metrics)),
@@ -145,6 +148,13 @@ pub fn router(node: Arc<Node>) -> Router {
     let router = TASK_HTTP_PATHS.iter().fold(router, |router, (path, _)| {
         router.route(path, any(crate::task_http::task_http_route))
     });
+    let router = crate::dashboard::PAGE_PATHS
+        .iter()
+        .fold(router, |router, path| {
+            router.route(path, get(crate::dashboard::page))
+        })
+        .route(crate::dashboard::ASSET_PATH, get(crate::dashboard::asset))
+        .route("/favicon.ico", get(crate::dashboard::favicon));
     // Layers run outside in: authentication first, then host routing (which needs the caller).
     router
         .fallback(not_found)
@@ -242,7 +252,9 @@ async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    if PUBLIC_PATHS.contains(&request.uri().path()) {
+    if PUBLIC_PATHS.contains(&request.uri().path())
+        || crate::dashboard::is_public(request.uri().path())
+    {
         return next.run(request).await;
     }
     let authorization = request
@@ -374,7 +386,7 @@ pub(crate) async fn read_body(body: Body, limit: usize, setting: &str) -> Result
 }
 
 /// Query parameters, taken one by one by name; any left over is an error naming it.
-struct QueryParameters(HashMap<String, String>);
+pub(crate) struct QueryParameters(pub(crate) HashMap<String, String>);
 
 impl QueryParameters {
     fn string(&mut self, name: &str) -> Option<String> {
@@ -403,7 +415,43 @@ impl QueryParameters {
         }
     }
 
-    fn finish(self) -> SpearResult<()> {
+    /// An RFC 3339 instant (`2026-12-02T15:44:17Z`), as the proto3 JSON mapping writes a
+    /// Timestamp.
+    fn timestamp(
+        &mut self,
+        name: &str,
+    ) -> SpearResult<Option<spearlet_proto::pbjson_types::Timestamp>> {
+        let Some(text) = self.0.remove(name) else {
+            return Ok(None);
+        };
+        serde_json::from_value(serde_json::Value::String(text.clone()))
+            .map(Some)
+            .map_err(|_| {
+                SpearError::invalid_argument(format!(
+                    "query parameter {name}={text:?} must be an RFC 3339 instant such as \
+                     2026-12-02T15:44:17Z"
+                ))
+            })
+    }
+
+    /// A positive integer when present.
+    pub(crate) fn optional_positive<T: std::str::FromStr + Default + PartialOrd>(
+        &mut self,
+        name: &str,
+    ) -> SpearResult<Option<T>> {
+        if !self.0.contains_key(name) {
+            return Ok(None);
+        }
+        let value: T = self.integer(name)?;
+        if value <= T::default() {
+            return Err(SpearError::invalid_argument(format!(
+                "query parameter {name} must be a positive integer"
+            )));
+        }
+        Ok(Some(value))
+    }
+
+    pub(crate) fn finish(self) -> SpearResult<()> {
         let mut unknown: Vec<&String> = self.0.keys().collect();
         if unknown.is_empty() {
             return Ok(());
@@ -738,6 +786,9 @@ async fn list_executions(
         limit: query.integer("limit")?,
         start_after: query.string("start_after").unwrap_or_default(),
         status_filter,
+        submitted_after: query.timestamp("submitted_after")?,
+        submitted_before: query.timestamp("submitted_before")?,
+        newest_first: query.boolean("newest_first", false)?,
     };
     query.finish()?;
     let answer = gateway
@@ -883,6 +934,36 @@ async fn stats(
     let answer = gateway
         .handler
         .get_stats(caller.request(request))
+        .await?
+        .into_inner();
+    Ok(json_response(StatusCode::OK, &answer))
+}
+
+/// `GET /v1/stats/history?task=&seconds=`.
+async fn stats_history(
+    State(gateway): State<Gateway>,
+    caller: Caller,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, Refusal> {
+    let mut query = QueryParameters(query);
+    let request = proto::GetStatsHistoryRequest {
+        task_name: query.string("task").unwrap_or_default(),
+        seconds: query.integer("seconds")?,
+    };
+    query.finish()?;
+    let answer = gateway
+        .handler
+        .get_stats_history(caller.request(request))
+        .await?
+        .into_inner();
+    Ok(json_response(StatusCode::OK, &answer))
+}
+
+/// `GET /v1/auth/whoami`.
+async fn who_am_i(State(gateway): State<Gateway>, caller: Caller) -> Result<Response, Refusal> {
+    let answer = gateway
+        .handler
+        .who_am_i(caller.request(proto::WhoAmIRequest {}))
         .await?
         .into_inner();
     Ok(json_response(StatusCode::OK, &answer))

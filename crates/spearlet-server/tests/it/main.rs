@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_types)]
 
 mod components;
+mod dashboard_api;
 mod gateway_transport;
 mod grpc;
 mod grpcurl;

@@ -15,20 +15,20 @@ use spearlet_proto as proto;
 use support::{TestNode, start_node, wait_for_status};
 
 /// One server-sent event and when the client had all of it.
-struct ReceivedEvent {
-    name: String,
-    data: Value,
-    arrived_at: Instant,
+pub(crate) struct ReceivedEvent {
+    pub(crate) name: String,
+    pub(crate) data: Value,
+    pub(crate) arrived_at: Instant,
 }
 
 /// Reads a `text/event-stream` response event by event, noting when each one arrived.
-struct EventReader {
+pub(crate) struct EventReader {
     body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     buffered: String,
 }
 
 impl EventReader {
-    fn new(response: reqwest::Response) -> EventReader {
+    pub(crate) fn new(response: reqwest::Response) -> EventReader {
         EventReader {
             body: response.bytes_stream().boxed(),
             buffered: String::new(),
@@ -36,7 +36,7 @@ impl EventReader {
     }
 
     /// The next event, or `None` when the stream ended. Panics after 30 s without one.
-    async fn next_event(&mut self) -> Option<ReceivedEvent> {
+    pub(crate) async fn next_event(&mut self) -> Option<ReceivedEvent> {
         loop {
             if let Some(end) = self.buffered.find("\n\n") {
                 let block: String = self.buffered.drain(..end + 2).collect();
@@ -55,7 +55,7 @@ impl EventReader {
     }
 
     /// Every remaining event, until the server ends the stream.
-    async fn remaining_events(&mut self) -> Vec<ReceivedEvent> {
+    pub(crate) async fn remaining_events(&mut self) -> Vec<ReceivedEvent> {
         let mut events = Vec::new();
         while let Some(event) = self.next_event().await {
             events.push(event);

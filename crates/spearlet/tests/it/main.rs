@@ -6,6 +6,7 @@
 
 mod cli;
 mod cluster;
+mod dashboard;
 mod durability;
 mod support;
 mod telemetry;

@@ -96,6 +96,13 @@ impl NodeProcess {
         }
     }
 
+    /// The next line the node writes to stdout (the second says where HTTP listens).
+    pub fn read_stdout_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
