@@ -24,8 +24,8 @@ use axum::response::{IntoResponse, Response};
 use spearlet_core::SpearError;
 
 use crate::auth::Scope;
-use crate::gateway::{Caller, Gateway, QueryParameters, Refusal};
 use crate::history::{NodePoint, node_point_to_wire};
+use crate::http_route::{Caller, Gateway, QueryParameters, Refusal};
 use crate::node::Node;
 
 /// The paths that serve the app's page.

@@ -3,7 +3,7 @@
 //!
 //! # Design
 //!
-//! A sampler task ([`start_sampler`]) reads, once per [`SAMPLE_INTERVAL`], the same sources
+//! A sampler task (started by `node.rs`) reads, once per [`SAMPLE_INTERVAL`], the same sources
 //! GetStats and `/metrics` read — each task's `TaskMetrics` (the `faas_*` counters and the
 //! invoke-duration histogram), the dispatcher's snapshot (queue, pools, instances, autoscaler
 //! decisions), the manager's queue-wait histogram and the process observer — and keeps the
@@ -22,7 +22,6 @@
 //!   (`/v1/events`) follows: a slow reader skips points, it never holds the sampler up.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Weak;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -32,7 +31,9 @@ use spearlet_proto as proto;
 use tokio::sync::watch;
 
 use crate::clock::{timestamp_from_us, unix_ms};
-use crate::node::Node;
+use crate::manager::TaskExecutionManager;
+use crate::observer::ProcessObserver;
+use crate::registry::TaskRegistry;
 
 /// How often a point is taken.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -106,34 +107,25 @@ impl Default for StatsHistory {
     }
 }
 
-/// Starts the sampler: one point per [`SAMPLE_INTERVAL`] until the node is dropped.
-pub fn start_sampler(node: Weak<Node>) {
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(SAMPLE_INTERVAL);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            interval.tick().await;
-            let Some(node) = node.upgrade() else {
-                return;
-            };
-            node.history.sample(&node);
-        }
-    });
-}
-
 impl StatsHistory {
-    /// Takes one point from the node's counters and gauges.
-    pub fn sample(&self, node: &Node) {
+    /// Takes one point from the node's counters and gauges; `node.rs` calls it once per
+    /// [`SAMPLE_INTERVAL`].
+    pub fn sample(
+        &self,
+        registry: &TaskRegistry,
+        manager: &TaskExecutionManager,
+        observer: &ProcessObserver,
+    ) {
         let at_ms = unix_ms();
-        let dispatcher = node.manager.dispatcher().snapshot();
+        let dispatcher = manager.dispatcher().snapshot();
         let pools: HashMap<&str, &PoolSnapshot> = dispatcher
             .pools
             .iter()
             .filter(|pool| !pool.retired)
             .map(|pool| (pool.task_id.as_str(), pool))
             .collect();
-        let queue_wait = node.manager.metrics().queue_wait.snapshot();
-        let tasks = node.registry.all();
+        let queue_wait = manager.metrics().queue_wait.snapshot();
+        let tasks = registry.all();
 
         let mut rings_guard = self.rings.lock();
         let rings = &mut *rings_guard;
@@ -228,8 +220,8 @@ impl StatsHistory {
             activity: node_activity,
             async_waiting: saturate(dispatcher.waiting_uncounted as u64),
             queue_wait_p99_ms,
-            resident_memory_bytes: node.observer.resident_memory_bytes(),
-            cpu_usage_percent: node.observer.cpu_usage_percent(),
+            resident_memory_bytes: observer.resident_memory_bytes(),
+            cpu_usage_percent: observer.cpu_usage_percent(),
         };
         rings.node.push_back(point);
         while rings.node.len() > HISTORY_POINTS {

@@ -24,6 +24,7 @@ pub mod errors;
 pub mod exposition;
 pub mod gateway;
 pub mod history;
+pub mod http_route;
 pub mod instances;
 pub mod manager;
 pub mod metrics;

@@ -12,7 +12,7 @@ use spearlet_wasm::{WasmEngine, WasmEngineConfig};
 use crate::auth::AccessPolicy;
 use crate::cluster_link::ClusterLink;
 use crate::config::NodeConfig;
-use crate::history::{self, StatsHistory};
+use crate::history::{SAMPLE_INTERVAL, StatsHistory};
 use crate::manager::{ManagerConfig, TaskExecutionManager};
 use crate::observer::ProcessObserver;
 use crate::registry::{
@@ -149,7 +149,7 @@ impl Node {
             cluster,
             history: StatsHistory::default(),
         });
-        history::start_sampler(Arc::downgrade(&node));
+        start_history_sampler(&node);
         if node.config.register_examples {
             node.register_examples().await?;
         }
@@ -202,6 +202,24 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// Takes a history point every [`SAMPLE_INTERVAL`] until the node is dropped (the task holds
+/// only a weak reference between samples).
+fn start_history_sampler(node: &Arc<Node>) {
+    let node = Arc::downgrade(node);
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(SAMPLE_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let Some(node) = node.upgrade() else {
+                return;
+            };
+            node.history
+                .sample(&node.registry, &node.manager, &node.observer);
+        }
+    });
 }
 
 /// Execution counts and last statuses of restored tasks, from the records.

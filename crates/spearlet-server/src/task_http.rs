@@ -33,7 +33,7 @@ use spearlet_runtime::{HTTP_HEADER_METRIC_PREFIX, HTTP_STATUS_METRIC};
 use spearlet_wasm::{HTTP_METHOD_METADATA_KEY, HTTP_PATH_METADATA_KEY};
 
 use crate::auth::Principal;
-use crate::gateway::{
+use crate::http_route::{
     Caller, EXECUTION_ID_HEADER, Gateway, Refusal, execution_error_response, read_body,
 };
 
