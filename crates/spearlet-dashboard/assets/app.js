@@ -539,6 +539,17 @@
     t.update(Object.entries(map || {}).sort((a, b) => a[0].localeCompare(b[0])));
     return t.el;
   }
+  // Every status change the record keeps (GetExecutionStatus `timeline`), oldest first.
+  function timelineTable(entries) {
+    const t = makeTable([
+      { label: 'At', cell: (e) => fmtTime(e.at, true) },
+      { label: 'Status', cell: (e) => h('span', { class: `badge ${statusClass(shortStatus(e.status))}` }, shortStatus(e.status)) },
+      { label: 'Attempt', cell: (e) => or(e.attempt) },
+      { label: 'Note', wrap: true, cell: (e) => or(e.note) },
+    ], { testid: 'execution-timeline-table', empty: 'No status changes recorded.' });
+    t.update(entries);
+    return t.el;
+  }
   const section = (title, ...kids) => h('section', { class: 'panel' }, h('h2', null, title), kids);
   function card(label, testid) {
     const value = h('div', { class: 'value', testid }, '—');
@@ -1217,7 +1228,7 @@
         ['completed', fmtTime(r.completed_at || infoRec.completed_at, true)],
         ['duration', `${fmtNum(r.execution_time_ms || infoRec.execution_time_ms)} ms`],
         ['attempt', or(m.attempt)],
-      ]));
+      ]), timelineTable(data.timeline || []));
       const out = r.output || {};
       if (out.data != null) {
         const bytes = decodeBase64(out.data);

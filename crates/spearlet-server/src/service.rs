@@ -968,6 +968,7 @@ impl FunctionServiceHandler {
                 logs: vec![],
                 message: format!("execution_id {:?} is unknown", request.execution_id),
                 execution: None,
+                timeline: vec![],
             });
         };
         principal.require_task(Scope::Read, &record.task_name)?;
@@ -981,6 +982,7 @@ impl FunctionServiceHandler {
             },
             message: format!("execution is {}", record.status.as_str()),
             execution: Some(wire::execution_info(&record)),
+            timeline: wire::execution_timeline(&record),
         })
     }
 

@@ -277,7 +277,22 @@ pub fn execution_info(record: &ExecutionRecord) -> proto::ExecutionInfo {
         submitted_at: Some(timestamp_from_us(
             record.submitted_at_ms.saturating_mul(1000),
         )),
+        instance_id: record.instance_id.clone(),
     }
+}
+
+/// The record's status changes, oldest first.
+pub fn execution_timeline(record: &ExecutionRecord) -> Vec<proto::ExecutionTimelineEntry> {
+    record
+        .timeline
+        .iter()
+        .map(|entry| proto::ExecutionTimelineEntry {
+            at: Some(timestamp_from_us(entry.at_us)),
+            status: status_to_wire(entry.status) as i32,
+            attempt: entry.attempt,
+            note: entry.note.clone(),
+        })
+        .collect()
 }
 
 pub fn artifact_spec(artifact: &ArtifactRecord) -> proto::ArtifactSpec {

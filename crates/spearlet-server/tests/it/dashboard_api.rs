@@ -270,6 +270,32 @@ async fn executions_list_newest_first_and_by_submission_time() {
             .is_none_or(Vec::is_empty)
     );
 
+    // One execution's answer says what the listing says of it, plus its timeline.
+    let one = get_json(&node, &format!("/v1/executions/{}", ids[0])).await;
+    assert_eq!(one["execution"]["execution_id"], ids[0].as_str());
+    assert!(
+        one["execution"]["task_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("task-")
+    );
+    assert!(
+        !one["execution"]["instance_id"].as_str().unwrap().is_empty(),
+        "{one}"
+    );
+    let timeline: Vec<&str> = one["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        timeline.last(),
+        Some(&"EXECUTION_STATUS_COMPLETED"),
+        "{one}"
+    );
+    assert!(timeline.contains(&"EXECUTION_STATUS_RUNNING"), "{one}");
+
     let response = reqwest::get(url(&node, "/v1/executions?submitted_after=yesterday"))
         .await
         .unwrap();

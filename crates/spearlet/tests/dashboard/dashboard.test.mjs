@@ -3,6 +3,7 @@
 //   SPEARLET_URL=http://127.0.0.1:PORT            a node without tokens, bundled examples, many executions
 //   SPEARLET_AUTH_URL=http://127.0.0.1:PORT2      a node requiring tokens
 //   SPEARLET_ADMIN_TOKEN=... SPEARLET_READ_TOKEN=...  an admin and a read-only token of that node
+//   SPEARLET_CLUSTER_URL=http://127.0.0.1:PORT3   optional: a node in a cluster (its view is checked)
 //   CHROMIUM=/usr/bin/chromium SCREENSHOT_DIR=/tmp/shots node dashboard.test.mjs
 //
 // Prints `ok - <step>` per check and exits 1 at the first failure.
@@ -27,6 +28,7 @@ const AUTH = required('SPEARLET_AUTH_URL').replace(/\/+$/, '');
 const ADMIN_TOKEN = required('SPEARLET_ADMIN_TOKEN');
 const READ_TOKEN = required('SPEARLET_READ_TOKEN');
 const CHROMIUM = required('CHROMIUM');
+const CLUSTER = (process.env.SPEARLET_CLUSTER_URL || '').replace(/\/+$/, '');
 const SHOTS = required('SCREENSHOT_DIR');
 fs.mkdirSync(SHOTS, { recursive: true });
 
@@ -228,8 +230,15 @@ async function main() {
     await s.page.click('[data-testid="cancel-button"]');
     await s.page.waitForFunction(() => document.querySelector('[data-testid="execution-status"]').textContent === 'CANCELLED', null, { timeout: 10000 });
     assert(await s.page.locator('[data-testid="cancel-button"]').isHidden(), 'the cancel button is still shown after CANCELLED');
-    await shot(s.page, 'execution.png');
     ok('cancel from the execution page ends it CANCELLED within 10 s');
+    // The timeline lists the record's status changes, ending with the cancellation.
+    await s.page.waitForFunction(() => {
+      const rows = [...document.querySelectorAll('[data-testid="execution-timeline-table"] tbody tr')];
+      const statuses = rows.map((row) => row.cells[1] && row.cells[1].textContent);
+      return statuses.includes('RUNNING') && statuses[statuses.length - 1] === 'CANCELLED';
+    }, null, { timeout: 5000 });
+    await shot(s.page, 'execution.png');
+    ok('the execution timeline shows RUNNING then CANCELLED');
 
     // 6. Executions list updates live; status filter.
     current = 'executions list';
@@ -361,6 +370,26 @@ async function main() {
     }
     ok('at 390 px the task and executions pages do not scroll sideways');
     await s.done();
+  }
+
+  // 10. The cluster view, on a node in a cluster.
+  current = 'cluster';
+  if (CLUSTER) {
+    const s = await scenario('cluster');
+    await s.page.goto(`${CLUSTER}/ui`);
+    await s.page.waitForSelector('[data-testid="cluster"]:not([hidden])');
+    await s.page.waitForFunction(() => {
+      const nodes = document.querySelectorAll('[data-testid="cluster-nodes"] tbody tr');
+      const ready = [...document.querySelectorAll('[data-testid="cluster-tasks"] tbody tr')];
+      return nodes.length >= 1 && /this node/.test(nodes[0].textContent)
+        && ready.some((row) => [...row.cells].some((cell) => cell.textContent.trim() === 'hello'));
+    }, null, { timeout: 15000 });
+    await s.page.locator('[data-testid="cluster"]').scrollIntoViewIfNeeded();
+    await shot(s.page, 'cluster.png');
+    ok('a cluster node shows its nodes and their readiness per task');
+    await s.done();
+  } else {
+    console.log('skip - cluster view: SPEARLET_CLUSTER_URL not set');
   }
 }
 

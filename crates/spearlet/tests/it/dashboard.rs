@@ -4,8 +4,11 @@
 //! and asserting (see its header); this test starts the nodes, fills the store, runs the script
 //! with a time limit and fails with its output.
 //!
-//! Prerequisites: Node.js, Chromium (`$CHROMIUM`, or `chromium` on PATH) and the script's
-//! pinned playwright-core (`npm ci` in `tests/dashboard`); `.ci/run` installs all three.
+//! A third node, in a one-node cluster on a real nats-server, shows the cluster view.
+//!
+//! Prerequisites: Node.js, Chromium (`$CHROMIUM`, or `chromium` on PATH), the script's pinned
+//! playwright-core (`npm ci` in `tests/dashboard`) and nats-server (`$NATS_SERVER`); `.ci/run`
+//! installs all four.
 //! Screenshots land in `target/dashboard-screenshots/` (not committed; `docs/screenshots/` holds
 //! the committed ones).
 
@@ -35,6 +38,10 @@ struct BrowserTestNode {
 
 impl BrowserTestNode {
     fn start(config: Option<&str>) -> BrowserTestNode {
+        BrowserTestNode::start_with(config, &[])
+    }
+
+    fn start_with(config: Option<&str>, extra_arguments: &[&str]) -> BrowserTestNode {
         let directory = tempfile::tempdir().unwrap();
         let config_path = directory.path().join("spearlet.toml");
         let mut arguments = vec!["--log-level", "warn"];
@@ -44,6 +51,7 @@ impl BrowserTestNode {
             config_argument = config_path.display().to_string();
             arguments.extend(["--config", config_argument.as_str()]);
         }
+        arguments.extend_from_slice(extra_arguments);
         let mut process = NodeProcess::start(
             &directory.path().join("data"),
             &directory.path().join("node.log"),
@@ -154,6 +162,18 @@ async fn the_dashboard_works_in_headless_chromium() {
          [[auth.tokens]]\ntoken = \"{READ_TOKEN}\"\nscopes = [\"read\"]\n"
     )));
 
+    // A node in a cluster (one node is enough for the cluster view) when nats-server is here;
+    // under CI it must be (`nats_server_binary` fails the test naming it).
+    let nats_directory = tempfile::tempdir().unwrap();
+    let cluster = support::nats::nats_server_binary().map(|binary| {
+        let nats = support::nats::NatsServer::start(&binary, nats_directory.path());
+        let node = BrowserTestNode::start_with(
+            Some("[cluster]\nheartbeat_interval_ms = 500\n"),
+            &["--cluster-nats", &nats.url],
+        );
+        (nats, node)
+    });
+
     let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
@@ -168,6 +188,12 @@ async fn the_dashboard_works_in_headless_chromium() {
         .env("SPEARLET_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("SPEARLET_READ_TOKEN", READ_TOKEN)
         .env("CHROMIUM", &chromium)
+        .env(
+            "SPEARLET_CLUSTER_URL",
+            cluster
+                .as_ref()
+                .map_or("", |(_, node)| node.http_url.as_str()),
+        )
         .env("SCREENSHOT_DIR", &screenshots)
         .kill_on_drop(true)
         .stdout(Stdio::piped())
