@@ -351,6 +351,43 @@ async function main() {
     await s.done({ allow401: true });
   }
 
+  // 8b. Dark theme and the keyboard.
+  current = 'dark theme and keyboard';
+  {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, colorScheme: 'dark' });
+    contexts.push(context);
+    const page = await context.newPage();
+    const errors = [];
+    page.on('console', (msg) => { if (msg.type() === 'error') errors.push(msg.text()); });
+    page.on('pageerror', (err) => errors.push(`uncaught: ${err.message}`));
+    await page.goto(`${BASE}/ui`);
+    await waitTaskRows(page, names);
+    const luminance = await page.evaluate(() => {
+      const channels = getComputedStyle(document.body).backgroundColor.match(/\d+(\.\d+)?/g).slice(0, 3).map(Number);
+      return (0.2126 * channels[0] + 0.7152 * channels[1] + 0.0722 * channels[2]) / 255;
+    });
+    assert(luminance < 0.3, `the dark theme's background is light (luminance ${luminance.toFixed(2)})`);
+    await shot(page, 'overview-dark.png');
+    ok(`the dark theme applies (background luminance ${luminance.toFixed(2)})`);
+    // From the top of the page: Tab reaches the skip link, then the navigation, by keyboard alone.
+    await page.keyboard.press('Tab');
+    const first = await page.evaluate(() => document.activeElement && document.activeElement.textContent.trim());
+    assert(first === 'Skip to content', `the first Tab stop is ${JSON.stringify(first)}`);
+    let reachedExecutions = false;
+    for (let step = 0; step < 6 && !reachedExecutions; step++) {
+      await page.keyboard.press('Tab');
+      reachedExecutions = await page.evaluate(() => document.activeElement && document.activeElement.dataset.testid === 'nav-executions');
+    }
+    assert(reachedExecutions, 'Tab does not reach the Executions link');
+    await page.keyboard.press('Enter');
+    await page.waitForURL(`${BASE}/ui/executions`);
+    await page.waitForSelector('[data-testid="execution-row"]');
+    ok('the keyboard alone reaches the navigation and opens the executions page');
+    assert(errors.length === 0, `dark theme: console errors:\n  ${errors.join('\n  ')}`);
+    await context.close();
+    contexts.splice(contexts.indexOf(context), 1);
+  }
+
   // 9. Phone width.
   current = 'phone';
   {
