@@ -242,17 +242,18 @@ pub async fn serve_http(
     let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
 }
 
-/// Puts the caller's [`Principal`] into the request, or answers 401.
+/// Puts the caller's [`Principal`] into the request, or answers 401. A public path (probes, the
+/// API document, the dashboard's page and assets) is served without one, but still carries the
+/// caller's principal when the request authenticates: a host mapped to a handler task
+/// (`[http_task_hosts]`) hands every path to the task, public-looking ones included, and the
+/// task's call needs the caller.
 async fn authenticate(
     State(gateway): State<Gateway>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    if PUBLIC_PATHS.contains(&request.uri().path())
-        || crate::dashboard::is_public(request.uri().path())
-    {
-        return next.run(request).await;
-    }
+    let is_public = PUBLIC_PATHS.contains(&request.uri().path())
+        || crate::dashboard::is_public(request.uri().path());
     let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -262,6 +263,7 @@ async fn authenticate(
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
+        Err(_) if is_public => next.run(request).await,
         Err(error) => http_error_response(&to_status(error)),
     }
 }

@@ -518,6 +518,21 @@ async fn a_host_name_can_serve_one_handler_at_its_root() {
         hello.text().await.unwrap(),
         "Hello from a wasi:http component!\n"
     );
+    // Every path of that host is the task's, the node's public ones (the dashboard, the
+    // probes) included: the handler answers them (its 404), not the node.
+    for path in ["/ui/tasks", "/healthz"] {
+        let answer = http
+            .get(format!("{}{path}", base(&node)))
+            .header("host", "echo.localhost")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND, "{path}");
+        assert!(
+            answer.headers().contains_key("x-spear-execution-id"),
+            "{path} ran as an execution of the handler"
+        );
+    }
     // Other host names still reach the API.
     let health = http
         .get(format!("{}/healthz", base(&node)))
