@@ -84,8 +84,9 @@ pub(crate) fn json_response<T: Serialize>(status: StatusCode, message: &T) -> Re
     }
 }
 
-/// Who is calling (put there by the gateway's authentication middleware) and the trace context they sent: what travels
-/// from an HTTP request into the RPC, as the gRPC server would hand it to the handler.
+/// Who is calling (put there by the gateway's authentication middleware) and the trace context
+/// they sent: what travels from an HTTP request into the RPC, as the gRPC server would hand it
+/// to the handler.
 pub(crate) struct Caller {
     pub(crate) principal: Arc<Principal>,
     traceparent: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
