@@ -137,12 +137,18 @@ mod tests {
         let observer = ProcessObserver::start();
         assert!(observer.resident_memory_bytes() > 0);
         assert!(observer.total_memory_bytes() > observer.resident_memory_bytes());
-        // Burn some CPU so the figure has something to show.
+        // Burn CPU so the figure has something to show. Within the first second the window is
+        // too short to read (a few clock ticks over milliseconds): 0, not a wild figure.
         let started = Instant::now();
         let mut spin = 0u64;
-        while started.elapsed() < Duration::from_millis(200) {
+        while started.elapsed() < Duration::from_millis(100) {
             spin = std::hint::black_box(spin.wrapping_add(1));
         }
-        assert!(observer.cpu_usage_percent() > 0.0);
+        assert_eq!(observer.cpu_usage_percent(), 0.0);
+        while started.elapsed() < CPU_SAMPLE_PERIOD + Duration::from_millis(300) {
+            spin = std::hint::black_box(spin.wrapping_add(1));
+        }
+        let busy = observer.cpu_usage_percent();
+        assert!(busy > 0.0 && busy <= 100.0, "{busy}");
     }
 }
