@@ -114,6 +114,18 @@ impl HistogramSnapshot {
             .collect()
     }
 
+    /// Adds `other`'s observations (a snapshot with the same bounds) to this one.
+    pub fn add(&mut self, other: &HistogramSnapshot) {
+        debug_assert_eq!(
+            self.bounds, other.bounds,
+            "adding histograms of other bounds"
+        );
+        for (total, count) in self.counts.iter_mut().zip(&other.counts) {
+            *total += count;
+        }
+        self.sum += other.sum;
+    }
+
     /// The observations made since `earlier`, a snapshot of the same histogram: per-bucket
     /// differences (a counter that went backwards, which a reset would cause, counts as 0).
     pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
@@ -212,6 +224,9 @@ mod tests {
         assert_eq!(between.counts, [0, 2, 0]);
         assert_eq!(between.sum, 3.0);
         assert_eq!(between.quantile(0.5), Some(1.5));
+        let mut both = earlier.clone();
+        both.add(&between);
+        assert_eq!(both, histogram.snapshot(), "earlier + between = now");
     }
 
     #[test]

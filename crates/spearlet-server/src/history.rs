@@ -79,7 +79,6 @@ struct PreviousReading {
 }
 
 struct TaskRing {
-    task_name: String,
     /// Non-idle samples only: (sample time, point).
     points: VecDeque<(i64, TaskPoint)>,
     previous: Option<PreviousReading>,
@@ -141,11 +140,9 @@ impl StatsHistory {
                 .tasks
                 .entry(task_id.to_owned())
                 .or_insert_with(|| TaskRing {
-                    task_name: task.record.task_name.clone(),
                     points: VecDeque::new(),
                     previous: None,
                 });
-            ring.task_name.clone_from(&task.record.task_name);
             // A task's counters start at zero with the process (they are not restored), and
             // the sampler sees a task within a sample of its registration: the first reading
             // counts from zero.
@@ -195,11 +192,7 @@ impl StatsHistory {
             node_activity.desired_instances += point.desired_instances;
             node_activity.predicted_instances += point.predicted_instances;
             match &mut node_durations {
-                Some(sum) => {
-                    for (total, count) in sum.counts.iter_mut().zip(&durations.counts) {
-                        *total += count;
-                    }
-                }
+                Some(sum) => sum.add(&durations),
                 None => node_durations = Some(durations),
             }
         }
@@ -368,7 +361,6 @@ mod tests {
             rings.tasks.insert(
                 "t".into(),
                 TaskRing {
-                    task_name: "t".into(),
                     points: [
                         (
                             2000,

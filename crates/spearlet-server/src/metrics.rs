@@ -213,16 +213,9 @@ impl TaskMetrics {
                 .map(|count| count.load(Ordering::Relaxed));
             totals.ended += invocations.iter().sum::<u64>();
             totals.failed_or_timed_out += invocations[1] + invocations[2];
-            let durations = function.invoke_duration.snapshot();
-            for (total, count) in totals
+            totals
                 .invoke_duration
-                .counts
-                .iter_mut()
-                .zip(&durations.counts)
-            {
-                *total += count;
-            }
-            totals.invoke_duration.sum += durations.sum;
+                .add(&function.invoke_duration.snapshot());
         }
         totals
     }
