@@ -12,6 +12,7 @@
 //!   commits that version, so committed executions cost only their summary in memory.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -262,49 +263,35 @@ impl ExecutionIndex {
                     .submitted_before_ms
                     .is_none_or(|before| summary.submitted_at_ms < before)
         };
-        if query.descending {
-            let older = self
-                .summaries
-                .range(..query.after_sequence.unwrap_or(u64::MAX))
-                .rev()
-                .map(|(_, summary)| summary.as_ref());
-            let mut executions: Vec<ExecutionRecord> = older
-                .filter(matches)
-                .take(query.limit.saturating_add(1))
-                .map(summary_of)
-                .collect();
-            let has_more = executions.len() > query.limit;
-            executions.truncate(query.limit);
-            return ExecutionPage {
-                executions,
-                has_more,
+        // Walked newest first for a descending page (below `after_sequence`) and for the
+        // newest `limit` (reversed back at the end), oldest first otherwise.
+        let walked: Box<dyn Iterator<Item = (&u64, &Arc<ExecutionRecord>)> + '_> =
+            if query.descending {
+                let below = query
+                    .after_sequence
+                    .map_or(Bound::Unbounded, Bound::Excluded);
+                Box::new(self.summaries.range((Bound::Unbounded, below)).rev())
+            } else {
+                let start = query
+                    .after_sequence
+                    .map_or(0, |after| after.saturating_add(1));
+                let in_range = self.summaries.range(start..);
+                if query.newest {
+                    Box::new(in_range.rev())
+                } else {
+                    Box::new(in_range)
+                }
             };
-        }
-        let start = query
-            .after_sequence
-            .map_or(0, |after| after.saturating_add(1));
-        let in_range = self
-            .summaries
-            .range(start..)
-            .map(|(_, summary)| summary.as_ref());
         // `summary_of`, not a clone: an unflushed entry is the full record.
-        let mut executions: Vec<ExecutionRecord> = if query.newest {
-            in_range
-                .rev()
-                .filter(matches)
-                .take(query.limit.saturating_add(1))
-                .map(summary_of)
-                .collect()
-        } else {
-            in_range
-                .filter(matches)
-                .take(query.limit.saturating_add(1))
-                .map(summary_of)
-                .collect()
-        };
+        let mut executions: Vec<ExecutionRecord> = walked
+            .map(|(_, summary)| summary.as_ref())
+            .filter(matches)
+            .take(query.limit.saturating_add(1))
+            .map(summary_of)
+            .collect();
         let has_more = executions.len() > query.limit;
         executions.truncate(query.limit);
-        if query.newest {
+        if query.newest && !query.descending {
             executions.reverse();
         }
         ExecutionPage {
