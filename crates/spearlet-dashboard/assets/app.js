@@ -179,8 +179,6 @@
   }
 
   // Executions seen in lists or invoked here: the status endpoint does not name the task.
-  const execInfo = new Map();
-  const remember = (list) => { for (const e of list || []) if (e.execution_id) execInfo.set(e.execution_id, e); };
 
   // ---------- identity and permissions ----------
   let who = null;
@@ -851,7 +849,6 @@
       for (const [k, v] of Object.entries(t.metadata || {})) rows[`task.${k}`] = v;
       for (const [k, v] of Object.entries(a.metadata || {})) rows[`artifact.${k}`] = v;
       config.replaceChildren(kvTable(rows, 'task-config-table', 'No configuration keys.'));
-      remember(data.executions);
       execTable.update(data.executions || []);
     });
     const refreshHistory = () => once('history', async () => {
@@ -968,7 +965,6 @@
         const res = await request(`/v1/tasks/${encodeURIComponent(name)}/invoke?${q}`, { method: 'POST', body, headers, signal: ac.signal });
         const id = res.headers.get('x-spear-execution-id') || '';
         const spear = res.headers.get('x-spear-status') || '';
-        if (id) execInfo.set(id, { execution_id: id, task_name: name, function_name: fn.value.trim(), execution_mode: mode });
         showStatus(res.status, spear, id);
         const ctype = res.headers.get('content-type') || '';
         if (res.ok && mode === 'stream' && ctype.includes('text/event-stream') && res.body) {
@@ -984,7 +980,6 @@
             errorP.textContent = json ? `${json.code || `HTTP ${res.status}`}: ${json.message || ''}${json.error_code ? ` (${json.error_code})` : ''}` : `HTTP ${res.status}: ${text}`;
           } else if (mode === 'async') {
             const eid = (json && json.execution_id) || id;
-            if (eid) execInfo.set(eid, { execution_id: eid, task_id: json && json.task_id, task_name: name, function_name: fn.value.trim(), execution_mode: mode });
             showStatus(res.status, (json && json.result && json.result.status) || spear, eid);
             output.textContent = json && json.message ? json.message : text;
           } else {
@@ -1097,7 +1092,6 @@
       if (p.get('after')) q.set('start_after', p.get('after'));
       const [data] = await Promise.all([getJSON(`/v1/executions?${q}`, ctx.signal), loadTasks(10000).catch(() => [])]);
       const list = data.executions || [];
-      remember(list);
       err.replaceChildren();
       table.update(list);
       table.table.dataset.loaded = 'true';
@@ -1153,7 +1147,7 @@
       section('Logs', logs),
       h('div', { class: 'cols2' }, section('Metrics', metrics), section('Metadata', metadata)),
     );
-    const st = { busy: false, terminal: false, triedList: false };
+    const st = { busy: false, terminal: false };
     cancel.addEventListener('click', async () => {
       cancel.dataset.busy = '1';
       applyPermissions();
@@ -1173,18 +1167,6 @@
         if (!ctx.signal.aborted) load();
       }
     });
-    async function findInfo() {
-      if (execInfo.has(id) && execInfo.get(id).task_id) return execInfo.get(id);
-      if (st.triedList) return execInfo.get(id) || {};
-      st.triedList = true;
-      try {
-        const data = await getJSON('/v1/executions?limit=200&newest_first=true', ctx.signal);
-        remember(data.executions);
-      } catch (e) {
-        if (isAbort(e)) throw e;
-      }
-      return execInfo.get(id) || {};
-    }
     async function fetchOnce() {
       const data = await getJSON(`/v1/executions/${encodeURIComponent(id)}?include_logs=true`, ctx.signal);
       if (data.found === false) {
@@ -1194,8 +1176,7 @@
         return;
       }
       const r = data.result || {};
-      const known = data.execution || (r.task_id ? r : null) || await findInfo();
-      const infoRec = { ...known, ...(data.execution || {}) };
+      const infoRec = data.execution || {};
       await loadTasks(30000).catch(() => []);
       const m = { ...(infoRec.metadata || {}), ...(r.metrics || {}) };
       const status = shortStatus(r.status || infoRec.status);
