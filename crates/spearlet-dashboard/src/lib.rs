@@ -64,19 +64,35 @@ pub struct Asset {
 
 /// The asset named `name` (one of [`ASSET_NAMES`]), or `None`.
 pub fn asset(name: &str) -> Option<Asset> {
-    let (_, content_type, compiled) = COMPILED_ASSETS
+    let index = COMPILED_ASSETS
         .iter()
-        .find(|(asset_name, _, _)| *asset_name == name)?;
-    let bytes = match development_directory() {
-        Some(directory) => Cow::Owned(std::fs::read(directory.join(name)).ok()?),
-        None => Cow::Borrowed(*compiled),
-    };
-    let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&bytes)[..16]));
+        .position(|(asset_name, _, _)| *asset_name == name)?;
+    let (_, content_type, compiled) = COMPILED_ASSETS[index];
+    if let Some(directory) = development_directory() {
+        let bytes = std::fs::read(directory.join(name)).ok()?;
+        return Some(Asset {
+            content_type,
+            etag: etag_of(&bytes),
+            bytes: Cow::Owned(bytes),
+        });
+    }
+    // The compiled-in bytes never change: their tags are hashed once, not per request.
+    static COMPILED_ETAGS: OnceLock<Vec<String>> = OnceLock::new();
+    let etags = COMPILED_ETAGS.get_or_init(|| {
+        COMPILED_ASSETS
+            .iter()
+            .map(|(_, _, bytes)| etag_of(bytes))
+            .collect()
+    });
     Some(Asset {
         content_type,
-        bytes,
-        etag,
+        bytes: Cow::Borrowed(compiled),
+        etag: etags[index].clone(),
     })
+}
+
+fn etag_of(bytes: &[u8]) -> String {
+    format!("\"{}\"", hex::encode(&Sha256::digest(bytes)[..16]))
 }
 
 fn development_directory() -> Option<&'static PathBuf> {
