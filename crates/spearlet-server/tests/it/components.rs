@@ -547,42 +547,33 @@ async fn components_with_unsupported_imports_or_reuse_are_refused_at_registratio
     let mut node = start_node().await;
     let foreign_import =
         br#"(component (import "example:made-up/thing@1.0.0" (instance (export "f" (func)))))"#;
-    let refused = register(&mut node, "foreign", foreign_import, &[])
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    assert!(
-        refused.message().contains("example:made-up/thing@1.0.0"),
-        "{refused:?}"
-    );
-
-    let refused = register(
-        &mut node,
-        "reused-component",
-        example("echo-component"),
-        &[("spearlet.isolation", "reuse")],
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    assert!(
-        refused.message().contains("spearlet.isolation"),
-        "{refused:?}"
-    );
-
-    let refused = register(
-        &mut node,
-        "bad-hosts",
-        example("http-echo"),
-        &[("spearlet.http.allowed_hosts", "ftp://example.com")],
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    assert!(
-        refused.message().contains("spearlet.http.allowed_hosts"),
-        "{refused:?}"
-    );
+    // (task name, component, configuration keys, what the refusal must name)
+    type RefusedRegistration<'a> = (&'a str, &'a [u8], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [RefusedRegistration; 3] = [
+        (
+            "foreign",
+            foreign_import,
+            &[],
+            "example:made-up/thing@1.0.0",
+        ),
+        (
+            "reused-component",
+            example("echo-component"),
+            &[("spearlet.isolation", "reuse")],
+            "spearlet.isolation",
+        ),
+        (
+            "bad-hosts",
+            example("http-echo"),
+            &[("spearlet.http.allowed_hosts", "ftp://example.com")],
+            "spearlet.http.allowed_hosts",
+        ),
+    ];
+    for (name, bytes, config, named) in cases {
+        let refused = register(&mut node, name, bytes, config).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{name}");
+        assert!(refused.message().contains(named), "{name}: {refused:?}");
+    }
 }
 
 /// Where `scripts/build-polyglot-components.sh` put the Python and JavaScript components
