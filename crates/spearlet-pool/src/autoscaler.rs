@@ -32,13 +32,24 @@
 //!   `Σ_{t≥P} (x_t − μ)(x_{t−P} − μ) / Σ_t (x_t − μ)²` and keeps the P with the highest value, the
 //!   smallest P on ties. A period counts only at correlation ≥ [`SEASONAL_MIN_CORRELATION`]. This
 //!   estimator shrinks with the lag by `(len − P) / len`, which favours the fundamental period
-//!   over its multiples and makes a pattern seen only twice too weak to trust. The seasonal
-//!   forecast of next tick's peak is the history value one period before the next tick.
+//!   over its multiples and makes a pattern seen only twice too weak to trust.
+//! - Real periodic load wanders: a cron job's bursts land a tick early or late once scheduling
+//!   delay and tick drift are counted, and an exact-lag autocorrelation of such spikes finds no
+//!   period at all. So the detector first runs on the history widened by a running maximum over
+//!   ±J ticks (J = [`SEASONAL_PHASE_TOLERANCE_TICKS`]), for periods P > 2J (so a lag never
+//!   compares a window with itself) and at a bar lowered by (J + 1) / (2J + 1), the least
+//!   overlap a widened peak J ticks off its period keeps with its predecessor's (0.4 at J = 1).
+//!   The seasonal forecast of next tick's peak is then the widened value one period before the
+//!   next tick: the highest peak within J ticks of where the pattern puts the next one.
+//!   Instances arrive up to J ticks early and leave up to J ticks late, the price of not missing
+//!   the burst. Only when the widened history has no pattern does the detector run on the exact
+//!   history (periods from 2, the full bar), whose forecast is the value one period before the
+//!   next tick; this keeps patterns too short to widen predictable.
 //! - predicted concurrency = max(Little's-law concurrency, seasonal peak forecast);
 //!   predicted instances = `ceil(predicted concurrency / target_concurrency)`.
 //!
-//! The detector costs about `3 × len² / 8` multiply-adds per tick (≈ 135k at 600 ticks, well under
-//! a millisecond), and nothing when predictive scaling is off.
+//! The detector costs about `3 × len² / 8` multiply-adds per pass (≈ 135k at 600 ticks, well under
+//! a millisecond), at most two passes per tick, and nothing when predictive scaling is off.
 //!
 //! Invariants:
 //! - desired = clamp(max(reactive, predicted), min, max), where max is raised to min if the
@@ -57,6 +68,9 @@ use spearlet_core::AutoscaleSettings;
 pub const SEASONAL_HISTORY_TICKS: usize = 600;
 /// The lowest normalised autocorrelation at which a period counts as a pattern.
 pub const SEASONAL_MIN_CORRELATION: f64 = 0.6;
+/// How many ticks a repeating pattern's period may wander either way from one repetition to
+/// the next and still be predicted.
+pub const SEASONAL_PHASE_TOLERANCE_TICKS: usize = 1;
 /// Holt's level smoothing: the weight of the newest observation.
 pub const HOLT_LEVEL_SMOOTHING: f64 = 0.5;
 /// Holt's trend smoothing: the weight of the newest level change.
@@ -298,11 +312,16 @@ impl HoltForecaster {
 }
 
 /// The period of the strongest repeating pattern in `history` and its normalised
-/// autocorrelation, or None when no period in `2..=len/2` reaches
-/// [`SEASONAL_MIN_CORRELATION`] (including a constant history, which has no pattern).
-fn seasonal_period(history: &[f64]) -> Option<(usize, f64)> {
+/// autocorrelation, or None when no period in `shortest_period..=len/2` reaches
+/// `min_correlation` (including a constant history, which has no pattern).
+fn seasonal_period(
+    history: &[f64],
+    shortest_period: usize,
+    min_correlation: f64,
+) -> Option<(usize, f64)> {
     let length = history.len();
-    if length < 4 {
+    let shortest_period = shortest_period.max(2);
+    if length < 2 * shortest_period {
         return None;
     }
     let mean = history.iter().sum::<f64>() / length as f64;
@@ -311,14 +330,14 @@ fn seasonal_period(history: &[f64]) -> Option<(usize, f64)> {
         return None;
     }
     let mut best: Option<(usize, f64)> = None;
-    for period in 2..=length / 2 {
+    for period in shortest_period..=length / 2 {
         let covariation: f64 = history[period..]
             .iter()
             .zip(history)
             .map(|(later, earlier)| (later - mean) * (earlier - mean))
             .sum();
         let correlation = covariation / total_variation;
-        if correlation >= SEASONAL_MIN_CORRELATION
+        if correlation >= min_correlation
             && best.is_none_or(|(_, best_correlation)| correlation > best_correlation)
         {
             best = Some((period, correlation));
@@ -327,10 +346,41 @@ fn seasonal_period(history: &[f64]) -> Option<(usize, f64)> {
     best
 }
 
-/// Next tick's value by the strongest repeating pattern: the value one period before it.
+/// Next tick's value by the strongest repeating pattern: the value one period before it when
+/// the history repeats exactly, else the highest value within
+/// [`SEASONAL_PHASE_TOLERANCE_TICKS`] of it when the pattern's period wanders.
 fn seasonal_forecast(history: &[f64]) -> Option<f64> {
-    let (period, _) = seasonal_period(history)?;
+    let widened = widened_by_running_max(history, SEASONAL_PHASE_TOLERANCE_TICKS);
+    // Widening by ±J turns each peak into a window of 2J + 1 ticks; one that lands J ticks off
+    // its period overlaps its predecessor's window in only J + 1 of them, so a pattern that
+    // wanders that far scores at most (J + 1) / (2J + 1) of what it would score repeating
+    // exactly. The bar is lowered by the same factor.
+    let wandering_min_correlation = SEASONAL_MIN_CORRELATION
+        * (SEASONAL_PHASE_TOLERANCE_TICKS + 1) as f64
+        / (2 * SEASONAL_PHASE_TOLERANCE_TICKS + 1) as f64;
+    if let Some((period, _)) = seasonal_period(
+        &widened,
+        2 * SEASONAL_PHASE_TOLERANCE_TICKS + 1,
+        wandering_min_correlation,
+    ) {
+        return Some(widened[widened.len() - period]);
+    }
+    let (period, _) = seasonal_period(history, 2, SEASONAL_MIN_CORRELATION)?;
     Some(history[history.len() - period])
+}
+
+/// Each value replaced by the maximum of `history` within `reach` positions either side.
+fn widened_by_running_max(history: &[f64], reach: usize) -> Vec<f64> {
+    (0..history.len())
+        .map(|index| {
+            let first = index.saturating_sub(reach);
+            let last = (index + reach).min(history.len() - 1);
+            history[first..=last]
+                .iter()
+                .copied()
+                .fold(f64::NEG_INFINITY, f64::max)
+        })
+        .collect()
 }
 
 fn window_in_ticks(window_ms: u64, tick: Duration) -> usize {
@@ -598,7 +648,7 @@ mod tests {
             decisions.push(autoscaler.observe(periodic_sample(tick), 1));
         }
         let history = autoscaler.peak_history.make_contiguous();
-        let (period, correlation) = seasonal_period(history).unwrap();
+        let (period, correlation) = seasonal_period(history, 2, SEASONAL_MIN_CORRELATION).unwrap();
         assert_eq!(period, 5);
         assert!(correlation >= SEASONAL_MIN_CORRELATION, "{correlation}");
         // Tick 19 is the last quiet tick of the fourth period: tick 20 bursts.
@@ -613,6 +663,63 @@ mod tests {
             "{quiet:?}"
         );
         assert!(quiet.predicted_instances <= 1, "{quiet:?}");
+    }
+
+    /// Bursts of peak 4 whose gaps wander between 7 and 9 ticks, as a cron job's do once
+    /// scheduling delays and tick drift are counted; some bursts straddle two ticks. Returns
+    /// the samples and the ticks at which a burst begins.
+    fn jittered_bursts(ticks: usize) -> (Vec<AutoscaleSample>, Vec<usize>) {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut samples = vec![AutoscaleSample::default(); ticks];
+        let mut burst_starts = Vec::new();
+        let mut tick = 0;
+        while tick < ticks {
+            burst_starts.push(tick);
+            let width = 1 + (noise(&mut state) % 2) as usize;
+            for sample in samples.iter_mut().skip(tick).take(width) {
+                *sample = AutoscaleSample {
+                    average_concurrency: 2.0,
+                    peak_concurrency: 4,
+                    arrivals: 4,
+                    mean_execution_seconds: Some(0.1),
+                };
+            }
+            tick += 7 + (noise(&mut state) % 3) as usize;
+        }
+        (samples, burst_starts)
+    }
+
+    #[test]
+    fn bursts_with_a_wandering_period_are_still_prewarmed() {
+        let (samples, burst_starts) = jittered_bursts(200);
+        let mut autoscaler = Autoscaler::new(settings(1.0, true), 0, 10, TICK);
+        let decisions: Vec<ScaleDecision> = samples
+            .iter()
+            .map(|sample| autoscaler.observe(*sample, 0))
+            .collect();
+        // After five bursts of history, the tick before every burst asks for its instances.
+        let missed: Vec<usize> = burst_starts
+            .iter()
+            .skip(5)
+            .filter(|&&start| decisions[start - 1].predicted_instances < 4)
+            .copied()
+            .collect();
+        assert!(
+            missed.is_empty(),
+            "bursts not prewarmed: {missed:?} of {burst_starts:?}"
+        );
+        // Half-way through a quiet gap nothing is predicted: the forecast is not just "always
+        // the peak".
+        let quiet_midpoints = burst_starts
+            .windows(2)
+            .skip(5)
+            .filter(|pair| decisions[(pair[0] + pair[1]) / 2].predicted_instances == 0)
+            .count();
+        assert!(
+            quiet_midpoints * 2 > burst_starts.len() - 6,
+            "{quiet_midpoints} of {} quiet midpoints predicted nothing",
+            burst_starts.len() - 6
+        );
     }
 
     #[test]
@@ -646,7 +753,7 @@ mod tests {
             decision = Some(autoscaler.observe(sample, 1));
         }
         assert_eq!(
-            seasonal_period(autoscaler.peak_history.make_contiguous()),
+            seasonal_forecast(autoscaler.peak_history.make_contiguous()),
             None
         );
         // No execution time, so Little's law adds nothing either.
@@ -677,7 +784,8 @@ mod tests {
             ("alternating, three periods", &alternating, Some(2)),
         ];
         for (name, history, expected_period) in table {
-            let period = seasonal_period(history).map(|(period, _)| period);
+            let period =
+                seasonal_period(history, 2, SEASONAL_MIN_CORRELATION).map(|(period, _)| period);
             assert_eq!(period, expected_period, "{name}");
         }
     }
